@@ -4,10 +4,18 @@ Layout everywhere: images ``[B, H, W, C]``; group feature maps ``[B, H, W, C, |G
 See :mod:`dgcnn_jax.groups` for the group convention.
 """
 
-from . import testing
+from . import dynamic, testing
+from .dynamic import linear_temperature
 from .filters import group_filter_bank, lifting_filter_bank, transform_group_kernel
-from .groups import P4, P4M, Group, available_groups, get_group
-from .nn import GroupBatchNorm, GroupConv, GroupPool, LiftingConv
+from .groups import P4, P4M, Z2, Group, available_groups, get_group
+from .nn import (
+    DynamicGroupConv,
+    DynamicLiftingConv,
+    GroupBatchNorm,
+    GroupConv,
+    GroupPool,
+    LiftingConv,
+)
 from .norm import batch_moments, batch_norm
 from .ops import (
     add_bias,
@@ -23,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Group",
+    "Z2",
     "P4",
     "P4M",
     "available_groups",
@@ -43,5 +52,9 @@ __all__ = [
     "GroupConv",
     "GroupBatchNorm",
     "GroupPool",
+    "DynamicLiftingConv",
+    "DynamicGroupConv",
+    "linear_temperature",
+    "dynamic",
     "testing",
 ]

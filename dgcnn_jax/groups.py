@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Group", "P4", "P4M", "get_group", "available_groups"]
+__all__ = ["Group", "Z2", "P4", "P4M", "get_group", "available_groups"]
 
 _ROT_NAMES = ("e", "r", "r2", "r3")
 
@@ -193,13 +193,17 @@ def _make_group(name: str, elements: Sequence[tuple[int, int]]) -> Group:
     )
 
 
+Z2 = _make_group("z2", [(0, 0)])
+"""The trivial group (translations only): a "G-CNN" on Z2 is a plain CNN whose
+feature maps carry a group axis of size 1. Used for the non-equivariant baselines."""
+
 P4 = _make_group("p4", [(r, 0) for r in range(4)])
 """Translations and rotations by multiples of 90 degrees (4 elements)."""
 
 P4M = _make_group("p4m", [(r, m) for m in range(2) for r in range(4)])
 """p4 plus mirror reflections (8 elements, the dihedral group D4)."""
 
-_GROUPS = {"p4": P4, "p4m": P4M}
+_GROUPS = {"z2": Z2, "p4": P4, "p4m": P4M}
 
 
 def available_groups() -> tuple[str, ...]:
@@ -208,7 +212,8 @@ def available_groups() -> tuple[str, ...]:
 
 
 def get_group(group: Group | str) -> Group:
-    """Return a :class:`Group` given the group itself or its name (``"p4"``, ``"p4m"``)."""
+    """Return a :class:`Group` given the group itself or its name (``"z2"``, ``"p4"``,
+    ``"p4m"``)."""
     if isinstance(group, Group):
         return group
     if isinstance(group, str) and group.lower() in _GROUPS:

@@ -11,11 +11,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import norm, ops
-from ._checks import check_choice, check_positive_int
+from . import dynamic, norm, ops
+from ._checks import check_choice, check_feature_map, check_image, check_positive_int
 from .groups import Group, get_group
 
-__all__ = ["LiftingConv", "GroupConv", "GroupBatchNorm", "GroupPool", "default_kernel_init"]
+__all__ = [
+    "LiftingConv",
+    "GroupConv",
+    "GroupBatchNorm",
+    "GroupPool",
+    "DynamicLiftingConv",
+    "DynamicGroupConv",
+    "default_kernel_init",
+]
 
 default_kernel_init = jax.nn.initializers.he_normal()
 """He-normal over the fan-in of the last-but-one axis times the receptive field; for
@@ -128,3 +136,119 @@ class GroupPool(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.orientation_pool(x, self.kind)
+
+
+class _DynamicBase(nnx.Module):
+    """K kernel banks mixed per input by an attention branch (see :mod:`dgcnn_jax.dynamic`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 group: Group | str, *, lifting: bool, padding: ops.Padding, dilation: int,
+                 use_bias: bool, kernel_init, num_kernels: int, attention: str,
+                 reduction: float, min_hidden: int, strategy: str | None, rngs: nnx.Rngs):
+        self.group = get_group(group)
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size")
+        self.dilation = check_positive_int(dilation, "dilation")
+        if isinstance(num_kernels, bool) or not isinstance(num_kernels, int) or num_kernels < 1:
+            raise ValueError(f"num_kernels: expected an int K >= 1, got {num_kernels!r}")
+        self.num_kernels = num_kernels
+        self.attention = check_choice(attention, "attention", dynamic.ATTENTION_MODES)
+        if attention == "equivariant" and strategy not in (None, "linear"):
+            raise ValueError(
+                f"strategy: equivariant attention always mixes the K responses ('linear'), "
+                f"got {strategy!r}")
+        self.strategy = check_choice(strategy or dynamic.DEFAULT_STRATEGY, "strategy",
+                                     dynamic.STRATEGIES)
+        if not reduction > 0:
+            raise ValueError(f"reduction: expected a ratio > 0, got {reduction!r}")
+        self.reduction = reduction
+        ops.conv_padding(padding, kernel_size, dilation)
+        self.padding = padding
+        self.lifting = lifting
+        order = self.group.order
+        k, cin, cout, nk = kernel_size, in_channels, out_channels, num_kernels
+        shape = (k, k, cin, cout) if lifting else (k, k, cin, order, cout)
+        keys = jax.random.split(rngs.params(), nk)
+        self.kernels = nnx.Param(jnp.stack([kernel_init(key, shape, jnp.float32)
+                                            for key in keys]))
+        self.biases = nnx.Param(jnp.zeros((nk, cout), jnp.float32)) if use_bias else None
+        self.hidden = max(min_hidden, int(round(in_channels * reduction)))
+        hid = self.hidden
+        if attention == "invariant":
+            a1_shape, a2_shape = (cin, hid), (hid, nk)
+        else:
+            a1_shape = (k, k, cin, hid) if lifting else (1, 1, cin, order, hid)
+            a2_shape = (1, 1, hid, order, nk)
+        self.att_w1 = nnx.Param(default_kernel_init(rngs.params(), a1_shape, jnp.float32))
+        self.att_b1 = nnx.Param(jnp.zeros((hid,), jnp.float32))
+        self.att_w2 = nnx.Param(jax.nn.initializers.lecun_normal()(
+            rngs.params(), a2_shape, jnp.float32))
+        self.att_b2 = nnx.Param(jnp.zeros((nk,), jnp.float32))
+
+    def attention_weights(self, x: jax.Array, tau=1.0) -> jax.Array:
+        """Mixing weights: ``[B, K]`` (invariant) or ``[B, K, |G|]`` (equivariant)."""
+        self._check_input(x)
+        args = (x, self.att_w1[...], self.att_b1[...], self.att_w2[...], self.att_b2[...], tau)
+        if self.attention == "invariant":
+            return dynamic.invariant_attention(*args)
+        return dynamic.equivariant_attention(*args, self.group, padding=self.padding)
+
+    def _check_input(self, x):
+        if self.lifting:
+            check_image(x, "x", channels=self.in_channels)
+        else:
+            check_feature_map(x, self.group, "x", channels=self.in_channels)
+
+    def __call__(self, x: jax.Array, *, tau=1.0) -> jax.Array:
+        """Apply the layer; ``tau`` is the attention temperature (a call input, so a
+        schedule can change it without recompiling)."""
+        weights = self.attention_weights(x, tau)
+        biases = self.biases[...] if self.biases is not None else None
+        common = dict(padding=self.padding, dilation=self.dilation)
+        if self.attention == "invariant":
+            return dynamic.dynamic_conv(x, self.kernels[...], biases, weights, self.group,
+                                        strategy=self.strategy, **common)
+        return dynamic.dynamic_conv_equivariant(x, self.kernels[...], biases, weights,
+                                                self.group, **common)
+
+
+class DynamicLiftingConv(_DynamicBase):
+    """Dynamic lifting convolution: ``[B, H, W, C_in] -> [B, H', W', C_out, |G|]``.
+
+    Parameters: ``kernels [K, k, k, C_in, C_out]``, ``biases [K, C_out]`` and the
+    attention branch ``att_*``. ``num_kernels`` K (default 4), ``attention``
+    ("invariant" or "equivariant"), ``reduction`` (hidden width ratio of the attention
+    MLP, at least ``min_hidden``), ``strategy`` (invariant mode: "grouped", "linear",
+    "patches"; default :data:`dgcnn_jax.dynamic.DEFAULT_STRATEGY`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
+                 dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
+                 num_kernels: int = 4, attention: str = "invariant", reduction: float = 0.25,
+                 min_hidden: int = 4, strategy: str | None = None, rngs: nnx.Rngs):
+        super().__init__(in_channels, out_channels, kernel_size, group, lifting=True,
+                         padding=padding, dilation=dilation, use_bias=use_bias,
+                         kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
+                         reduction=reduction, min_hidden=min_hidden, strategy=strategy,
+                         rngs=rngs)
+
+
+class DynamicGroupConv(_DynamicBase):
+    """Dynamic group convolution: ``[B, H, W, C_in, |G|] -> [B, H', W', C_out, |G|]``.
+
+    Parameters: ``kernels [K, k, k, C_in, |G|, C_out]``, ``biases [K, C_out]`` and the
+    attention branch ``att_*``; other arguments as :class:`DynamicLiftingConv`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
+                 dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
+                 num_kernels: int = 4, attention: str = "invariant", reduction: float = 0.25,
+                 min_hidden: int = 4, strategy: str | None = None, rngs: nnx.Rngs):
+        super().__init__(in_channels, out_channels, kernel_size, group, lifting=False,
+                         padding=padding, dilation=dilation, use_bias=use_bias,
+                         kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
+                         reduction=reduction, min_hidden=min_hidden, strategy=strategy,
+                         rngs=rngs)

@@ -98,9 +98,15 @@ def test_groups_are_immutable_and_hashable():
 def test_get_group():
     assert dg.get_group("P4M") is dg.P4M
     assert dg.get_group(dg.P4) is dg.P4
-    with pytest.raises(ValueError, match="unknown group 'c8'.*p4, p4m"):
+    with pytest.raises(ValueError, match="unknown group 'c8'.*z2, p4, p4m"):
         dg.get_group("c8")
-    assert dg.available_groups() == ("p4", "p4m")
+    assert dg.available_groups() == ("z2", "p4", "p4m")
+
+
+def test_trivial_group():
+    assert dg.Z2.order == 1 and dg.Z2.cayley == ((0,),) and dg.Z2.inverse == (0,)
+    x = normal(3, 1, 4, 4, 2, 1)
+    np.testing.assert_array_equal(dg.Z2.transform_feature_map(x, 0), x)
 
 
 def test_bad_element():

@@ -111,7 +111,7 @@ def test_module_errors():
     with pytest.raises(ValueError, match="in_channels: expected a positive int"):
         dg.GroupConv(0, 3, 3, "p4", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown group"):
-        dg.LiftingConv(1, 3, 3, "z2", rngs=nnx.Rngs(0))
+        dg.LiftingConv(1, 3, 3, "c4", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="padding: 'SAME' with an even kernel size"):
         dg.LiftingConv(1, 3, 4, "p4", rngs=nnx.Rngs(0))
     layer = dg.GroupConv(2, 3, 3, "p4", rngs=nnx.Rngs(0))

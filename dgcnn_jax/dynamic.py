@@ -1,0 +1,307 @@
+"""Dynamic group convolution (functional core).
+
+A dynamic layer holds ``K`` kernel banks ``W_k`` and biases ``b_k`` and mixes them per
+input with attention weights ``pi(x)`` (Chen et al. 2020, made group-equivariant):
+
+* **invariant attention** (default): ``pi(x) = softmax(MLP(d(x)) / tau)`` with the
+  descriptor ``d(x)`` = mean of ``x`` over the spatial AND group axes ``[B, C_in]``.
+  ``d(L_g x) = d(x)`` exactly (the mean over a set that ``L_g`` permutes), so the
+  weights are invariant, the per-example kernel ``W(x) = sum_k pi_k(x) W_k`` is the same
+  for ``x`` and ``L_g x``, and ``y = x * W(x) + b(x)`` inherits the exact equivariance of
+  the static convolution: ``y(L_g x) = L_g x * W(x) = L_g (x * W(x)) = L_g y(x)``.
+* **equivariant attention**: one weight per kernel AND output group element,
+  ``pi_k(x, g)`` with ``pi(L_h x, g) = pi(x, h^-1 g)``: the descriptor is the spatial
+  mean of a group feature map (of ``x`` itself, or of a small lifting convolution for
+  image inputs), which transforms by permuting the group axis; it passes through
+  1x1 group convolutions (equivariant maps on the group axis) and a softmax over ``K``
+  per ``g``. The output ``y(u, g) = sum_k pi_k(x, g) (x * W_k + b_k)(u, g)`` is then
+  equivariant. This needs all ``K`` responses: ``K`` times the convolution FLOPs.
+
+Shapes: images ``[B, H, W, C]``, group feature maps ``[B, H, W, C, |G|]``; lifting
+kernels ``[K, k, k, C_in, C_out]``, group kernels ``[K, k, k, C_in, |G|, C_out]``,
+biases ``[K, C_out]``; invariant weights ``[B, K]``, equivariant weights ``[B, K, |G|]``.
+
+Execution strategies of the invariant mode (all give the same output):
+
+* ``"grouped"``: per-example kernels built with ``vmap``, one grouped convolution with
+  the batch folded into the channel axis (``feature_group_count = B``);
+* ``"linear"``: the ``K`` convolutions as one wide convolution, mixed by linearity
+  (``K`` times the FLOPs);
+* ``"patches"``: row patches of the input (``k`` shifted slices) times per-example
+  kernel matrices, one batched matmul forward and backward
+  (:func:`per_example_conv_patches`).
+
+``DEFAULT_STRATEGY`` was chosen by measurement (``python -m experiments.benchmark_dynamic``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from . import ops
+from ._checks import check_choice, check_feature_map, check_image, shape_of
+from .filters import group_filter_bank, lifting_filter_bank
+from .groups import Group, get_group
+
+__all__ = [
+    "STRATEGIES",
+    "ATTENTION_MODES",
+    "DEFAULT_STRATEGY",
+    "check_temperature",
+    "invariant_descriptor",
+    "invariant_attention",
+    "equivariant_attention",
+    "aggregate",
+    "dynamic_conv",
+    "dynamic_conv_equivariant",
+    "per_example_conv_patches",
+    "linear_temperature",
+]
+
+STRATEGIES = ("grouped", "linear", "patches")
+ATTENTION_MODES = ("invariant", "equivariant")
+DEFAULT_STRATEGY = "patches"
+
+
+def check_temperature(tau) -> None:
+    """Raise ``ValueError`` for a concrete temperature ``tau <= 0`` (traced values pass)."""
+    if isinstance(tau, jax.core.Tracer):
+        return
+    if not np.all(np.asarray(tau) > 0):
+        raise ValueError(f"tau: the attention temperature must be > 0, got {tau!r}")
+
+
+def invariant_descriptor(x: jax.Array) -> jax.Array:
+    """Mean over the spatial and group axes: ``[B, H, W, C(, |G|)] -> [B, C]`` (invariant)."""
+    return ops.global_pool(x, "mean")
+
+
+def invariant_attention(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array,
+                        b2: jax.Array, tau) -> jax.Array:
+    """Invariant mixing weights ``softmax(Dense(ReLU(Dense(d(x)))) / tau)``: ``[B, K]``.
+
+    Args:
+      x: images ``[B, H, W, C]`` or group feature maps ``[B, H, W, C, |G|]``.
+      w1, b1: ``[C, hidden]``, ``[hidden]``; w2, b2: ``[hidden, K]``, ``[K]``.
+      tau: temperature (> 0), a traced scalar is fine.
+    """
+    check_temperature(tau)
+    d = invariant_descriptor(x)
+    if shape_of(w1)[0] != d.shape[-1]:
+        raise ValueError(f"w1: expected shape [{d.shape[-1]}, hidden], got {shape_of(w1)}")
+    z = jax.nn.relu(d @ w1 + b1) @ w2 + b2
+    return jax.nn.softmax(z / tau, axis=-1)
+
+
+def equivariant_attention(x: jax.Array, a1: jax.Array, b1: jax.Array, a2: jax.Array,
+                          b2: jax.Array, tau, group: Group | str, *,
+                          padding: ops.Padding = "SAME") -> jax.Array:
+    """Equivariant mixing weights ``pi_k(x, g)``: ``[B, K, |G|]``, softmax over ``K``.
+
+    ``pi(L_h x, g) = pi(x, h^-1 g)``.
+
+    Args:
+      x: images ``[B, H, W, C]`` (then ``a1`` is a lifting kernel ``[k, k, C, hidden]``)
+        or group feature maps ``[B, H, W, C, |G|]`` (then ``a1`` is ``[1, 1, C, |G|,
+        hidden]``, applied to the spatial mean).
+      b1: ``[hidden]``; a2: ``[1, 1, hidden, |G|, K]``; b2: ``[K]``.
+      tau: temperature (> 0).
+    """
+    group = get_group(group)
+    check_temperature(tau)
+    if x.ndim == 4:
+        h = ops.lifting_conv(x, a1, group, padding=padding)
+        d = jnp.mean(h, axis=(1, 2), keepdims=True)  # [B, 1, 1, hidden, G]
+    else:
+        d = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, C, G]
+        d = ops.group_conv(d, a1, group, padding="VALID")
+    d = jax.nn.relu(ops.add_bias(d, b1))
+    z = ops.add_bias(ops.group_conv(d, a2, group, padding="VALID"), b2)[:, 0, 0]  # [B, K, G]
+    return jax.nn.softmax(z / tau, axis=1)
+
+
+def aggregate(params: jax.Array, weights: jax.Array) -> jax.Array:
+    """Per-example mixture ``sum_k weights[b, k] params[k]`` built with ``vmap``.
+
+    ``params`` is ``[K, ...]`` and ``weights`` ``[B, K]``; returns ``[B, ...]``.
+    """
+    return jax.vmap(lambda w: jnp.tensordot(w, params, axes=1))(weights)
+
+
+def _bank_matrix(kernel, group, lifting):
+    """HWIO matrix ``[k, k, C_in * |G_in|, C_out * |G|]`` of one kernel's filter bank."""
+    bank = lifting_filter_bank(kernel, group) if lifting else group_filter_bank(kernel, group)
+    k = bank.shape[0]
+    cin = kernel.shape[2] * (1 if lifting else group.order)
+    return bank.reshape(k, k, cin, -1)
+
+
+def _check_dynamic_inputs(x, kernels, biases, group):
+    kshape = shape_of(kernels)
+    if len(kshape) == 5:
+        lifting = True
+        check_image(x, "x", channels=kshape[3])
+        cout = kshape[4]
+    elif len(kshape) == 6:
+        lifting = False
+        if kshape[4] != group.order:
+            raise ValueError(
+                f"kernels: expected [K, k, k, in_channels, {group.order}, out_channels], got "
+                f"{kshape}")
+        check_feature_map(x, group, "x", channels=kshape[3])
+        cout = kshape[5]
+    else:
+        raise ValueError(
+            f"kernels: expected [K, k, k, in_channels, out_channels] (lifting) or [K, k, k, "
+            f"in_channels, {group.order}, out_channels] (group), got {kshape}")
+    if biases is not None and shape_of(biases) != (kshape[0], cout):
+        raise ValueError(f"biases: expected shape ({kshape[0]}, {cout}), got {shape_of(biases)}")
+    return lifting, kshape
+
+
+def per_example_conv_patches(x: jax.Array, kernels: jax.Array, padding, dilation: int = 1,
+                             precision=None) -> jax.Array:
+    """Cross-correlate each example with its own kernel by row patches and a batched matmul.
+
+    Args:
+      x: ``[B, H, W, C]``.
+      kernels: per-example HWIO kernels ``[B, k, k, C, O]``.
+      padding: explicit ``[(lo, hi), (lo, hi)]`` (see :func:`dgcnn_jax.conv_padding`).
+
+    Returns ``[B, H', W', O]``. The ``k`` row-shifted slices of the padded input are
+    stacked along channels (``k`` times the input, not ``k * k``), multiplied with the
+    kernels arranged as ``[B, k * C, k * O]``, and the ``k`` column shifts are applied
+    to the products and summed. Pure data movement plus one batched matmul, forward and
+    backward.
+    """
+    (plo, phi), (qlo, qhi) = padding
+    b, h, w, c = x.shape
+    k, out = kernels.shape[1], kernels.shape[-1]
+    span = dilation * (k - 1) + 1
+    oh, ow = h + plo + phi - span + 1, w + qlo + qhi - span + 1
+    xp = jnp.pad(x, ((0, 0), (plo, phi), (qlo, qhi), (0, 0)))
+    rows = jnp.concatenate([xp[:, i * dilation:i * dilation + oh] for i in range(k)], axis=-1)
+    kmat = jnp.moveaxis(kernels, 2, 3).reshape(b, k * c, k * out)  # [B, (i, c), (j, o)]
+    z = jnp.einsum("bhwp,bpq->bhwq", rows, kmat, precision=precision)
+    z = z.reshape(b, oh, w + qlo + qhi, k, out)
+    return sum(z[:, :, j * dilation:j * dilation + ow, j] for j in range(k))
+
+
+def _flat(x):
+    b, h, w = x.shape[:3]
+    return x.reshape(b, h, w, -1)
+
+
+def dynamic_conv(
+    x: jax.Array,
+    kernels: jax.Array,
+    biases: jax.Array | None,
+    weights: jax.Array,
+    group: Group | str,
+    *,
+    padding: ops.Padding = "SAME",
+    dilation: int = 1,
+    strategy: str = DEFAULT_STRATEGY,
+    precision=None,
+) -> jax.Array:
+    """Dynamic lifting or group convolution with invariant weights ``[B, K]``.
+
+    ``y_b = x_b * (sum_k w_bk W_k) + sum_k w_bk b_k``. Lifting when ``kernels`` is
+    ``[K, k, k, C_in, C_out]`` (``x`` images), group convolution when it is
+    ``[K, k, k, C_in, |G|, C_out]`` (``x`` group feature maps). Returns
+    ``[B, H', W', C_out, |G|]``.
+    """
+    group = get_group(group)
+    check_choice(strategy, "strategy", STRATEGIES)
+    lifting, kshape = _check_dynamic_inputs(x, kernels, biases, group)
+    num_k, k = kshape[0], kshape[1]
+    if shape_of(weights) != (x.shape[0], num_k):
+        raise ValueError(
+            f"weights: expected invariant weights of shape ({x.shape[0]}, {num_k}) "
+            f"[batch, K], got {shape_of(weights)}")
+    pad = ops.conv_padding(padding, k, dilation)
+    cout = kshape[-1]
+    xf = _flat(x)
+    b, h, w, cin = xf.shape
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
+    if strategy == "linear":
+        wide = jnp.moveaxis(banks, 0, 3).reshape(k, k, cin, -1)  # [k, k, cin, K * cout * G]
+        y = lax.conv_general_dilated(xf, wide, (1, 1), pad, rhs_dilation=(dilation,) * 2,
+                                     dimension_numbers=dims, precision=precision)
+        y = y.reshape(*y.shape[:3], num_k, cout, group.order)
+        y = jnp.einsum("bhwkog,bk->bhwog", y, weights, precision=precision)
+    else:
+        # T(g) is linear, so mixing the K banks equals the bank of the mixed kernel.
+        mats = aggregate(banks, weights)  # [B, k, k, cin, cout * G]
+        if strategy == "grouped":
+            # Fold the batch into channels: one convolution with B feature groups.
+            xg = jnp.moveaxis(xf, 0, 2).reshape(1, h, w, b * cin)
+            wg = jnp.moveaxis(mats, 0, 3).reshape(k, k, cin, -1)  # [k, k, cin, B * out]
+            y = lax.conv_general_dilated(xg, wg, (1, 1), pad, rhs_dilation=(dilation,) * 2,
+                                         dimension_numbers=dims, feature_group_count=b,
+                                         precision=precision)
+            y = jnp.moveaxis(y.reshape(*y.shape[1:3], b, -1), 2, 0)
+        else:  # patches
+            y = per_example_conv_patches(xf, mats, pad, dilation, precision)
+        y = y.reshape(*y.shape[:3], cout, group.order)
+    if biases is not None:
+        y = y + (weights @ biases)[:, None, None, :, None].astype(y.dtype)
+    return y
+
+
+def dynamic_conv_equivariant(
+    x: jax.Array,
+    kernels: jax.Array,
+    biases: jax.Array | None,
+    weights: jax.Array,
+    group: Group | str,
+    *,
+    padding: ops.Padding = "SAME",
+    dilation: int = 1,
+    precision=None,
+) -> jax.Array:
+    """Dynamic convolution with equivariant weights ``[B, K, |G|]``.
+
+    ``y(u, g) = sum_k weights[k, g] (x * W_k + b_k)(u, g)``: all ``K`` responses are
+    computed (one convolution ``K`` times as wide), then mixed per group element.
+    """
+    group = get_group(group)
+    lifting, kshape = _check_dynamic_inputs(x, kernels, biases, group)
+    num_k, k = kshape[0], kshape[1]
+    if shape_of(weights) != (x.shape[0], num_k, group.order):
+        raise ValueError(
+            f"weights: expected equivariant weights of shape ({x.shape[0]}, {num_k}, "
+            f"{group.order}) [batch, K, |G|], got {shape_of(weights)}")
+    pad = ops.conv_padding(padding, k, dilation)
+    cout = kshape[-1]
+    xf = _flat(x)
+    cin = xf.shape[-1]
+    banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
+    wide = jnp.moveaxis(banks, 0, 3).reshape(k, k, cin, -1)
+    y = lax.conv_general_dilated(xf, wide, (1, 1), pad, rhs_dilation=(dilation,) * 2,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 precision=precision)
+    y = y.reshape(*y.shape[:3], num_k, cout, group.order)
+    if biases is not None:
+        y = y + biases[:, :, None].astype(y.dtype)
+    return jnp.einsum("bhwkog,bkg->bhwog", y, weights, precision=precision)
+
+
+def linear_temperature(epoch, *, initial: float = 30.0, final: float = 1.0,
+                       anneal_epochs: float = 10.0):
+    """Attention temperature: linear from ``initial`` to ``final`` over the first
+    ``anneal_epochs`` epochs, then ``final`` (Chen et al. 2020). ``epoch`` may be
+    fractional or a jax scalar."""
+    if initial <= 0 or final <= 0:
+        raise ValueError(f"initial, final: temperatures must be > 0, got {initial}, {final}")
+    if anneal_epochs < 0:
+        raise ValueError(f"anneal_epochs: expected >= 0, got {anneal_epochs}")
+    if anneal_epochs == 0:
+        return jnp.asarray(final, jnp.float32) + 0.0 * jnp.asarray(epoch, jnp.float32)
+    frac = jnp.clip(jnp.asarray(epoch, jnp.float32) / anneal_epochs, 0.0, 1.0)
+    return initial + (final - initial) * frac

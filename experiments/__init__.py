@@ -1,0 +1,1 @@
+"""Experiment scripts over the dgcnn_jax library (run as ``python -m experiments.NAME``)."""

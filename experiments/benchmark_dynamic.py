@@ -1,0 +1,103 @@
+"""Static GroupConv vs DynamicGroupConv (K kernels, invariant attention), fwd + bwd.
+
+    python -m experiments.benchmark_dynamic [--batch 64 --size 32 --fields 16 ...]
+
+For each group and each execution strategy, prints the median time of one forward +
+backward pass (gradients with respect to the parameters and the input) over repeated
+runs in this process, and the ratio dynamic / static; writes the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import dgcnn_jax as dg
+from experiments.timing import time_call
+
+
+def fwd_bwd(module, x, tau=None):
+    graphdef, state = nnx.split(module)
+
+    def loss(state, x):
+        m = nnx.merge(graphdef, state)
+        y = m(x) if tau is None else m(x, tau=tau)
+        return jnp.mean(jnp.square(y))
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return lambda: step(state, x)
+
+
+def run(batch: int, size: int, fields: int, kernels: int, repeats: int, groups, strategies,
+        kernel_size: int = 3) -> dict:
+    results = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+               "machine": platform.processor() or platform.machine(), "batch": batch,
+               "size": size, "fields": fields, "num_kernels": kernels,
+               "kernel_size": kernel_size, "repeats": repeats, "rows": []}
+    for name in groups:
+        group = dg.get_group(name)
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((batch, size, size, fields, group.order)),
+                        jnp.float32)
+        static = dg.GroupConv(fields, fields, kernel_size, group, rngs=nnx.Rngs(0))
+        base = time_call(fwd_bwd(static, x), repeats=repeats)
+        results["rows"].append({"group": name, "layer": "GroupConv", "strategy": "-",
+                                **base, "ratio": 1.0})
+        print(f"{name:4s} {'GroupConv':17s} {'-':8s} median {base['median_s'] * 1e3:9.1f} ms"
+              f"  (compile {base['compile_s']:.1f} s)", flush=True)
+        for strategy in strategies:
+            layer = dg.DynamicGroupConv(fields, fields, kernel_size, group,
+                                        num_kernels=kernels, strategy=strategy,
+                                        rngs=nnx.Rngs(1))
+            t = time_call(fwd_bwd(layer, x, tau=jnp.float32(1.0)), repeats=repeats)
+            ratio = t["median_s"] / base["median_s"]
+            results["rows"].append({"group": name, "layer": "DynamicGroupConv",
+                                    "strategy": strategy, **t, "ratio": ratio})
+            print(f"{name:4s} {'DynamicGroupConv':17s} {strategy:8s} median "
+                  f"{t['median_s'] * 1e3:9.1f} ms  ratio {ratio:5.2f}"
+                  f"{'  (default)' if strategy == dg.dynamic.DEFAULT_STRATEGY else ''}",
+                  flush=True)
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    """The measured rows as a Markdown table."""
+    lines = ["| group | layer | strategy | median fwd+bwd (ms) | dynamic / static |",
+             "|---|---|---|---|---|"]
+    for row in results["rows"]:
+        default = " (default)" if row["strategy"] == dg.dynamic.DEFAULT_STRATEGY else ""
+        lines.append(f"| {row['group']} | {row['layer']} | {row['strategy']}{default} | "
+                     f"{row['median_s'] * 1e3:.1f} | {row['ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--fields", type=int, default=16)
+    p.add_argument("--kernels", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--groups", nargs="+", default=["p4", "p4m"])
+    p.add_argument("--strategies", nargs="+", default=list(dg.dynamic.STRATEGIES))
+    p.add_argument("--output", default="benchmark_dynamic.json")
+    args = p.parse_args(argv)
+    results = run(args.batch, args.size, args.fields, args.kernels, args.repeats, args.groups,
+                  args.strategies)
+    out = pathlib.Path(args.output)
+    out.write_text(json.dumps(results, indent=2))
+    print(markdown_table(results))
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
