@@ -1,0 +1,89 @@
+"""Small classifiers for 28x28 MedMNIST images: CNN, G-CNN and dynamic G-CNN.
+
+One topology for every family, so that they differ only in the group and in whether
+the convolutions are dynamic:
+
+    conv(C_in -> w) - BN - ReLU
+    2 x [conv(w -> w) - BN - ReLU]
+    2x2 max pooling (exact: needs even height and width)
+    3 x [conv(w -> w) - BN - ReLU]
+    global mean pooling over space and group (invariant) - dropout - linear head
+
+The first convolution lifts images to group feature maps, the others are group
+convolutions; the plain CNN is the same network on the trivial group ``z2``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .. import ops
+from .._checks import check_image
+from ..groups import Group, get_group
+from ..nn import DynamicGroupConv, DynamicLiftingConv, GroupBatchNorm, GroupConv, LiftingConv
+
+__all__ = ["SmallGCNN"]
+
+NUM_CONV = 6
+POOL_AFTER = 3  # the 2x2 pooling follows this many convolutions
+
+
+class SmallGCNN(nnx.Module):
+    """6-convolution classifier over ``group`` (``z2`` gives a plain CNN).
+
+    Args:
+      in_channels: image channels (1 for grey MedMNIST, 3 for colour).
+      num_classes: logits per image.
+      group: ``"z2"``, ``"p4"`` or ``"p4m"``.
+      width: fields per layer (channels = width * |G|).
+      dynamic: use dynamic convolutions with ``num_kernels`` kernels and ``attention``.
+      dropout: dropout rate before the head.
+
+    Call: ``model(x, tau=1.0)`` with ``x`` ``[B, H, W, in_channels]``, ``H`` and ``W``
+    even and at least 4; returns logits ``[B, num_classes]``, invariant under the group.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, group: Group | str, width: int, *,
+                 dynamic: bool = False, num_kernels: int = 4, attention: str = "invariant",
+                 dropout: float = 0.1, rngs: nnx.Rngs):
+        self.group = get_group(group)
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.dynamic = dynamic
+        extra = dict(num_kernels=num_kernels, attention=attention) if dynamic else {}
+        lift_cls = DynamicLiftingConv if dynamic else LiftingConv
+        conv_cls = DynamicGroupConv if dynamic else GroupConv
+        convs = [lift_cls(in_channels, width, 3, self.group, use_bias=False, rngs=rngs, **extra)]
+        convs += [conv_cls(width, width, 3, self.group, use_bias=False, rngs=rngs, **extra)
+                  for _ in range(NUM_CONV - 1)]
+        self.convs = nnx.List(convs)
+        self.norms = nnx.List([GroupBatchNorm(width, rngs=rngs) for _ in range(NUM_CONV)])
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.head = nnx.Linear(width, num_classes, rngs=rngs)
+
+    def check_input(self, x) -> None:
+        """Raise ``ValueError`` before any compute if ``x`` does not fit the model."""
+        _, h, w, _ = check_image(x, "x", channels=self.in_channels)
+        if h < 4 or w < 4 or h % 2 or w % 2:
+            raise ValueError(
+                f"x: this model needs even height and width of at least 4 (one exact 2x2 "
+                f"pooling), got {h}x{w}")
+
+    def __call__(self, x: jax.Array, *, tau=1.0) -> jax.Array:
+        self.check_input(x)
+        y = x
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            y = conv(y, tau=tau) if self.dynamic else conv(y)
+            y = jax.nn.relu(norm(y))
+            if i + 1 == POOL_AFTER:
+                y = ops.spatial_pool(y, 2)
+        y = self.dropout(ops.global_pool(y, "mean"))
+        return self.head(y)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters (``nnx.Param`` entries)."""
+    state = nnx.state(model, nnx.Param)
+    return int(sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(state)))

@@ -1,0 +1,65 @@
+"""Model registry: stable names used in configs and result tables."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from flax import nnx
+
+from ._small import SmallGCNN, count_params
+
+__all__ = ["ModelSpec", "available", "create", "spec", "count_params"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """How to build a registered model and what it is for."""
+
+    name: str
+    description: str
+    group: str
+    dynamic: bool
+    build: Callable[..., nnx.Module]
+    input_size: int = 28  # the image size the widths were matched at
+
+
+def _small(name, group, width, dynamic, description):
+    def build(num_classes, in_channels, rngs, **kwargs):
+        return SmallGCNN(in_channels, num_classes, group, width, dynamic=dynamic,
+                         rngs=rngs, **kwargs)
+    return ModelSpec(name, description, group, dynamic, build)
+
+
+# Widths matched so that the parameter counts agree within 10% (see README's table).
+_SPECS = {s.name: s for s in [
+    _small("cnn", "z2", 47, False, "plain CNN, 47 channels"),
+    _small("p4_gcnn", "p4", 24, False, "p4 G-CNN, 24 fields (96 channels)"),
+    _small("p4m_gcnn", "p4m", 17, False, "p4m G-CNN, 17 fields (136 channels)"),
+    _small("p4_dgcnn", "p4", 12, True, "dynamic p4 G-CNN, K=4, 12 fields"),
+    _small("p4m_dgcnn", "p4m", 8, True, "dynamic p4m G-CNN, K=4, 8 fields"),
+]}
+
+
+def available() -> tuple[str, ...]:
+    """Names accepted by :func:`create`."""
+    return tuple(_SPECS)
+
+
+def spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a registered model."""
+    if name not in _SPECS:
+        raise ValueError(f"name: unknown model {name!r}; known models: {', '.join(_SPECS)}")
+    return _SPECS[name]
+
+
+def create(name: str, *, num_classes: int, in_channels: int = 1, rngs: nnx.Rngs,
+           **kwargs) -> nnx.Module:
+    """Build a registered model, e.g. ``create("p4m_dgcnn", num_classes=2, rngs=nnx.Rngs(0))``.
+
+    Extra keyword arguments (e.g. ``dropout``, ``attention``) go to the model class.
+    """
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg}: expected a positive int, got {value!r}")
+    return spec(name).build(num_classes, in_channels, rngs, **kwargs)

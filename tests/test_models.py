@@ -1,0 +1,88 @@
+"""Model zoo: registry, parameter matching, exact invariance, input errors."""
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import dgcnn_jax as dg
+from dgcnn_jax import models
+from dgcnn_jax.testing import assert_equivariant, equivariance_errors
+from tests.conftest import RTOL, normal
+
+G_MODELS = [n for n in models.available() if models.spec(n).group != "z2"]
+
+
+def _eval_model(name, seed=0, **kwargs):
+    model = models.create(name, num_classes=3, in_channels=1, rngs=nnx.Rngs(seed), **kwargs)
+    model.eval()
+    return model
+
+
+def test_registry_names_are_stable():
+    assert models.available()[:5] == ("cnn", "p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")
+    with pytest.raises(ValueError, match="unknown model 'resnet'.*cnn, p4_gcnn"):
+        models.create("resnet", num_classes=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="num_classes: expected a positive int"):
+        models.create("cnn", num_classes=0, rngs=nnx.Rngs(0))
+
+
+def test_parameter_counts_match_within_ten_percent():
+    counts = {n: models.count_params(models.create(n, num_classes=2, rngs=nnx.Rngs(0)))
+              for n in models.available() if not n.endswith("_wide")}
+    base = counts["cnn"]
+    for name, count in counts.items():
+        assert abs(count - base) <= 0.10 * base, (name, count, base)
+
+
+@pytest.mark.parametrize("name", G_MODELS)
+def test_logits_are_invariant_on_random_images(name):
+    model = _eval_model(name)
+    group = models.spec(name).group
+    x = normal(0, 2, 28, 28, 1)
+    forward = nnx.jit(lambda m, x: m(x, tau=1.0))
+    assert_equivariant(lambda v: forward(model, v), group, x, output_kind="invariant",
+                       rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", G_MODELS)
+def test_logits_are_invariant_on_a_real_image(name, medmnist_dir):
+    image = np.load(medmnist_dir / "breastmnist.npz")["test_images"][:2]
+    x = (image[..., None].astype(np.float32) / 255.0 - 0.5) / 0.25
+    model = _eval_model(name, seed=1)
+    forward = nnx.jit(lambda m, x: m(x, tau=1.0))
+    assert_equivariant(lambda v: forward(model, v), models.spec(name).group, x,
+                       output_kind="invariant", rtol=RTOL)
+
+
+def test_plain_cnn_is_not_invariant():
+    model = _eval_model("cnn")
+    x = normal(1, 2, 28, 28, 1)
+    errors = equivariance_errors(lambda v: model(v), "p4m", x, output_kind="invariant")
+    assert errors[0] == 0.0 and errors[1:].min() > 1e-3
+    with pytest.raises(AssertionError):
+        assert_equivariant(lambda v: model(v), "p4", x, output_kind="invariant")
+
+
+def test_train_and_eval_modes_and_temperature():
+    model = models.create("p4_dgcnn", num_classes=2, rngs=nnx.Rngs(0), dropout=0.5)
+    x = jnp.asarray(normal(2, 4, 8, 8, 1))
+    model.train()
+    a = model(x, tau=1.0)
+    model.eval()
+    b1, b2 = model(x, tau=1.0), model(x, tau=1.0)
+    chex.assert_trees_all_equal(b1, b2)  # eval is deterministic
+    assert not np.allclose(a, b1)
+    assert not np.allclose(model(x, tau=30.0), b1)  # the temperature changes the output
+    chex.assert_shape(a, (4, 2))
+
+
+def test_input_errors_before_compute():
+    model = models.create("p4m_gcnn", num_classes=2, in_channels=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="x: expected 3 channels"):
+        model(jnp.zeros((1, 28, 28, 1)))
+    with pytest.raises(ValueError, match="even height and width of at least 4"):
+        model(jnp.zeros((1, 27, 27, 3)))
+    with pytest.raises(ValueError, match="even height and width of at least 4"):
+        model(jnp.zeros((1, 2, 2, 3)))
