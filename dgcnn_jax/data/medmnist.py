@@ -1,0 +1,188 @@
+"""MedMNIST 2D (28 px) archives: locate, download, verify and load.
+
+Files are the official ``.npz`` archives (keys ``{split}_images`` uint8 ``[N, 28, 28]``
+or ``[N, 28, 28, 3]`` and ``{split}_labels`` ``[N, L]``) with the official splits
+``train`` / ``val`` / ``test``. The data directory is, in order: the ``data_dir``
+argument, the environment variable ``DGCNN_DATA_DIR``, or a user cache folder
+(``$XDG_CACHE_HOME/dgcnn_jax/medmnist``, default ``~/.cache/dgcnn_jax/medmnist``).
+
+A missing file is downloaded from the official MedMNIST release, written to a
+temporary file in the data directory, checked against the official MD5 and only then
+renamed into place; a file whose checksum does not match is never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+__all__ = [
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "DEFAULT_URL",
+    "SPLITS",
+    "ChecksumError",
+    "DatasetInfo",
+    "default_data_dir",
+    "fetch",
+    "info",
+    "load",
+    "md5sum",
+]
+
+DEFAULT_URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
+DEFAULT_DATASET = "breastmnist"
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Facts of one MedMNIST 2D dataset (from the official MedMNIST v2 release)."""
+
+    name: str
+    md5: str
+    num_classes: int
+    channels: int
+    task: str  # "binary-class", "multi-class", "ordinal-regression" or "multi-label"
+    split_sizes: tuple[int, int, int]  # train, val, test
+
+
+DATASETS = {d.name: d for d in [
+    DatasetInfo("pathmnist", "a8b06965200029087d5bd730944a56c1", 9, 3, "multi-class",
+                (89996, 10004, 7180)),
+    DatasetInfo("chestmnist", "02c8a6516a18b556561a56cbdd36c4a8", 14, 1, "multi-label",
+                (78468, 11219, 22433)),
+    DatasetInfo("dermamnist", "0744692d530f8e62ec473284d019b0c7", 7, 3, "multi-class",
+                (7007, 1003, 2005)),
+    DatasetInfo("octmnist", "c68d92d5b585d8d81f7112f81e2d0842", 4, 1, "multi-class",
+                (97477, 10832, 1000)),
+    DatasetInfo("pneumoniamnist", "28209eda62fecd6e6a2d98b1501bb15f", 2, 1, "binary-class",
+                (4708, 524, 624)),
+    DatasetInfo("retinamnist", "bd4c0672f1bba3e3a89f0e4e876791e4", 5, 3, "ordinal-regression",
+                (1080, 120, 400)),
+    DatasetInfo("breastmnist", "750601b1f35ba3300ea97c75c52ff8f6", 2, 1, "binary-class",
+                (546, 78, 156)),
+    DatasetInfo("bloodmnist", "7053d0359d879ad8a5505303e11de1dc", 8, 3, "multi-class",
+                (11959, 1712, 3421)),
+    DatasetInfo("tissuemnist", "ebe78ee8b05294063de985d821c1c34b", 8, 1, "multi-class",
+                (165466, 23640, 47280)),
+    DatasetInfo("organamnist", "866b832ed4eeba67bfb9edee1d5544e6", 11, 1, "multi-class",
+                (34581, 6491, 17778)),
+    DatasetInfo("organcmnist", "0afa5834fb105f7705a7d93372119a21", 11, 1, "multi-class",
+                (13000, 2392, 8268)),
+    DatasetInfo("organsmnist", "e5c39f1af030238290b9557d9503af9d", 11, 1, "multi-class",
+                (13940, 2452, 8829)),
+]}
+
+
+class ChecksumError(ValueError):
+    """A data file's checksum differs from the official one."""
+
+
+def info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a MedMNIST 2D dataset; unknown names list known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset: unknown MedMNIST dataset {name!r}; known datasets: "
+                         f"{', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def default_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """``data_dir``, else ``$DGCNN_DATA_DIR``, else the user cache folder."""
+    if data_dir is not None:
+        return pathlib.Path(data_dir).expanduser()
+    env = os.environ.get("DGCNN_DATA_DIR")
+    if env:
+        return pathlib.Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(cache) / "dgcnn_jax" / "medmnist"
+
+
+def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(path: pathlib.Path, expected: str) -> None:
+    actual = md5sum(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{path}: MD5 checksum mismatch: expected {expected}, got {actual}; the file is "
+            f"corrupt or not the official archive (delete it to download it again)")
+
+
+def fetch(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True,
+          url: str = DEFAULT_URL, timeout: float = 60.0) -> pathlib.Path:
+    """Path of a verified ``{name}.npz``, downloading it if it is missing.
+
+    Raises:
+      ValueError: unknown dataset name.
+      ChecksumError: the file (present or downloaded) does not match the official MD5;
+        a bad download is deleted and nothing is written in its place.
+      FileNotFoundError: the file is missing and cannot be downloaded; the message says
+        where to put which file.
+    """
+    meta = info(name)
+    folder = default_data_dir(data_dir)
+    path = folder / f"{name}.npz"
+    if path.is_file():
+        _verify(path, meta.md5)
+        return path
+    source = url.format(name=name)
+    where = (f"put the official {name}.npz (MD5 {meta.md5}, from {source}) into {folder}, "
+             f"or set DGCNN_DATA_DIR to a folder that has it")
+    if not download:
+        raise FileNotFoundError(f"{path} not found and download=False: {where}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FileNotFoundError(f"cannot create data directory {folder} ({err}): {where}")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    tmp = pathlib.Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(source, timeout=timeout) as response:
+                    while block := response.read(1 << 20):
+                        out.write(block)
+            except (urllib.error.URLError, OSError) as err:
+                raise FileNotFoundError(
+                    f"{path} not found and downloading {source} failed ({err}): {where}"
+                ) from err
+        _verify(tmp, meta.md5)
+        os.replace(tmp, path)  # atomic within one folder
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load(name: str = DEFAULT_DATASET, split: str = "train",
+         data_dir: str | os.PathLike | None = None, *,
+         download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``uint8 [N, 28, 28, C]`` (NHWC) and labels of one official split.
+
+    Labels are ``int32 [N]`` for single-label tasks and ``[N, L]`` for multi-label ones.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    meta = info(name)
+    path = fetch(name, data_dir, download=download)
+    with np.load(path) as archive:
+        images = archive[f"{split}_images"]
+        labels = archive[f"{split}_labels"]
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = labels.astype(np.int32)
+    if meta.task != "multi-label":
+        labels = labels.reshape(-1)
+    return images, labels

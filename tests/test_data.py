@@ -1,0 +1,195 @@
+"""MedMNIST loading (real files), download against a local server, grain pipelines."""
+
+import contextlib
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from dgcnn_jax import data
+from dgcnn_jax.data import medmnist
+
+EXPECTED = {
+    "breastmnist": {"train": (546, [147, 399]), "val": (78, [21, 57]), "test": (156, [42, 114])},
+    "pneumoniamnist": {"train": (4708, [1214, 3494]), "val": (524, [135, 389]),
+                       "test": (624, [234, 390])},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_real_files_shapes_sizes_classes_range(name, split, medmnist_dir):
+    images, labels = data.load(name, split, medmnist_dir, download=False)
+    size, counts = EXPECTED[name][split]
+    assert images.shape == (size, 28, 28, 1) and images.dtype == np.uint8
+    assert labels.shape == (size,) and labels.dtype == np.int32
+    assert np.bincount(labels).tolist() == counts
+    assert images.min() < 20 and images.max() > 200  # uint8 grey levels, full spread
+    assert data.info(name).split_sizes[["train", "val", "test"].index(split)] == size
+
+
+@contextlib.contextmanager
+def serve(folder):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{{name}}.npz"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_from_local_server(medmnist_dir, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(medmnist_dir / "breastmnist.npz", served / "breastmnist.npz")
+    cache = tmp_path / "cache"
+    with serve(served) as url:
+        path = data.fetch("breastmnist", cache, url=url)
+    assert path == cache / "breastmnist.npz"
+    assert medmnist.md5sum(path) == data.info("breastmnist").md5
+    assert sorted(p.name for p in cache.iterdir()) == ["breastmnist.npz"]  # no temp files
+    images, _ = data.load("breastmnist", "val", cache, download=False)
+    assert images.shape == (78, 28, 28, 1)
+
+
+def test_corrupted_download_is_refused_and_not_written(medmnist_dir, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    raw = bytearray((medmnist_dir / "breastmnist.npz").read_bytes())
+    raw[1000] ^= 0xFF
+    (served / "breastmnist.npz").write_bytes(bytes(raw))
+    cache = tmp_path / "cache"
+    with serve(served) as url:
+        with pytest.raises(data.ChecksumError) as info:
+            data.fetch("breastmnist", cache, url=url)
+    message = str(info.value)
+    assert "breastmnist" in message and data.info("breastmnist").md5 in message
+    assert "got " in message
+    assert list(cache.iterdir()) == []
+
+
+def test_corrupted_local_file_is_never_used(medmnist_dir, tmp_path):
+    raw = bytearray((medmnist_dir / "breastmnist.npz").read_bytes())
+    raw[-10] ^= 0x01
+    (tmp_path / "breastmnist.npz").write_bytes(bytes(raw))
+    with pytest.raises(data.ChecksumError, match="MD5 checksum mismatch"):
+        data.load("breastmnist", "train", tmp_path, download=False)
+
+
+def test_missing_file_without_network_says_where_to_put_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"put the official breastmnist.npz \(MD5 "
+                                                r"750601b1f35ba3300ea97c75c52ff8f6"):
+        data.fetch("breastmnist", tmp_path, download=False)
+    # an address that refuses connections stands for "no network"
+    with pytest.raises(FileNotFoundError, match="downloading .* failed"):
+        data.fetch("breastmnist", tmp_path, url="http://127.0.0.1:9/{name}.npz", timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_names_and_splits():
+    with pytest.raises(ValueError, match="unknown MedMNIST dataset 'brainmnist'.*breastmnist"):
+        data.load("brainmnist")
+    with pytest.raises(ValueError, match="split: expected one of train, val, test"):
+        data.load("breastmnist", "validation")
+
+
+def test_data_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("DGCNN_DATA_DIR", str(tmp_path / "env"))
+    assert data.default_data_dir() == tmp_path / "env"
+    assert data.default_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv("DGCNN_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.default_data_dir() == tmp_path / "xdg" / "dgcnn_jax" / "medmnist"
+
+
+def _toy():
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (50, 6, 6, 1), dtype=np.uint8),
+            rng.integers(0, 2, 50).astype(np.int32))
+
+
+def test_pipeline_batches_values_and_determinism():
+    images, labels = _toy()
+    mean, std = data.normalization_stats(images)
+    kwargs = dict(batch_size=8, mean=mean, std=std, seed=3, augment=True)
+    a = list(data.epoch_dataset(images, labels, epoch=1, **kwargs))
+    b = list(data.epoch_dataset(images, labels, epoch=1, **kwargs))
+    c = list(data.epoch_dataset(images, labels, epoch=2, **kwargs))
+    assert len(a) == 6 == data.num_batches(50, 8, True)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    assert not np.array_equal(a[0]["label"], c[0]["label"]) or not np.array_equal(
+        a[0]["image"], c[0]["image"])
+    assert a[0]["image"].dtype == np.float32 and a[0]["image"].shape == (8, 6, 6, 1)
+    # without shuffling or augmentation: exact normalised values, all examples
+    plain = list(data.epoch_dataset(images, labels, batch_size=8, mean=mean, std=std,
+                                    shuffle=False, drop_remainder=False))
+    assert len(plain) == 7 and plain[-1]["image"].shape[0] == 2
+    stacked = np.concatenate([p["image"] for p in plain])
+    np.testing.assert_allclose(stacked, (images / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
+    assert abs(stacked.mean()) < 1e-4 and abs(stacked.std() - 1) < 1e-3
+
+
+def test_augmentation_applies_d4_elements():
+    images, labels = _toy()
+    batches = list(data.epoch_dataset(images, labels, batch_size=50, mean=0.0, std=1.0,
+                                      shuffle=False, augment=True, seed=0))
+    out = np.round(batches[0]["image"] * 255).astype(np.uint8)
+    from dgcnn_jax import P4M
+    seen = set()
+    for i in range(50):
+        matches = [g for g in range(8)
+                   if np.array_equal(P4M.transform_image(images[i], g, axes=(0, 1)), out[i])]
+        assert matches, "every augmented image is a D4 transform of its source"
+        seen.add(matches[0])
+    assert len(seen) > 4
+
+
+def test_iterator_state_restores_the_next_batch():
+    images, labels = _toy()
+    ds = data.epoch_dataset(images, labels, batch_size=4, mean=0.5, std=0.25, seed=7,
+                            augment=True)
+    it = data.epoch_iterator(ds)
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = next(it)
+    resumed = data.epoch_iterator(ds, state)
+    got = next(resumed)
+    np.testing.assert_array_equal(got["image"], expected["image"])
+    np.testing.assert_array_equal(got["label"], expected["label"])
+
+
+def test_pipeline_errors():
+    images, labels = _toy()
+    with pytest.raises(ValueError, match="labels: expected 50 labels"):
+        data.epoch_dataset(images, labels[:3], batch_size=4, mean=0, std=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.epoch_dataset(images, labels, batch_size=0, mean=0, std=1)
+
+
+def test_no_tensorflow_import(medmnist_dir):
+    code = (
+        "import sys, numpy as np\n"
+        "from dgcnn_jax import data, models\n"
+        "x, y = data.load('breastmnist', 'val', sys.argv[1], download=False)\n"
+        "m, s = data.normalization_stats(x)\n"
+        "b = next(iter(data.epoch_dataset(x, y, batch_size=8, mean=m, std=s, augment=True)))\n"
+        "assert b['image'].shape == (8, 28, 28, 1)\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code, str(medmnist_dir)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
