@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench-dynamic clean
+.PHONY: install train test bench-dynamic clean
 
 install: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
+
+# The main job: the default config (dynamic p4m G-CNN on BreastMNIST). Pass more
+# overrides with ARGS='--set epochs=5'.
+WORKDIR ?= runs/default
+train: $(STAMP)
+	$(BIN)/python -m experiments.train --workdir $(WORKDIR) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2

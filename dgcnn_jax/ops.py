@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ._checks import check_choice, check_feature_map, check_image, check_positive_int, shape_of
@@ -198,9 +199,10 @@ def spatial_pool(x: jax.Array, window: int = 2, stride: int | None = None,
     dims = (1, window, window) + (1,) * (len(shape) - 3)
     strides = (1, stride, stride) + (1,) * (len(shape) - 3)
     if kind == "max":
-        init = jnp.array(-jnp.inf, x.dtype)
+        # Concrete (numpy) init values let JAX use its differentiable max/sum pooling.
+        init = np.array(-np.inf, x.dtype)
         return lax.reduce_window(x, init, lax.max, dims, strides, "VALID")
-    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strides, "VALID")
+    summed = lax.reduce_window(x, np.array(0, x.dtype), lax.add, dims, strides, "VALID")
     return summed / (window * window)
 
 

@@ -110,6 +110,18 @@ class PoolingTest(chex.TestCase):
         assert float(dg.orientation_pool(xg)[0, 0, 0, 0]) == 7.0
         assert float(dg.global_pool(xg, "mean")[0, 0]) == 3.5
 
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters("max", "mean")
+    def test_pooling_gradients(self, kind):
+        x = jnp.arange(16.0).reshape(1, 4, 4, 1, 1)
+        grad = self.variant(jax.grad(lambda v: jnp.sum(dg.spatial_pool(v, 2, kind=kind))))(x)
+        expected = np.zeros((4, 4))
+        if kind == "max":
+            expected[1::2, 1::2] = 1.0  # the maximum of each window gets the gradient
+        else:
+            expected[:] = 0.25
+        np.testing.assert_array_equal(grad[0, :, :, 0, 0], expected)
+
     def test_inexact_pooling_is_refused(self):
         with pytest.raises(ValueError, match="height 7 cannot be pooled exactly"):
             dg.spatial_pool(jnp.zeros((1, 7, 7, 1)), 2)

@@ -1,0 +1,77 @@
+"""Default configuration: the dynamic p4m G-CNN on BreastMNIST, sized for 2 CPU cores.
+
+Override any field from the command line: ``--set epochs=5 --set model=p4m_gcnn``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # data
+    dataset: str = "breastmnist"
+    data_dir: str | None = None  # None: $DGCNN_DATA_DIR, else the user cache folder
+    augment: bool = False  # random D4 transforms of training images
+    # model
+    model: str = "p4m_dgcnn"
+    dropout: float = 0.1
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    optimizer: str = "adamw"  # "adamw" or "sgd" (with momentum)
+    learning_rate: float = 3e-3
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    grad_clip_norm: float = 1.0
+    # dynamic layers: attention temperature, linear from tau_initial to tau_final
+    tau_initial: float = 30.0
+    tau_final: float = 1.0
+    tau_anneal_epochs: float = 10.0
+    # run
+    seed: int = 0
+    num_devices: int = 0  # 0: all local devices
+    checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
+    max_steps: int = 0  # > 0: stop after this many steps (smoke tests)
+    progress: bool = True
+
+
+def get_config() -> Config:
+    return Config()
+
+
+def _convert(text: str, kind):
+    origin = typing.get_origin(kind)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _convert(text, args[0])
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"expected true or false, got {text!r}")
+    return kind(text)
+
+
+def override(config: Config, assignments: list[str]) -> Config:
+    """Apply ``key=value`` strings to a config (types follow the field annotations)."""
+    hints = typing.get_type_hints(type(config))
+    changes = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        if key not in hints:
+            raise ValueError(f"--set {key}: unknown config field; fields: {', '.join(hints)}")
+        try:
+            changes[key] = _convert(value, hints[key])
+        except ValueError as err:
+            raise ValueError(f"--set {key}={value}: {err}") from None
+    return dataclasses.replace(config, **changes)
