@@ -1,6 +1,10 @@
-"""Print the registered models with their parameter counts as a Markdown table.
+"""Print every registered model with parameters and forward FLOPs per image (Markdown).
 
-    python -m experiments.model_table [--in-channels 1 --num-classes 2]
+    python -m experiments.model_table
+
+28 px models are counted for 1-channel MedMNIST images, 96 px DenseNets for 3-channel
+PCam patches; percentages are relative to the plain model of the same family. FLOPs
+are counted analytically (convolutions and matrix products, 2 per multiply-add).
 """
 
 from __future__ import annotations
@@ -12,35 +16,41 @@ from flax import nnx
 from dgcnn_jax import models
 
 
-def rows(in_channels: int = 1, num_classes: int = 2) -> list[dict]:
+def rows(num_classes: int = 2) -> list[dict]:
     out = []
     for name in models.available():
         spec = models.spec(name)
-        model = models.create(name, num_classes=num_classes, in_channels=in_channels,
+        model = models.create(name, num_classes=num_classes, in_channels=spec.in_channels,
                               rngs=nnx.Rngs(0))
+        shape = (spec.input_size, spec.input_size, spec.in_channels)
         out.append({"name": name, "group": spec.group, "dynamic": spec.dynamic,
-                    "params": models.count_params(model), "description": spec.description})
+                    "input": f"{spec.input_size}x{spec.input_size}x{spec.in_channels}",
+                    "baseline": spec.baseline, "params": models.count_params(model),
+                    "flops": models.forward_flops(model, shape),
+                    "description": spec.description})
     return out
 
 
 def markdown(table: list[dict]) -> str:
-    base = next(r["params"] for r in table if r["name"] == "cnn")
-    lines = ["| model | group | dynamic | parameters | vs cnn | description |",
-             "|---|---|---|---|---|---|"]
+    by_name = {r["name"]: r for r in table}
+    lines = ["| model | input | group | dynamic | parameters | vs plain | MFLOPs / image | "
+             "vs plain | description |", "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| `{r['name']}` | {r['group']} | {'yes' if r['dynamic'] else 'no'} | "
-                     f"{r['params']:,} | {100 * (r['params'] / base - 1):+.1f}% | "
-                     f"{r['description']} |")
+        base = by_name[r["baseline"]]
+        lines.append(
+            f"| `{r['name']}` | {r['input']} | {r['group']} | {'yes' if r['dynamic'] else 'no'}"
+            f" | {r['params']:,} | {100 * (r['params'] / base['params'] - 1):+.1f}% | "
+            f"{r['flops'] / 1e6:,.1f} | {r['flops'] / base['flops']:.2f}x | "
+            f"{r['description']} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--num-classes", type=int, default=2)
     args = p.parse_args(argv)
-    print(markdown(rows(args.in_channels, args.num_classes)))
+    print(markdown(rows(args.num_classes)))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ def _eval_model(name, seed=0, **kwargs):
 
 def test_registry_names_are_stable():
     assert models.available()[:5] == ("cnn", "p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")
+    assert {"densenet", "p4_densenet", "p4m_densenet", "p4m_ddensenet"} <= set(
+        models.available())
     with pytest.raises(ValueError, match="unknown model 'resnet'.*cnn, p4_gcnn"):
         models.create("resnet", num_classes=2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="num_classes: expected a positive int"):
@@ -29,24 +31,33 @@ def test_registry_names_are_stable():
 
 
 def test_parameter_counts_match_within_ten_percent():
+    small = ("cnn", "p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")
     counts = {n: models.count_params(models.create(n, num_classes=2, rngs=nnx.Rngs(0)))
-              for n in models.available() if not n.endswith("_wide")}
-    base = counts["cnn"]
+              for n in small}
     for name, count in counts.items():
-        assert abs(count - base) <= 0.10 * base, (name, count, base)
+        assert abs(count - counts["cnn"]) <= 0.10 * counts["cnn"], (name, count)
+    # DenseNets (3-channel PCam patches): G-DenseNets within 10% of the p4m DenseNet
+    dense = {n: models.count_params(models.create(n, num_classes=2, in_channels=3,
+                                                  rngs=nnx.Rngs(0)))
+             for n in ("densenet", "p4_densenet", "p4m_densenet", "p4m_ddensenet")}
+    for name, count in dense.items():
+        assert 100_000 <= count <= 150_000, (name, count)
+        assert abs(count - dense["p4m_densenet"]) <= 0.10 * dense["p4m_densenet"] or (
+            name == "densenet"), (name, count)
 
 
 @pytest.mark.parametrize("name", G_MODELS)
 def test_logits_are_invariant_on_random_images(name):
     model = _eval_model(name)
     group = models.spec(name).group
-    x = normal(0, 2, 28, 28, 1)
+    size = 28 if models.spec(name).input_size == 28 else 16  # DenseNets: small input
+    x = normal(0, 2, size, size, 1)
     forward = nnx.jit(lambda m, x: m(x, tau=1.0))
     assert_equivariant(lambda v: forward(model, v), group, x, output_kind="invariant",
                        rtol=RTOL)
 
 
-@pytest.mark.parametrize("name", G_MODELS)
+@pytest.mark.parametrize("name", [n for n in G_MODELS if models.spec(n).input_size == 28])
 def test_logits_are_invariant_on_a_real_image(name, medmnist_dir):
     image = np.load(medmnist_dir / "breastmnist.npz")["test_images"][:2]
     x = (image[..., None].astype(np.float32) / 255.0 - 0.5) / 0.25
@@ -86,3 +97,41 @@ def test_input_errors_before_compute():
         model(jnp.zeros((1, 27, 27, 3)))
     with pytest.raises(ValueError, match="even height and width of at least 4"):
         model(jnp.zeros((1, 2, 2, 3)))
+    dense = models.create("p4m_densenet", num_classes=2, in_channels=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="multiples of 8 and at least 16, got 28x28"):
+        dense(jnp.zeros((1, 28, 28, 3)))
+    with pytest.raises(ValueError, match="x: expected 3 channels"):
+        dense(jnp.zeros((1, 96, 96, 1)))
+
+
+def test_analytic_flops_match_xla_cost_analysis():
+    import jax
+
+    model = _eval_model("p4m_dgcnn")
+    analytic = models.forward_flops(model, (28, 28, 1))
+    graph, state = nnx.split(model)
+    compiled = jax.jit(lambda s, x: nnx.merge(graph, s)(x)).lower(
+        state, jnp.zeros((1, 28, 28, 1))).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    assert abs(cost["flops"] / analytic - 1) < 0.10, (cost["flops"], analytic)
+
+
+def test_plain_conv_flops_are_exact():
+    from dgcnn_jax.models import jaxpr_flops
+    import jax
+
+    w = jnp.zeros((3, 3, 4, 8, 5))
+    jaxpr = jax.make_jaxpr(lambda x: dg.group_conv(x, w, "p4m", padding="VALID"))(
+        jnp.zeros((2, 10, 10, 4, 8)))
+    assert jaxpr_flops(jaxpr) == 2 * (2 * 8 * 8 * 40) * (3 * 3 * 32)
+
+
+def test_wide_dynamic_models_match_static_width_and_flops():
+    for dyn, static in (("p4_dgcnn_wide", "p4_gcnn"), ("p4m_dgcnn_wide", "p4m_gcnn")):
+        a = _eval_model(dyn)
+        b = _eval_model(static)
+        assert a.convs[1].out_channels == b.convs[1].out_channels
+        ratio = models.forward_flops(a, (28, 28, 1)) / models.forward_flops(b, (28, 28, 1))
+        assert 1.0 < ratio < 1.15, (dyn, ratio)  # the attention branch and row patches
+        assert models.count_params(a) > 3.5 * models.count_params(b)

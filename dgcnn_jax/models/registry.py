@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from flax import nnx
 
+from ._densenet import DenseGNet
 from ._small import SmallGCNN, count_params
 
 __all__ = ["ModelSpec", "available", "create", "spec", "count_params"]
@@ -23,6 +24,23 @@ class ModelSpec:
     build: Callable[..., nnx.Module]
     input_size: int = 28  # the image size the widths were matched at
 
+    @property
+    def in_channels(self) -> int:
+        """Image channels of the family's data: 1 (grey MedMNIST) or 3 (PCam)."""
+        return 1 if self.input_size == 28 else 3
+
+    @property
+    def baseline(self) -> str:
+        """The plain (z2) model of the same family."""
+        return "cnn" if self.input_size == 28 else "densenet"
+
+
+def _dense(name, group, growth, dynamic, description, **fixed):
+    def build(num_classes, in_channels, rngs, **kwargs):
+        return DenseGNet(in_channels, num_classes, group, growth, dynamic=dynamic, rngs=rngs,
+                         **{**fixed, **kwargs})
+    return ModelSpec(name, description, group, dynamic, build, input_size=96)
+
 
 def _small(name, group, width, dynamic, description):
     def build(num_classes, in_channels, rngs, **kwargs):
@@ -38,6 +56,16 @@ _SPECS = {s.name: s for s in [
     _small("p4m_gcnn", "p4m", 17, False, "p4m G-CNN, 17 fields (136 channels)"),
     _small("p4_dgcnn", "p4", 12, True, "dynamic p4 G-CNN, K=4, 12 fields"),
     _small("p4m_dgcnn", "p4m", 8, True, "dynamic p4m G-CNN, K=4, 8 fields"),
+    # FLOP-matched: the width of the static counterpart (about K times the parameters)
+    _small("p4_dgcnn_wide", "p4", 24, True, "dynamic p4 G-CNN, K=4, width of p4_gcnn"),
+    _small("p4m_dgcnn_wide", "p4m", 17, True, "dynamic p4m G-CNN, K=4, width of p4m_gcnn"),
+    _dense("densenet", "z2", 26, False, "DenseNet for 96 px PCam, growth 26"),
+    _dense("p4_densenet", "p4", 13, False, "p4 DenseNet, growth 13"),
+    _dense("p4m_densenet", "p4m", 9, False, "p4m DenseNet, growth 9 (Veeling et al.)"),
+    _dense("p4m_ddensenet", "p4m", 5, True, "dynamic p4m DenseNet, K=3, growth 5",
+           num_kernels=3),
+    _dense("p4m_ddensenet_wide", "p4m", 9, True,
+           "dynamic p4m DenseNet, K=3, growth of p4m_densenet", num_kernels=3),
 ]}
 
 
