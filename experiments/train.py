@@ -28,6 +28,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dgcnn_jax import data, metrics, models
@@ -77,7 +78,7 @@ def validate(config: Config) -> None:
 
 
 def num_devices(config: Config) -> int:
-    available = jax.local_device_count()
+    available = jax.device_count()  # all processes' devices after jax.distributed
     if config.num_devices < 0 or config.num_devices > available:
         raise ValueError(f"num_devices: expected 0 (all) to {available}, got "
                          f"{config.num_devices}")
@@ -184,7 +185,10 @@ class Trainer:
             if n % bs:  # pad the last batch to a full (shardable) one; no retrace
                 x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), x.dtype)])
             x = jax.device_put(x, self.data_sharding)
-            out.append(np.asarray(self.predict_step(params, rest, x, tau))[:n])
+            probs = self.predict_step(params, rest, x, tau)
+            if jax.process_count() > 1:  # gather the batch shards of every process
+                probs = multihost_utils.process_allgather(probs, tiled=True)
+            out.append(np.asarray(probs)[:n])
         return np.concatenate(out)
 
 
@@ -278,7 +282,7 @@ def setup(config: Config, num_classes: int, in_channels: int, steps_per_epoch: i
     model.train()
     train_graph, params, rest = nnx.split(model, nnx.Param, ...)
     optimizer = make_optimizer(config, steps_per_epoch)
-    devices = np.array(jax.local_devices()[:num_devices(config)])
+    devices = np.array(jax.devices()[:num_devices(config)])
     mesh = jax.sharding.Mesh(devices, ("data",))
     trainer = Trainer(config, train_graph, eval_graph, optimizer, mesh, steps_per_epoch)
     params, rest = jax.device_put((params, rest), trainer.replicated)
@@ -441,7 +445,12 @@ def main(argv=None) -> dict:
                         help="output and checkpoint folder (resumes if it has a checkpoint)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set epochs=5")
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host: call jax.distributed.initialize() first (it reads "
+                             "the coordinator and process ids from the cluster environment)")
     args = parser.parse_args(argv)
+    if args.distributed:
+        jax.distributed.initialize()
     try:
         config = override(get_config(), args.set)
         validate(config)

@@ -160,3 +160,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, medmnist_dir):
     assert "non-finite training loss" in out.stderr and "last good checkpoint" in out.stderr
     kept = sorted(p.name for p in (work / "checkpoints" / "latest").iterdir())
     assert kept == good
+
+
+@pytest.mark.slow
+def test_evaluate_command_d4_robustness_and_tta(tmp_path, medmnist_dir):
+    from experiments import evaluate
+
+    for model, invariant in (("p4m_dgcnn", True), ("cnn", False)):
+        work = tmp_path / model
+        config = override(get_config(), [f"model={model}", "epochs=1", "max_steps=3",
+                                         "progress=false", f"data_dir={medmnist_dir}"])
+        results = train.train_and_evaluate(config, work)
+        out = evaluate.evaluate(work, "test", d4=True, tta=True)
+        # the evaluate command reproduces the training run's test metrics
+        assert out["metrics"]["auc"] == pytest.approx(results["test"]["auc"], abs=1e-9)
+        assert len(out["d4"]["per_element"]) == 8
+        assert (work / "eval_test.json").is_file()
+        if invariant:
+            assert out["d4"]["max_prob_difference"] < 1e-5
+            assert out["d4"]["auc_max"] - out["d4"]["auc_min"] < 1e-9
+            assert out["tta"]["auc"] == pytest.approx(out["metrics"]["auc"], abs=1e-6)
+        else:
+            assert out["d4"]["max_prob_difference"] > 1e-4
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        evaluate.evaluate(tmp_path / "nothing")
