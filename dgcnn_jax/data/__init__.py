@@ -1,8 +1,16 @@
-"""Data: MedMNIST 2D archives and grain input pipelines."""
+"""Data: MedMNIST 2D archives, grain input pipelines; PCam and BreakHis builders live in
+:mod:`dgcnn_jax.data.tfds_sources` (imported on demand: it loads TFDS)."""
 
 from . import medmnist
 from .medmnist import ChecksumError, DatasetInfo, default_data_dir, fetch, info, load
-from .pipeline import epoch_dataset, epoch_iterator, normalization_stats, num_batches, random_d4
+from .pipeline import (
+    epoch_dataset,
+    epoch_iterator,
+    normalization_stats,
+    num_batches,
+    random_d4,
+    source_dataset,
+)
 
 __all__ = [
     "medmnist",
@@ -13,6 +21,7 @@ __all__ = [
     "info",
     "load",
     "epoch_dataset",
+    "source_dataset",
     "epoch_iterator",
     "normalization_stats",
     "num_batches",

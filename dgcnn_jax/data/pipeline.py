@@ -16,8 +16,8 @@ import numpy as np
 
 from ..groups import P4M
 
-__all__ = ["normalization_stats", "epoch_dataset", "epoch_iterator", "random_d4",
-           "num_batches"]
+__all__ = ["normalization_stats", "epoch_dataset", "source_dataset", "epoch_iterator",
+           "random_d4", "num_batches"]
 
 
 def normalization_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,7 @@ def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int
 def epoch_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
                   epoch: int = 0, seed: int = 0, shuffle: bool = True,
                   drop_remainder: bool = True, augment: bool = False) -> grain.MapDataset:
-    """The batches of one epoch as a ``grain.MapDataset``.
+    """The batches of one epoch of in-memory arrays as a ``grain.MapDataset``.
 
     Args:
       images: uint8 ``[N, H, W, C]``; labels: ``[N]`` (or ``[N, L]``).
@@ -59,17 +59,33 @@ def epoch_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, me
         raise ValueError(f"images: expected [N, H, W, C], got shape {images.shape}")
     if len(images) != len(labels):
         raise ValueError(f"labels: expected {len(images)} labels, got {len(labels)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    source = grain.MapDataset.range(len(images)).map(
+        lambda i: {"image": images[i], "label": labels[i]})
+    return _batches(source, batch_size=batch_size, mean=mean, std=std, epoch=epoch, seed=seed,
+                    shuffle=shuffle, drop_remainder=drop_remainder, augment=augment)
+
+
+def source_dataset(source, *, batch_size: int, mean, std, epoch: int = 0, seed: int = 0,
+                   shuffle: bool = True, drop_remainder: bool = True,
+                   augment: bool = False) -> grain.MapDataset:
+    """Like :func:`epoch_dataset` for a random-access source of ``{"image", "label"}``
+    records, e.g. ``tfds.data_source(...)`` (PatchCamelyon)."""
+    return _batches(grain.MapDataset.source(source), batch_size=batch_size, mean=mean,
+                    std=std, epoch=epoch, seed=seed, shuffle=shuffle,
+                    drop_remainder=drop_remainder, augment=augment)
+
+
+def _batches(ds: grain.MapDataset, *, batch_size, mean, std, epoch, seed, shuffle,
+             drop_remainder, augment) -> grain.MapDataset:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     mean = np.asarray(mean, np.float32)
     scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
     offset = (-mean / np.asarray(std, np.float32)).astype(np.float32)
     epoch_seed = _epoch_seed(seed, epoch)
-
-    ds = grain.MapDataset.range(len(images))
     if shuffle:
         ds = ds.shuffle(seed=epoch_seed)
-    ds = ds.map(lambda i: {"image": images[i], "label": labels[i]})
+    ds = ds.map(lambda ex: {"image": np.asarray(ex["image"]), "label": ex["label"]})
     if augment:
         ds = ds.seed(epoch_seed).random_map(
             lambda ex, rng: {"image": random_d4(ex["image"], rng), "label": ex["label"]})
