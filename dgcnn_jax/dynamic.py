@@ -42,6 +42,7 @@ import numpy as np
 from jax import lax
 
 from . import ops
+from ._conv import conv2d
 from ._checks import check_choice, check_feature_map, check_image, shape_of
 from .filters import group_filter_bank, lifting_filter_bank
 from .groups import Group, get_group
@@ -231,8 +232,7 @@ def dynamic_conv(
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
     if strategy == "linear":
         wide = jnp.moveaxis(banks, 0, 3).reshape(k, k, cin, -1)  # [k, k, cin, K * cout * G]
-        y = lax.conv_general_dilated(xf, wide, (1, 1), pad, rhs_dilation=(dilation,) * 2,
-                                     dimension_numbers=dims, precision=precision)
+        y = conv2d(xf, wide, pad, dilation, precision)
         y = y.reshape(*y.shape[:3], num_k, cout, group.order)
         y = jnp.einsum("bhwkog,bk->bhwog", y, weights, precision=precision)
     else:
@@ -283,9 +283,7 @@ def dynamic_conv_equivariant(
     cin = xf.shape[-1]
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
     wide = jnp.moveaxis(banks, 0, 3).reshape(k, k, cin, -1)
-    y = lax.conv_general_dilated(xf, wide, (1, 1), pad, rhs_dilation=(dilation,) * 2,
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 precision=precision)
+    y = conv2d(xf, wide, pad, dilation, precision)
     y = y.reshape(*y.shape[:3], num_k, cout, group.order)
     if biases is not None:
         y = y + biases[:, :, None].astype(y.dtype)

@@ -33,8 +33,10 @@ group kernels ``[k, k, C_in, |G|, C_out]`` that is ``k * k * C_in * |G|``."""
 class _ConvBase(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  group: Group | str, *, padding: ops.Padding, dilation: int, use_bias: bool,
-                 kernel_init, kernel_shape: tuple[int, ...], rngs: nnx.Rngs):
+                 kernel_init, kernel_shape: tuple[int, ...], rngs: nnx.Rngs,
+                 impl: str | None = None):
         self.group = get_group(group)
+        self.impl = impl  # None: the default fast path; "xla": the reference
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = check_positive_int(kernel_size, "kernel_size")
@@ -57,15 +59,15 @@ class LiftingConv(_ConvBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
-                 rngs: nnx.Rngs):
+                 impl: str | None = None, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, padding=padding,
                          dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
                          kernel_shape=(kernel_size, kernel_size, in_channels, out_channels),
-                         rngs=rngs)
+                         rngs=rngs, impl=impl)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = ops.lifting_conv(x, self.kernel[...], self.group, padding=self.padding,
-                             dilation=self.dilation)
+                             dilation=self.dilation, impl=self.impl)
         return self._finish(y)
 
 
@@ -78,17 +80,17 @@ class GroupConv(_ConvBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
-                 rngs: nnx.Rngs):
+                 impl: str | None = None, rngs: nnx.Rngs):
         order = get_group(group).order
         super().__init__(in_channels, out_channels, kernel_size, group, padding=padding,
                          dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
                          kernel_shape=(kernel_size, kernel_size, in_channels, order,
                                        out_channels),
-                         rngs=rngs)
+                         rngs=rngs, impl=impl)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = ops.group_conv(x, self.kernel[...], self.group, padding=self.padding,
-                           dilation=self.dilation)
+                           dilation=self.dilation, impl=self.impl)
         return self._finish(y)
 
 

@@ -1,0 +1,189 @@
+"""Layer and model benchmarks: time, images/s, FLOP/s against this machine's matmul rate.
+
+    python -m experiments.benchmark [--quick] [--output benchmark.json]
+
+Layers (lifting, group, dynamic group with K = 4 and invariant attention; p4 and p4m;
+the group layer also through the reference ``impl="xla"`` path): one forward +
+backward pass (``jax.vjp`` with a fixed random cotangent: the output and the gradients
+for parameters and input) at batch 64, 96x96, 16 fields in
+and out, 3x3 (``--quick``: batch 16, 32x32). Models: one training step of every
+registered model at its input size. Each row gives the median time after a warm-up
+(repeated runs in this process), images/s, FLOPs counted analytically (forward FLOPs
+x 3 for forward + backward), achieved FLOP/s and its ratio to a float32 matmul rate
+measured in the same process, compile time and the process's peak memory so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import dgcnn_jax as dg
+from dgcnn_jax import models
+from experiments.configs import get_config, override
+from experiments.timing import time_call
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s (``n x n`` times ``n x n``)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    t = time_call(jax.jit(lambda a: a @ a), a, repeats=repeats)["median_s"]
+    return 2 * n ** 3 / t
+
+
+def peak_memory_mb() -> float:
+    stats = jax.devices()[0].memory_stats() if hasattr(jax.devices()[0], "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # host RSS (KiB)
+
+
+def _row(kind, name, timing, images, flops, peak, **extra):
+    rate = flops / timing["median_s"]
+    return {"kind": kind, "name": name, "median_s": timing["median_s"],
+            "compile_s": timing["compile_s"], "images_per_s": images / timing["median_s"],
+            "flops": flops, "flops_per_s": rate, "matmul_ratio": rate / peak,
+            "peak_memory_mb": peak_memory_mb(), **extra}
+
+
+def layer_rows(batch, size, fields, repeats, peak):
+    rows = []
+    for gname in ("p4", "p4m"):
+        group = dg.get_group(gname)
+        rng = np.random.default_rng(0)
+        image = jnp.asarray(rng.standard_normal((batch, size, size, fields)), jnp.float32)
+        fmap = jnp.asarray(rng.standard_normal((batch, size, size, fields, group.order)),
+                           jnp.float32)
+        conv_flops = 2 * batch * size * size * 9 * fields * group.order * fields * group.order
+        layers = [
+            ("lifting", dg.LiftingConv(fields, fields, 3, group, rngs=nnx.Rngs(0)), image,
+             conv_flops // group.order),
+            ("group", dg.GroupConv(fields, fields, 3, group, rngs=nnx.Rngs(0)), fmap,
+             conv_flops),
+            ("group (xla reference)", dg.GroupConv(fields, fields, 3, group, impl="xla",
+                                                   rngs=nnx.Rngs(0)), fmap, conv_flops),
+            ("dynamic group", dg.DynamicGroupConv(fields, fields, 3, group, num_kernels=4,
+                                                  rngs=nnx.Rngs(0)), fmap, conv_flops),
+        ]
+        base = None
+        for kind, layer, x, flops in layers:
+            graph, state = nnx.split(layer)
+
+            def forward(state, x, graph=graph):
+                return nnx.merge(graph, state)(x)
+
+            cotangent = jnp.asarray(rng.standard_normal(
+                jax.eval_shape(forward, state, x).shape), jnp.float32)
+
+            def fwd_bwd(state, x, cotangent, forward=forward):
+                y, vjp = jax.vjp(forward, state, x)
+                return y, vjp(cotangent)  # output and gradients (parameters, input)
+
+            step = jax.jit(fwd_bwd)
+            timing = time_call(step, state, x, cotangent, repeats=repeats)
+            row = _row("layer", f"{gname} {kind}", timing, batch, 3 * flops, peak)
+            if kind == "group":
+                base = timing["median_s"]
+            if kind.startswith("dynamic") or "reference" in kind:
+                row["ratio_to_group"] = timing["median_s"] / base
+            rows.append(row)
+            print(_format(row), flush=True)
+    return rows
+
+
+def model_rows(batch, repeats, peak, names):
+    from experiments import train  # needs the data stack (grain); layers do not
+
+    rows = []
+    for name in names:
+        spec = models.spec(name)
+        config = override(get_config(), [f"model={name}", f"batch_size={batch}",
+                                         "progress=false"])
+        trainer, params, rest, opt_state = train.setup(config, 2, spec.in_channels, 10)
+        shape = (batch, spec.input_size, spec.input_size, spec.in_channels)
+        images = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal(shape),
+                                            jnp.float32), trainer.data_sharding)
+        labels = jax.device_put(jnp.zeros((batch,), jnp.int32), trainer.data_sharding)
+        tau = trainer.tau(0.0)
+        state = [params, rest, opt_state]
+
+        def step():
+            out = trainer.train_step(state[0], state[1], state[2], images, labels, tau)
+            state[:] = out[:3]
+            return out[3]["loss"]
+
+        start = time.perf_counter()
+        jax.block_until_ready(step())
+        compile_s = time.perf_counter() - start
+        timing = time_call(step, repeats=repeats, warmup=1)
+        timing["compile_s"] = compile_s
+        model = models.create(name, num_classes=2, in_channels=spec.in_channels,
+                              rngs=nnx.Rngs(0))
+        flops = 3 * batch * models.forward_flops(model, shape[1:])
+        row = _row("train step", name, timing, batch, flops, peak)
+        rows.append(row)
+        print(_format(row), flush=True)
+    return rows
+
+
+def _format(row):
+    extra = f"  x{row['ratio_to_group']:.2f} of group" if "ratio_to_group" in row else ""
+    return (f"{row['kind']:10s} {row['name']:28s} {row['median_s'] * 1e3:10.1f} ms "
+            f"{row['images_per_s']:9.1f} img/s {row['flops_per_s'] / 1e9:7.1f} GFLOP/s "
+            f"({100 * row['matmul_ratio']:5.1f}% of matmul)  compile {row['compile_s']:5.1f} s"
+            f"{extra}")
+
+
+def markdown(results) -> str:
+    lines = [f"matmul rate: {results['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
+             f"({results['device']})", "",
+             "| kind | name | median (ms) | images/s | GFLOP/s | % of matmul | compile (s) | "
+             "vs group |", "|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        ratio = f"{r['ratio_to_group']:.2f}" if "ratio_to_group" in r else ""
+        lines.append(f"| {r['kind']} | {r['name']} | {r['median_s'] * 1e3:.1f} | "
+                     f"{r['images_per_s']:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
+                     f"{100 * r['matmul_ratio']:.1f} | {r['compile_s']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small shapes, runs in under a minute")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--models", nargs="*", default=None, help="default: every registered model")
+    p.add_argument("--skip-models", action="store_true")
+    p.add_argument("--output", default="benchmark.json")
+    args = p.parse_args(argv)
+    batch, size, fields = (16, 32, 16) if args.quick else (64, 96, 16)
+    repeats = args.repeats or (2 if args.quick else 3)
+    peak = matmul_rate()
+    print(f"matmul rate {peak / 1e9:.1f} GFLOP/s on {jax.devices()[0].device_kind}", flush=True)
+    results = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+               "machine": platform.machine(), "quick": args.quick, "batch": batch,
+               "size": size, "fields": fields, "repeats": repeats,
+               "matmul_flops_per_s": peak, "rows": layer_rows(batch, size, fields, repeats,
+                                                              peak)}
+    if not args.skip_models:
+        names = args.models if args.models is not None else (
+            [n for n in models.available() if models.spec(n).input_size == 28]
+            if args.quick else list(models.available()))
+        results["rows"] += model_rows(8 if args.quick else 32, repeats, peak, names)
+    pathlib.Path(args.output).write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    print(f"wrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

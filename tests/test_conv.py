@@ -1,0 +1,75 @@
+"""The fast convolution path equals the XLA reference in values and gradients."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+from absl.testing import parameterized
+
+import dgcnn_jax as dg
+from dgcnn_jax import _conv
+from tests.conftest import normal
+
+
+def _rel(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+class FastConvTest(chex.TestCase):
+    @parameterized.parameters(
+        (3, ((1, 1), (1, 1)), 1), (5, ((2, 2), (2, 2)), 1), (2, ((0, 0), (0, 0)), 1),
+        (4, ((1, 1), (1, 1)), 1), (3, ((2, 2), (2, 2)), 2), (3, ((0, 0), (0, 0)), 3))
+    def test_gradients_equal_reference(self, k, padding, dilation):
+        x = jnp.asarray(normal(0, 4, 11, 11, 6))
+        w = jnp.asarray(normal(1, k, k, 6, 5))
+        probe = jnp.asarray(normal(2, *_conv.conv2d(x, w, padding, dilation).shape))
+
+        def loss(x, w, impl):
+            return jnp.sum(jnp.sin(_conv.conv2d(x, w, padding, dilation, impl=impl)) * probe)
+
+        for jit in (False, True):
+            grad = jax.grad(loss, argnums=(0, 1))
+            grad = jax.jit(grad, static_argnums=2) if jit else grad
+            fast, ref = grad(x, w, "fast"), grad(x, w, "xla")
+            for a, b in zip(fast, ref):
+                assert _rel(a, b) <= 1e-5
+        chex.assert_trees_all_close(_conv.conv2d(x, w, padding, dilation, impl="fast"),
+                                    _conv.conv2d(x, w, padding, dilation, impl="xla"))
+
+    def test_chunked_filter_gradient(self):
+        x = jnp.asarray(normal(3, 6, 9, 9, 4))
+        dy = jnp.asarray(normal(4, 6, 9, 9, 3))
+        pad = ((1, 1), (1, 1))
+        whole = _conv.filter_gradient(x, dy, 3, pad)
+        saved = _conv._CHUNK_ELEMENTS
+        try:
+            _conv._CHUNK_ELEMENTS = 9 * 11 * 3 * 4 * 2  # two examples per chunk
+            chunked = jax.jit(lambda x, dy: _conv.filter_gradient(x, dy, 3, pad))(x, dy)
+        finally:
+            _conv._CHUNK_ELEMENTS = saved
+        assert _rel(chunked, whole) <= 1e-6
+        _, vjp = jax.vjp(lambda w: _conv.conv2d(x, w, pad, impl="xla"), jnp.zeros((3, 3, 4, 3)))
+        assert _rel(whole, vjp(dy)[0]) <= 1e-5
+
+    @parameterized.parameters("p4", "p4m")
+    def test_group_conv_gradients_fast_vs_reference(self, group):
+        order = dg.get_group(group).order
+        x = jnp.asarray(normal(5, 2, 8, 8, 3, order))
+        w = jnp.asarray(normal(6, 3, 3, 3, order, 4))
+
+        def loss(x, w, impl):
+            return jnp.sum(jnp.tanh(dg.group_conv(x, w, group, impl=impl)) ** 2)
+
+        fast = jax.grad(loss, argnums=(0, 1))(x, w, "fast")
+        ref = jax.grad(loss, argnums=(0, 1))(x, w, "xla")
+        for a, b in zip(fast, ref):
+            assert _rel(a, b) <= 1e-5
+
+    def test_bad_impl(self):
+        assert _conv.resolve_impl(None, 10) == "xla"
+        assert _conv.resolve_impl("auto", 1 << 24) == ("fast" if jax.default_backend() == "cpu"
+                                                        else "xla")
+        assert _conv.resolve_impl("fast", 10) == "fast"
+        with pytest.raises(ValueError, match="impl: expected one of auto, fast, xla"):
+            dg.group_conv(jnp.zeros((1, 5, 5, 1, 4)), jnp.zeros((3, 3, 1, 4, 1)), "p4",
+                          impl="cudnn")
