@@ -184,3 +184,26 @@ def test_evaluate_command_d4_robustness_and_tta(tmp_path, medmnist_dir):
             assert out["d4"]["max_prob_difference"] > 1e-4
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         evaluate.evaluate(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir):
+    from experiments import compare
+
+    argv = ["--workdir", str(tmp_path), "--datasets", "breastmnist", "--models", "cnn",
+            "p4m_dgcnn", "--seeds", "0", "1", "--set", "epochs=1", "--set", "max_steps=2",
+            "--set", "progress=false", "--set", f"data_dir={medmnist_dir}"]
+    rows = compare.main(argv)
+    assert [(r["model"], r["seeds"]) for r in rows] == [("cnn", 2), ("p4m_dgcnn", 2)]
+    for name in ("results.json", "results.md", "auc_bars.png", "roc_breastmnist.png"):
+        assert (tmp_path / name).is_file(), name
+    summary = json.loads((tmp_path / "results.json").read_text())
+    runs = {(r["model"], r["seed"]): r for r in summary["runs"]}
+    # the equivariant model scores the same on every D4 copy of the test split
+    assert runs[("p4m_dgcnn", 0)]["d4_auc_max"] - runs[("p4m_dgcnn", 0)]["d4_auc_min"] < 1e-9
+    first = (tmp_path / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns
+    compare.main(argv)  # finished runs are not trained again
+    assert (tmp_path / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns \
+        == first
+    with pytest.raises(ValueError, match="unknown model"):
+        compare.main(["--workdir", str(tmp_path), "--models", "vgg"])
