@@ -53,7 +53,7 @@ def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = Fals
              data_dir: str | None = None) -> dict:
     config, trainer, state, (mean, std), best_meta = load_run(workdir, data_dir)
     images, labels = data.load(config.dataset, split, config.data_dir)
-    tau = trainer.tau(config.epochs)
+    tau = best_meta["tau"]  # the temperature the best checkpoint was selected with
 
     def probs_of(x):
         return trainer.predict(state["params"], state["rest"], x, mean, std, tau)

@@ -384,7 +384,8 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
               f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
               f"{'  (best)' if improved else ''}", flush=True)
         if improved:
-            _save(best, epoch + 1, state, {"epoch": epoch + 1, "val": val})
+            # the temperature the checkpoint was selected with is the one it is tested with
+            _save(best, epoch + 1, state, {"epoch": epoch + 1, "val": val, "tau": float(tau)})
         checkpoint(epoch + 1, 0, None)
         if config.max_steps and progress["step"] >= config.max_steps:
             break
@@ -393,14 +394,14 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     best_state, best_meta = _restore(best, state)
     best_state = jax.device_put(best_state, trainer.replicated)
     test_x, test_y = data.load(config.dataset, "test", config.data_dir)
-    tau = trainer.tau(config.epochs)
+    tau = best_meta["tau"]
     eval_start = time.perf_counter()
     probs = trainer.predict(best_state["params"], best_state["rest"], test_x, mean, std, tau)
     eval_seconds = time.perf_counter() - eval_start
     test = metrics.classification_metrics(probs, test_y)
     results = {
         "model": config.model, "dataset": config.dataset, "seed": config.seed,
-        "num_params": num_params, "best_epoch": best_meta["epoch"],
+        "num_params": num_params, "best_epoch": best_meta["epoch"], "best_tau": tau,
         "val": best_meta["val"], "test": test, "epochs_run": len(progress["history"]),
         "steps": progress["step"], "train_seconds": progress["train_seconds"],
         "train_images_per_second": progress["step"] * config.batch_size

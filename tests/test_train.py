@@ -91,6 +91,10 @@ def test_smoke_default_config_on_real_data(tmp_path, medmnist_dir):
                  "roc_test.png"):
         assert (tmp_path / name).is_file(), name
     assert results["steps"] == 3 and results["test"]["num_examples"] == 156
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    # the test split is scored with the temperature the best epoch was validated with
+    assert results["best_tau"] == pytest.approx(history[results["best_epoch"] - 1]["tau"])
+    assert results["best_tau"] > 25.0  # still early in the 30 -> 1 annealing
     assert 0.0 <= results["test"]["auc"] <= 1.0
     assert results["num_params"] > 50_000
     assert json.loads((tmp_path / "results.json").read_text())["test"] == results["test"]
