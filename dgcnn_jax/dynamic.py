@@ -191,6 +191,17 @@ def per_example_conv_patches(x: jax.Array, kernels: jax.Array, padding, dilation
     return sum(z[:, :, j * dilation:j * dilation + ow, j] for j in range(k))
 
 
+def _k_responses(xf, banks, group, pad, dilation, precision):
+    """All K responses ``[B, H', W', K, C_out, |G|]``: one convolution K times as wide.
+
+    ``xf`` is ``[B, H, W, C_in * |G_in|]``, ``banks`` ``[K, k, k, C_in * |G_in|, C_out * |G|]``.
+    """
+    k, cin = banks.shape[1], banks.shape[3]
+    wide = jnp.moveaxis(banks, 0, 3).reshape(k, k, cin, -1)  # [k, k, cin, K * cout * G]
+    y = conv2d(xf, wide, pad, dilation, precision)
+    return y.reshape(*y.shape[:3], banks.shape[0], -1, group.order)
+
+
 def _flat(x):
     b, h, w = x.shape[:3]
     return x.reshape(b, h, w, -1)
@@ -231,9 +242,7 @@ def dynamic_conv(
 
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
     if strategy == "linear":
-        wide = jnp.moveaxis(banks, 0, 3).reshape(k, k, cin, -1)  # [k, k, cin, K * cout * G]
-        y = conv2d(xf, wide, pad, dilation, precision)
-        y = y.reshape(*y.shape[:3], num_k, cout, group.order)
+        y = _k_responses(xf, banks, group, pad, dilation, precision)
         y = jnp.einsum("bhwkog,bk->bhwog", y, weights, precision=precision)
     else:
         # T(g) is linear, so mixing the K banks equals the bank of the mixed kernel.
@@ -278,13 +287,8 @@ def dynamic_conv_equivariant(
             f"weights: expected equivariant weights of shape ({x.shape[0]}, {num_k}, "
             f"{group.order}) [batch, K, |G|], got {shape_of(weights)}")
     pad = ops.conv_padding(padding, k, dilation)
-    cout = kshape[-1]
-    xf = _flat(x)
-    cin = xf.shape[-1]
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
-    wide = jnp.moveaxis(banks, 0, 3).reshape(k, k, cin, -1)
-    y = conv2d(xf, wide, pad, dilation, precision)
-    y = y.reshape(*y.shape[:3], num_k, cout, group.order)
+    y = _k_responses(_flat(x), banks, group, pad, dilation, precision)
     if biases is not None:
         y = y + biases[:, :, None].astype(y.dtype)
     return jnp.einsum("bhwkog,bkg->bhwog", y, weights, precision=precision)
