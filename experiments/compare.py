@@ -2,15 +2,25 @@
 
     python -m experiments.compare --workdir runs/compare \\
         [--datasets breastmnist pneumoniamnist] [--models cnn p4_gcnn ...] \\
-        [--seeds 0 1 2 3 4] [--set epochs=30 ...]
+        [--seeds 0 1 2 3 4] [--ablations ...] [--set epochs=30 ...]
 
-Every run is a ``train_and_evaluate`` work directory ``<workdir>/<dataset>/<model>/seed<N>``
+Every run is a ``train_and_evaluate`` work directory ``<workdir>/<dataset>/<name>/seed<N>``
 (the best epoch is chosen on validation AUC, the test split is read once with the best
 checkpoint); a finished run is not trained again, so an interrupted sweep continues
 where it stopped. Each trained model is then scored on all 8 D4-transformed copies of
-the test split (robustness). Writes ``results.json`` and ``results.md`` (mean +- std
-over seeds of test AUC and accuracy, parameters, training time, D4 spread) and
-``auc_bars.png``, ``roc_<dataset>.png`` and ``val_auc_<dataset>.png``.
+the test split (robustness).
+
+``name`` is a registered model or an ablation of the dynamic p4m G-CNN (``ABLATIONS``:
+K in {1, 2, 8}, equivariant attention, no temperature annealing; K = 4 with invariant
+attention and annealing is ``p4m_dgcnn`` itself). Without ``--models`` the sweep runs the
+parameter-matched and FLOP-matched families on every dataset and the ablations on
+``--ablation-dataset``; naming models runs only those (add ``--ablations`` to run them too).
+
+Writes ``results.json`` and ``results.md`` (per dataset: parameter-matched, FLOP-matched
+and ablation tables with mean +- std over seeds of test AUC and accuracy, parameters,
+forward FLOPs, training time, D4 spread), ``auc_bars.png``, ``roc_<dataset>.png``,
+``val_auc_<dataset>.png`` and, from the first ``p4m_dgcnn`` run, the attention and
+equivariance figures of :mod:`experiments.figures`.
 """
 
 from __future__ import annotations
@@ -27,13 +37,40 @@ from experiments.configs import get_config, override
 
 PARAMETER_MATCHED = ("cnn", "p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")
 FLOP_MATCHED = ("p4_dgcnn_wide", "p4m_dgcnn_wide")
+# name -> (registered model, config assignments); K=4, invariant, annealed = p4m_dgcnn
+ABLATIONS = {
+    "p4m_dgcnn_k1": ("p4m_dgcnn", ("num_kernels=1",)),
+    "p4m_dgcnn_k2": ("p4m_dgcnn", ("num_kernels=2",)),
+    "p4m_dgcnn_k8": ("p4m_dgcnn", ("num_kernels=8",)),
+    "p4m_dgcnn_equivariant": ("p4m_dgcnn", ("attention=equivariant",)),
+    "p4m_dgcnn_no_anneal": ("p4m_dgcnn", ("tau_initial=1.0", "tau_final=1.0")),
+}
+# the tables of results.md: title, the names shown in order, the names that make it shown
+SECTIONS = (
+    ("parameter-matched", PARAMETER_MATCHED, PARAMETER_MATCHED),
+    ("FLOP-matched (dynamic nets at the width of their static counterparts)",
+     ("p4_gcnn", "p4_dgcnn_wide", "p4m_gcnn", "p4m_dgcnn_wide"), FLOP_MATCHED),
+    ("ablations of the dynamic p4m G-CNN (K kernels, attention, temperature annealing)",
+     ("p4m_dgcnn_k1", "p4m_dgcnn_k2", "p4m_dgcnn", "p4m_dgcnn_k8", "p4m_dgcnn_equivariant",
+      "p4m_dgcnn_no_anneal"), tuple(ABLATIONS)),
+)
 
 
-def run_one(dataset: str, model: str, seed: int, workdir: pathlib.Path, sets: list[str]):
+def resolve(name: str) -> tuple[str, tuple[str, ...]]:
+    """``(registered model, config assignments)`` of a sweep name."""
+    return ABLATIONS.get(name, (name, ()))
+
+
+def run_config(dataset: str, name: str, seed: int, sets: list[str]):
+    model, extra = resolve(name)
+    return override(get_config(), [*sets, *extra, f"dataset={dataset}", f"model={model}",
+                                   f"seed={seed}"])
+
+
+def run_one(dataset: str, name: str, seed: int, workdir: pathlib.Path, sets: list[str]):
     """Train (unless finished) and score one run; returns its summary."""
-    work = workdir / dataset / model / f"seed{seed}"
-    config = override(get_config(), [*sets, f"dataset={dataset}", f"model={model}",
-                                     f"seed={seed}"])
+    work = workdir / dataset / name / f"seed{seed}"
+    config = run_config(dataset, name, seed, sets)
     if (work / "results.json").is_file():
         results = json.loads((work / "results.json").read_text())
     else:
@@ -42,7 +79,7 @@ def run_one(dataset: str, model: str, seed: int, workdir: pathlib.Path, sets: li
     robust = (json.loads(robust_path.read_text()) if robust_path.is_file()
               else evaluate.evaluate(work, "test", d4=True))
     history = [json.loads(line) for line in (work / "metrics.jsonl").open()]
-    return {"dataset": dataset, "model": model, "seed": seed, "workdir": str(work),
+    return {"dataset": dataset, "model": name, "seed": seed, "workdir": str(work),
             "test_auc": results["test"]["auc"], "test_accuracy": results["test"]["accuracy"],
             "num_params": results["num_params"], "train_seconds": results["train_seconds"],
             "best_epoch": results["best_epoch"], "d4_auc_min": robust["d4"]["auc_min"],
@@ -50,7 +87,20 @@ def run_one(dataset: str, model: str, seed: int, workdir: pathlib.Path, sets: li
             "val_auc_curve": [h["val_auc"] for h in history]}
 
 
-def summarize(runs: list[dict]) -> list[dict]:
+def forward_mflops(config) -> float:
+    """Forward MFLOPs per image of the run's model (analytic count, 28x28 input)."""
+    from flax import nnx
+
+    from dgcnn_jax import data, models
+
+    meta = data.info(config.dataset)
+    model = models.create(config.model, num_classes=meta.num_classes,
+                          in_channels=meta.channels, rngs=nnx.Rngs(0),
+                          **train.model_kwargs(config))
+    return models.forward_flops(model, (28, 28, meta.channels)) / 1e6
+
+
+def summarize(runs: list[dict], sets: list[str] = ()) -> list[dict]:
     rows = []
     keys = sorted({(r["dataset"], r["model"]) for r in runs},
                   key=lambda k: (k[0], _order(k[1])))
@@ -63,6 +113,7 @@ def summarize(runs: list[dict]) -> list[dict]:
                      if len(rs) > 1 else 0.0, "accuracy_mean": float(acc.mean()),
                      "accuracy_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
                      "num_params": rs[0]["num_params"],
+                     "mflops": forward_mflops(run_config(dataset, model, 0, list(sets))),
                      "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
                      "d4_auc_drop_max": float(max(r["test_auc"] - r["d4_auc_min"]
                                                   for r in rs))})
@@ -70,20 +121,43 @@ def summarize(runs: list[dict]) -> list[dict]:
 
 
 def _order(model: str) -> int:
-    names = PARAMETER_MATCHED + FLOP_MATCHED
+    names = PARAMETER_MATCHED + FLOP_MATCHED + tuple(ABLATIONS)
     return names.index(model) if model in names else len(names)
 
 
+def sections(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Group summary rows into the tables of results.md, per dataset.
+
+    A table is shown when one of its own models ran (the static references of the
+    FLOP-matched and ablation tables repeat rows of the parameter-matched one).
+    """
+    out = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        by_name = {r["model"]: r for r in rows if r["dataset"] == dataset}
+        for title, names, own in SECTIONS:
+            if any(n in by_name for n in own):
+                out.append((f"{dataset}: {title}", [by_name[n] for n in names if n in by_name]))
+        known = {n for _, names, _ in SECTIONS for n in names}
+        rest = [r for n, r in by_name.items() if n not in known]
+        if rest:
+            out.append((f"{dataset}: other models", rest))
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| dataset | model | seeds | test AUC | test accuracy | parameters | "
-             "train time (s) | largest AUC drop on a D4 copy |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | `{r['model']}` | {r['seeds']} | "
-                     f"{r['auc_mean']:.3f} +- {r['auc_std']:.3f} | "
-                     f"{r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f} | "
-                     f"{r['num_params']:,} | {r['train_seconds_mean']:.0f} | "
-                     f"{r['d4_auc_drop_max']:.4f} |")
+    lines = []
+    for title, rs in sections(rows):
+        lines += [f"**{title}**", "",
+                  "| model | seeds | test AUC | test accuracy | parameters | forward MFLOPs "
+                  "| train time (s) | largest AUC drop on a D4 copy |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rs:
+            lines.append(f"| `{r['model']}` | {r['seeds']} | "
+                         f"{r['auc_mean']:.3f} +- {r['auc_std']:.3f} | "
+                         f"{r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f} | "
+                         f"{r['num_params']:,} | {r['mflops']:.1f} | "
+                         f"{r['train_seconds_mean']:.0f} | {r['d4_auc_drop_max']:.4f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -106,7 +180,8 @@ def plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
     plt.close(fig)
     for dataset in datasets:
         fig, (roc_ax, curve_ax) = plt.subplots(1, 2, figsize=(9, 3.8))
-        for model in [r["model"] for r in rows if r["dataset"] == dataset]:
+        for model in [r["model"] for r in rows
+                      if r["dataset"] == dataset and r["model"] not in ABLATIONS]:
             rs = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
             work = pathlib.Path(rs[0]["workdir"])
             probs = np.load(work / "test_probs.npy")
@@ -140,27 +215,41 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/compare")
     p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
-    p.add_argument("--models", nargs="+", default=list(PARAMETER_MATCHED + FLOP_MATCHED))
+    p.add_argument("--models", nargs="+", default=None,
+                   help="registered models or ablation names (default: the parameter- "
+                        "and FLOP-matched families, plus the ablations)")
+    p.add_argument("--ablations", nargs="*", default=None,
+                   help=f"ablations to run on --ablation-dataset (no names: all of "
+                        f"{', '.join(ABLATIONS)}); on by default when --models is not given")
+    p.add_argument("--ablation-dataset", default="breastmnist")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--set", action="append", default=["progress=false"], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    for dataset in args.datasets:  # fail on bad names before any training
-        for model in args.models:
-            train.validate(override(get_config(), [*args.set, f"dataset={dataset}",
-                                                   f"model={model}"]))
+    ablations = (list(ABLATIONS) if args.ablations == [] or
+                 (args.ablations is None and args.models is None) else args.ablations or [])
+    models = args.models or list(PARAMETER_MATCHED + FLOP_MATCHED)
+    plan = [(d, m) for d in args.datasets for m in models]
+    plan += [(args.ablation_dataset, a) for a in ablations
+             if (args.ablation_dataset, a) not in plan]
+    for dataset, name in plan:  # fail on bad names before any training
+        train.validate(run_config(dataset, name, 0, args.set))
     out = pathlib.Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
-    for dataset in args.datasets:
-        for model in args.models:
-            for seed in args.seeds:
-                print(f"== {dataset} {model} seed {seed}", flush=True)
-                runs.append(run_one(dataset, model, seed, out, args.set))
-    rows = summarize(runs)
+    for dataset, name in plan:
+        for seed in args.seeds:
+            print(f"== {dataset} {name} seed {seed}", flush=True)
+            runs.append(run_one(dataset, name, seed, out, args.set))
+    rows = summarize(runs, args.set)
     (out / "results.json").write_text(json.dumps({"runs": runs, "summary": rows}, indent=2))
     table = markdown(rows)
     (out / "results.md").write_text(table + "\n")
     plots(runs, rows, out)
+    first = [r for r in runs if r["model"] == "p4m_dgcnn"]
+    if first:
+        from experiments import figures
+        figures.attention_figure(first[0]["workdir"], out / "attention.png")
+        figures.equivariance_figure(first[0]["workdir"], out / "equivariance.png")
     print(table)
     return rows
 

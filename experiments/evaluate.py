@@ -46,6 +46,9 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None):
     state, best_meta = train._restore(best, {"params": params, "rest": rest,
                                              "opt_state": opt_state})
     state = jax.device_put(state, trainer.replicated)
+    if "tau" not in best_meta:  # checkpoints written before the meta recorded it
+        history = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+        best_meta["tau"] = next(h["tau"] for h in history if h["epoch"] == best_meta["epoch"])
     return config, trainer, state, (mean, std), best_meta
 
 

@@ -66,6 +66,17 @@ def validate(config: Config) -> None:
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
     if config.optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
+    if config.num_kernels or config.attention:
+        if not models.spec(config.model).dynamic:
+            raise ValueError(f"num_kernels, attention: {config.model} has no dynamic layers; "
+                             f"leave them at 0 and ''")
+        if isinstance(config.num_kernels, bool) or not isinstance(config.num_kernels, int) \
+                or config.num_kernels < 0:
+            raise ValueError(f"num_kernels: expected an int >= 1 (0: the model's default), "
+                             f"got {config.num_kernels!r}")
+        if config.attention not in ("", "invariant", "equivariant"):
+            raise ValueError(f"attention: expected 'invariant' or 'equivariant' ('': the "
+                             f"model's default), got {config.attention!r}")
     if config.tau_initial <= 0 or config.tau_final <= 0:
         raise ValueError("tau_initial, tau_final: temperatures must be > 0")
     devices = num_devices(config)
@@ -195,6 +206,7 @@ class Trainer:
 # --------------------------------------------------------------------------- checkpoints
 
 def _managers(workdir: pathlib.Path):
+    workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
     opts = dict(create=True, enable_async_checkpointing=False)
     latest = ocp.CheckpointManager(workdir / "checkpoints" / "latest",
                                    options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
@@ -273,10 +285,20 @@ def plot_roc(probs: np.ndarray, labels: np.ndarray, path: pathlib.Path, title: s
 
 # --------------------------------------------------------------------------- main loop
 
+def model_kwargs(config: Config) -> dict:
+    """Keyword arguments for ``models.create`` from the config (dropout, ablation fields)."""
+    kwargs = {"dropout": config.dropout}
+    if config.num_kernels:
+        kwargs["num_kernels"] = config.num_kernels
+    if config.attention:
+        kwargs["attention"] = config.attention
+    return kwargs
+
+
 def setup(config: Config, num_classes: int, in_channels: int, steps_per_epoch: int):
     """Model, optimizer and compiled steps; returns ``(trainer, params, rest, opt_state)``."""
     model = models.create(config.model, num_classes=num_classes, in_channels=in_channels,
-                          rngs=nnx.Rngs(config.seed), dropout=config.dropout)
+                          rngs=nnx.Rngs(config.seed), **model_kwargs(config))
     model.eval()
     eval_graph = nnx.graphdef(model)
     model.train()

@@ -89,6 +89,31 @@ def test_train_and_eval_modes_and_temperature():
     chex.assert_shape(a, (4, 2))
 
 
+@pytest.mark.parametrize("name,kwargs", [("p4_gcnn", {}), ("p4m_dgcnn", {}),
+                                         ("p4m_dgcnn", {"attention": "equivariant"})])
+def test_intermediates_match_the_forward_pass_and_are_equivariant(name, kwargs):
+    model = _eval_model(name, **kwargs)
+    group = models.spec(name).group
+    order = dg.get_group(group).order
+    x = jnp.asarray(normal(3, 2, 8, 8, 1))
+    out = model.intermediates(x, tau=2.0)
+    chex.assert_trees_all_close(out["logits"][0], model(x, tau=2.0), rtol=1e-6, atol=1e-6)
+    width = model.head.in_features
+    assert [f.shape for f in out["features"]] == [(2, 8, 8, width, order)] * 3 + \
+        [(2, 4, 4, width, order)] * 3
+    if models.spec(name).dynamic:
+        per_example = (2, 4, order) if kwargs else (2, 4)
+        assert [a.shape for a in out["attention"]] == [per_example] * 6
+        for a in out["attention"]:
+            np.testing.assert_allclose(np.sum(a, axis=1), 1.0, rtol=1e-6)
+    else:
+        assert out["attention"] == []
+    for i in (0, 5):  # the lifting layer and the last group layer
+        errors = equivariance_errors(
+            lambda v, i=i: model.intermediates(v, tau=2.0)["features"][i], group, x)
+        assert errors.max() <= RTOL, (i, errors)
+
+
 def test_input_errors_before_compute():
     model = models.create("p4m_gcnn", num_classes=2, in_channels=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="x: expected 3 channels"):

@@ -60,7 +60,10 @@ def test_bad_config_fails_before_training(tmp_path):
                         (["learning_rate=-0.1"], "learning_rate: expected a value > 0"),
                         (["batch_size=0"], "batch_size: expected a positive int"),
                         (["optimizer=rmsprop"], "optimizer"),
-                        (["dropout=1.5"], "dropout")):
+                        (["dropout=1.5"], "dropout"),
+                        (["model=p4m_gcnn", "num_kernels=2"], "p4m_gcnn has no dynamic"),
+                        (["num_kernels=-1"], "num_kernels: expected an int >= 1"),
+                        (["attention=spatial"], "attention: expected 'invariant'")):
         with pytest.raises(ValueError, match=match):
             train.validate(override(base, sets))
     with pytest.raises(ValueError, match="unknown config field"):
@@ -191,23 +194,65 @@ def test_evaluate_command_d4_robustness_and_tta(tmp_path, medmnist_dir):
 
 
 @pytest.mark.slow
-def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir):
+def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     from experiments import compare
 
-    argv = ["--workdir", str(tmp_path), "--datasets", "breastmnist", "--models", "cnn",
-            "p4m_dgcnn", "--seeds", "0", "1", "--set", "epochs=1", "--set", "max_steps=2",
+    monkeypatch.chdir(tmp_path)  # a relative --workdir (orbax itself wants absolute paths)
+    out = tmp_path / "sweep"
+    argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
+            "p4m_dgcnn", "--ablations", "p4m_dgcnn_k1", "--seeds", "0", "1",
+            "--set", "epochs=1", "--set", "max_steps=2",
             "--set", "progress=false", "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(argv)
-    assert [(r["model"], r["seeds"]) for r in rows] == [("cnn", 2), ("p4m_dgcnn", 2)]
-    for name in ("results.json", "results.md", "auc_bars.png", "roc_breastmnist.png"):
-        assert (tmp_path / name).is_file(), name
-    summary = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["model"], r["seeds"]) for r in rows] == [
+        ("cnn", 2), ("p4m_dgcnn", 2), ("p4m_dgcnn_k1", 2)]
+    for name in ("results.json", "results.md", "auc_bars.png", "roc_breastmnist.png",
+                 "attention.png", "attention.json", "equivariance.png", "equivariance.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "results.json").read_text())
     runs = {(r["model"], r["seed"]): r for r in summary["runs"]}
     # the equivariant model scores the same on every D4 copy of the test split
     assert runs[("p4m_dgcnn", 0)]["d4_auc_max"] - runs[("p4m_dgcnn", 0)]["d4_auc_min"] < 1e-9
-    first = (tmp_path / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns
+    # the ablation is the same net with one kernel bank: fewer parameters, own directory
+    k1 = json.loads((out / "breastmnist" / "p4m_dgcnn_k1" / "seed0" / "config.json")
+                    .read_text())
+    assert (k1["model"], k1["num_kernels"]) == ("p4m_dgcnn", 1)
+    by_name = {r["model"]: r for r in rows}
+    assert by_name["p4m_dgcnn_k1"]["num_params"] < by_name["p4m_dgcnn"]["num_params"]
+    assert by_name["p4m_dgcnn_k1"]["mflops"] < by_name["p4m_dgcnn"]["mflops"]
+    table = (out / "results.md").read_text()
+    assert "breastmnist: parameter-matched" in table and "breastmnist: ablations" in table
+    assert "FLOP-matched" not in table  # no wide model ran
+    equivariance = json.loads((out / "equivariance.json").read_text())
+    assert len(equivariance["relative_error_per_layer"]) == 6
+    assert equivariance["max_relative_error"] <= 1e-5
+    attention = json.loads((out / "attention.json").read_text())
+    assert len(attention["layers"]) == 6
+    for layer in attention["layers"]:
+        assert sum(layer["mean"]) == pytest.approx(1.0, abs=1e-5)
+    first = (out / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns
     compare.main(argv)  # finished runs are not trained again
-    assert (tmp_path / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns \
+    assert (out / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns \
         == first
     with pytest.raises(ValueError, match="unknown model"):
         compare.main(["--workdir", str(tmp_path), "--models", "vgg"])
+    with pytest.raises(ValueError, match="unknown model"):
+        compare.main(["--workdir", str(tmp_path), "--models", "cnn", "--ablations", "k3"])
+
+
+def test_compare_tables_group_the_families():
+    from experiments import compare
+
+    def row(model):
+        return {"dataset": "breastmnist", "model": model}
+
+    names = [t for t, _ in compare.sections([row("cnn"), row("p4m_gcnn"),
+                                             row("p4m_dgcnn_wide")])]
+    assert names == ["breastmnist: parameter-matched", "breastmnist: FLOP-matched (dynamic "
+                     "nets at the width of their static counterparts)"]
+    tables = dict(compare.sections([row("p4m_gcnn"), row("p4m_dgcnn_wide")]))
+    flop = [r["model"] for r in tables[names[1]]]
+    assert flop == ["p4m_gcnn", "p4m_dgcnn_wide"]  # the static reference sits beside it
+    tables = compare.sections([row("p4m_dgcnn"), row("p4m_dgcnn_k8"), row("densenet")])
+    assert [t.split(": ")[1].split(" ")[0] for t, _ in tables] == [
+        "parameter-matched", "ablations", "other"]

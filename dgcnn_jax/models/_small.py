@@ -72,11 +72,34 @@ class SmallGCNN(nnx.Module):
                 f"pooling), got {h}x{w}")
 
     def __call__(self, x: jax.Array, *, tau=1.0) -> jax.Array:
+        return self._forward(x, tau, None)
+
+    def intermediates(self, x: jax.Array, *, tau=1.0) -> dict[str, list[jax.Array]]:
+        """What each convolution layer computes on ``x``, for figures and checks.
+
+        Returns ``{"features": [...], "attention": [...], "logits": [...]}``: the
+        feature map after each convolution, batch norm and ReLU (``[B, H, W, width, |G|]``;
+        ``[B, H, W, width, 1]`` for z2), the mixing weights of each dynamic layer
+        (``[B, K]`` invariant, ``[B, K, |G|]`` equivariant; empty for static models), and
+        a one-element list with the logits.
+        """
+        out = {"features": [], "attention": []}
+        out["logits"] = [self._forward(x, tau, out)]
+        return out
+
+    def _forward(self, x, tau, record):
         self.check_input(x)
         y = x
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            y = conv(y, tau=tau) if self.dynamic else conv(y)
+            if self.dynamic:
+                if record is not None:
+                    record["attention"].append(conv.attention_weights(y, tau))
+                y = conv(y, tau=tau)
+            else:
+                y = conv(y)
             y = jax.nn.relu(norm(y))
+            if record is not None:
+                record["features"].append(y)
             if i + 1 == POOL_AFTER:
                 y = ops.spatial_pool(y, 2)
         y = self.dropout(ops.global_pool(y, "mean"))

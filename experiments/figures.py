@@ -1,0 +1,165 @@
+"""Figures from a trained run: attention weights per layer, equivariance on a real image.
+
+    python -m experiments.figures --workdir runs/compare/breastmnist/p4m_dgcnn/seed0
+
+Both use the run's best checkpoint (eval mode, the temperature it was validated with)
+and the test split; each writes a PNG and a JSON file with the numbers it plots.
+
+* ``attention.png``: per dynamic layer, the mixing weight of each of the K kernels over
+  the test images, split by class (equivariant attention: averaged over the group axis).
+* ``equivariance.png``: one test image under every element ``g`` of the model's group:
+  ``L_g x``, the feature map of ``L_g x`` and ``L_g`` applied to the feature map of ``x``
+  (they agree), their difference; the JSON holds the largest relative difference over
+  every element and every layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dgcnn_jax import data, get_group
+from dgcnn_jax.testing import equivariance_errors
+from experiments import evaluate
+
+_SHOWN_LAYER = 2  # the third convolution: 28x28 maps, before the 2x2 pooling
+
+
+def _load(workdir, data_dir=None):
+    """Eval-mode model, its temperature, normalised test images and labels."""
+    config, trainer, state, (mean, std), best_meta = evaluate.load_run(workdir, data_dir)
+    model = nnx.merge(trainer.eval_graph, jax.device_get(state["params"]),
+                      jax.device_get(state["rest"]))
+    if not hasattr(model, "intermediates"):
+        raise ValueError(f"{workdir}: model {config.model} does not report intermediates")
+    images, labels = data.load(config.dataset, "test", config.data_dir)
+    x = (images.astype(np.float32) / 255.0 - mean) / std
+    return config, model, best_meta["tau"], x, labels
+
+
+def attention_figure(workdir, out, data_dir=None) -> dict:
+    """Plot the attention weights of every dynamic layer over the test split."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config, model, tau, x, labels = _load(workdir, data_dir)
+    if not model.dynamic:
+        raise ValueError(f"{workdir}: model {config.model} has no dynamic layers")
+    weights = [np.asarray(w) for w in model.intermediates(jnp.asarray(x), tau=tau)["attention"]]
+    weights = [w.mean(axis=-1) if w.ndim == 3 else w for w in weights]  # [N, K]
+    classes = sorted(set(labels.tolist()))
+    k = weights[0].shape[1]
+    fig, axes = plt.subplots(1, len(weights), figsize=(2.2 * len(weights), 3), sharey=True)
+    stats = {"workdir": str(workdir), "model": config.model, "tau": tau, "layers": []}
+    for i, (ax, w) in enumerate(zip(np.atleast_1d(axes), weights)):
+        layer = {"mean": w.mean(0).tolist(), "std": w.std(0).tolist(),
+                 "entropy_mean": float(-(w * np.log(np.maximum(w, 1e-12))).sum(1).mean()),
+                 "per_class_mean": {}}
+        width = 0.8 / len(classes)
+        for j, c in enumerate(classes):
+            wc = w[labels == c]
+            layer["per_class_mean"][str(c)] = wc.mean(0).tolist()
+            pos = np.arange(k) + (j - (len(classes) - 1) / 2) * width
+            parts = ax.boxplot(list(wc.T), positions=pos, widths=width * 0.9,
+                               patch_artist=True, showfliers=False)
+            for patch in parts["boxes"]:
+                patch.set_facecolor(f"C{j}")
+        stats["layers"].append(layer)
+        ax.set_xticks(range(k), [f"k{n}" for n in range(k)])
+        ax.set_title(f"layer {i + 1}", fontsize=9)
+        ax.axhline(1.0 / k, color="k", lw=0.6, ls=":")
+    np.atleast_1d(axes)[0].set_ylabel("attention weight (test images)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(classes))]
+    fig.legend(handles, [f"class {c}" for c in classes], loc="upper right", fontsize=7)
+    fig.suptitle(f"{config.model} on {config.dataset}: attention per layer (tau {tau:.2f})",
+                 fontsize=9)
+    fig.tight_layout()
+    out = pathlib.Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    out.with_suffix(".json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def equivariance_figure(workdir, out, data_dir=None, index: int | None = None) -> dict:
+    """Show that feature maps of a transformed test image are the transformed maps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    config, model, tau, x, labels = _load(workdir, data_dir)
+    group = get_group(model.group)
+    if index is None:  # the first test image of the positive (last) class
+        index = int(np.flatnonzero(labels == labels.max())[0])
+    image = jnp.asarray(x[index:index + 1])
+    layers = len(model.convs)
+    # [layers, |G|]: max |Phi_i(L_g x) - L_g Phi_i(x)| / max |Phi_i(x)| per layer i
+    errors = np.stack([equivariance_errors(
+        lambda v, i=i: model.intermediates(v, tau=tau)["features"][i], group, image)
+        for i in range(layers)])
+    feats = model.intermediates(image, tau=tau)["features"][_SHOWN_LAYER]
+    field = int(jnp.argmax(jnp.abs(feats).mean(axis=(0, 1, 2, 4))))  # most active field
+    rows = group.order
+    fig, axes = plt.subplots(rows, 4, figsize=(6.4, 1.6 * rows), squeeze=False)
+    titles = ["L_g x", "features of L_g x", "L_g (features of x)", "difference"]
+    for g in range(rows):
+        xg = group.transform_image(image, g)
+        fg = model.intermediates(xg, tau=tau)["features"][_SHOWN_LAYER]
+        lg = group.transform_feature_map(feats, g)
+        # the field's channel at the identity orientation, one map per panel
+        panels = [xg[0, :, :, 0], fg[0, :, :, field, 0], lg[0, :, :, field, 0],
+                  jnp.abs(fg - lg)[0, :, :, field, 0]]
+        scale = float(jnp.abs(feats[..., field, :]).max())
+        for col, (ax, img) in enumerate(zip(axes[g], panels)):
+            kw = {"cmap": "gray"} if col == 0 else {"cmap": "viridis", "vmin": 0,
+                                                     "vmax": scale}
+            ax.imshow(np.asarray(img), **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if g == 0:
+                ax.set_title(titles[col], fontsize=8)
+        axes[g][0].set_ylabel(f"g = {group.element_names[g]}", fontsize=8)
+    fig.suptitle(f"{config.model}: layer {_SHOWN_LAYER + 1}, field {field}; max relative "
+                 f"error over all g and layers {errors.max():.1e}", fontsize=8)
+    fig.tight_layout()
+    out = pathlib.Path(out)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    result = {"workdir": str(workdir), "model": config.model, "test_index": index,
+              "elements": list(group.element_names),
+              "relative_error_per_layer": errors.tolist(),
+              "max_relative_error": float(errors.max())}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="a training work directory")
+    p.add_argument("--out", default=None, help="output folder (default: the workdir)")
+    p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    args = p.parse_args(argv)
+    out = pathlib.Path(args.out or args.workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        att = attention_figure(args.workdir, out / "attention.png", args.data_dir)
+        eq = equivariance_figure(args.workdir, out / "equivariance.png", args.data_dir)
+    except (FileNotFoundError, ValueError) as err:
+        p.error(str(err))
+    for i, layer in enumerate(att["layers"]):
+        print(f"layer {i + 1}: mean weights {np.round(layer['mean'], 3).tolist()}  "
+              f"entropy {layer['entropy_mean']:.3f}")
+    print(f"largest relative equivariance error: {eq['max_relative_error']:.2e}")
+    print(f"wrote {out / 'attention.png'} and {out / 'equivariance.png'}")
+
+
+if __name__ == "__main__":
+    main()
