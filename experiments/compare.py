@@ -32,7 +32,7 @@ import pathlib
 import numpy as np
 
 from dgcnn_jax import metrics
-from experiments import evaluate, train
+from experiments import datasets, evaluate, train
 from experiments.configs import get_config, override
 
 PARAMETER_MATCHED = ("cnn", "p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")
@@ -88,16 +88,16 @@ def run_one(dataset: str, name: str, seed: int, workdir: pathlib.Path, sets: lis
 
 
 def forward_mflops(config) -> float:
-    """Forward MFLOPs per image of the run's model (analytic count, 28x28 input)."""
+    """Forward MFLOPs per image of the run's model (analytic count, its input size)."""
     from flax import nnx
 
-    from dgcnn_jax import data, models
+    from dgcnn_jax import models
 
-    meta = data.info(config.dataset)
-    model = models.create(config.model, num_classes=meta.num_classes,
-                          in_channels=meta.channels, rngs=nnx.Rngs(0),
-                          **train.model_kwargs(config))
-    return models.forward_flops(model, (28, 28, meta.channels)) / 1e6
+    num_classes, channels = datasets.dataset_facts(config.dataset)
+    size = models.spec(config.model).input_size
+    model = models.create(config.model, num_classes=num_classes, in_channels=channels,
+                          rngs=nnx.Rngs(0), **train.model_kwargs(config))
+    return models.forward_flops(model, (size, size, channels)) / 1e6
 
 
 def summarize(runs: list[dict], sets: list[str] = ()) -> list[dict]:
@@ -204,10 +204,8 @@ def plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
 
 
 def _test_labels(work: pathlib.Path) -> np.ndarray:
-    from dgcnn_jax import data
-
     config = json.loads((work / "config.json").read_text())
-    return data.load(config["dataset"], "test", config["data_dir"])[1]
+    return datasets.open_dataset(config["dataset"], config["data_dir"]).split("test")[1]
 
 
 def main(argv=None):

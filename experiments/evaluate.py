@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from dgcnn_jax import P4M, data, metrics
-from experiments import train
+from experiments import datasets, train
 from experiments.configs import Config
 
 
@@ -34,12 +34,10 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None):
         fields["data_dir"] = data_dir
     config = Config(**fields)
     train.validate(config)
-    meta = data.info(config.dataset)
-    train_x, _ = data.load(config.dataset, "train", config.data_dir)
-    mean, std = data.normalization_stats(train_x)
-    steps = data.num_batches(len(train_x), config.batch_size, drop_remainder=True)
-    trainer, params, rest, opt_state = train.setup(config, meta.num_classes, train_x.shape[-1],
-                                                   steps)
+    dataset = datasets.open_dataset(config.dataset, config.data_dir)
+    steps = data.num_batches(dataset.num_train, config.batch_size, drop_remainder=True)
+    trainer, params, rest, opt_state = train.setup(config, dataset.num_classes,
+                                                   dataset.channels, steps)
     _, best = train._managers(workdir)
     if best.latest_step() is None:
         raise FileNotFoundError(f"no best checkpoint in {workdir / 'checkpoints' / 'best'}")
@@ -49,13 +47,13 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None):
     if "tau" not in best_meta:  # checkpoints written before the meta recorded it
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
         best_meta["tau"] = next(h["tau"] for h in history if h["epoch"] == best_meta["epoch"])
-    return config, trainer, state, (mean, std), best_meta
+    return config, trainer, state, (dataset.mean, dataset.std), best_meta
 
 
 def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = False,
              data_dir: str | None = None) -> dict:
     config, trainer, state, (mean, std), best_meta = load_run(workdir, data_dir)
-    images, labels = data.load(config.dataset, split, config.data_dir)
+    images, labels = datasets.open_dataset(config.dataset, config.data_dir).split(split)
     tau = best_meta["tau"]  # the temperature the best checkpoint was selected with
 
     def probs_of(x):

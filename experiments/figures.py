@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dgcnn_jax import data, get_group
+from dgcnn_jax import get_group
 from dgcnn_jax.testing import equivariance_errors
-from experiments import evaluate
+from experiments import datasets, evaluate
 
 _SHOWN_LAYER = 2  # the third convolution: 28x28 maps, before the 2x2 pooling
 
@@ -38,7 +38,7 @@ def _load(workdir, data_dir=None):
                       jax.device_get(state["rest"]))
     if not hasattr(model, "intermediates"):
         raise ValueError(f"{workdir}: model {config.model} does not report intermediates")
-    images, labels = data.load(config.dataset, "test", config.data_dir)
+    images, labels = datasets.open_dataset(config.dataset, config.data_dir).split("test")
     x = (images.astype(np.float32) / 255.0 - mean) / std
     return config, model, best_meta["tau"], x, labels
 

@@ -1,9 +1,10 @@
-"""Train and evaluate a registered model on a MedMNIST dataset.
+"""Train and evaluate a registered model on a MedMNIST dataset or PatchCamelyon.
 
-    python -m experiments.train --workdir runs/default [--set key=value ...]
+    python -m experiments.train --workdir runs/default [--config pcam] [--set key=value ...]
 
 The default configuration (``experiments/configs/default.py``) trains the dynamic p4m
-G-CNN on BreastMNIST. The work directory receives ``config.json``, ``metrics.jsonl``
+G-CNN on BreastMNIST; ``--config pcam`` the P4M-DenseNet protocol on PatchCamelyon
+(``experiments/configs/pcam.py``). The work directory receives ``config.json``, ``metrics.jsonl``
 (one line per epoch), ``results.json``, ``learning_curves.png``, ``roc_test.png`` and
 orbax checkpoints: ``checkpoints/latest`` (every epoch) and ``checkpoints/best`` (best
 validation AUC), kept apart. Starting the command again in the same work directory
@@ -33,7 +34,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from dgcnn_jax import data, metrics, models
 from dgcnn_jax.dynamic import linear_temperature
-from experiments.configs import Config, get_config, override
+from experiments import datasets
+from experiments.configs import CONFIGS, Config, get_config, override
 
 
 class TrainingError(RuntimeError):
@@ -47,10 +49,7 @@ def validate(config: Config) -> None:
     if config.model not in models.available():
         raise ValueError(f"model: unknown model {config.model!r}; known models: "
                          f"{', '.join(models.available())}")
-    meta = data.info(config.dataset)  # raises for unknown names, listing known ones
-    if meta.task == "multi-label":
-        raise ValueError(f"dataset: {config.dataset} is multi-label; this trainer handles "
-                         f"single-label tasks")
+    datasets.dataset_facts(config.dataset)  # raises for unknown names, listing known ones
     positive = ("epochs", "batch_size", "eval_batch_size")
     for name in positive:
         value = getattr(config, name)
@@ -320,15 +319,15 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     validate(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    meta = data.info(config.dataset)
-    train_x, train_y = data.load(config.dataset, "train", config.data_dir)
-    val_x, val_y = data.load(config.dataset, "val", config.data_dir)
-    mean, std = data.normalization_stats(train_x)
-    steps_per_epoch = data.num_batches(len(train_x), config.batch_size, drop_remainder=True)
+    dataset = datasets.open_dataset(config.dataset, config.data_dir)
+    val_x, val_y = dataset.split("val")
+    mean, std = dataset.mean, dataset.std
+    steps_per_epoch = data.num_batches(dataset.num_train, config.batch_size,
+                                       drop_remainder=True)
     if steps_per_epoch < 1:
-        raise ValueError(f"batch_size: {config.batch_size} exceeds the {len(train_x)} "
+        raise ValueError(f"batch_size: {config.batch_size} exceeds the {dataset.num_train} "
                          f"training examples")
-    trainer, params, rest, opt_state = setup(config, meta.num_classes, train_x.shape[-1],
+    trainer, params, rest, opt_state = setup(config, dataset.num_classes, dataset.channels,
                                              steps_per_epoch)
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     _write_json(workdir / "config.json", dataclasses.asdict(config))
@@ -350,8 +349,8 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
         _save(latest, progress["step"], state, progress)
 
     for epoch in range(progress["epoch"], config.epochs):
-        ds = data.epoch_dataset(train_x, train_y, batch_size=config.batch_size, mean=mean,
-                                std=std, epoch=epoch, seed=config.seed, augment=config.augment)
+        ds = dataset.train_epoch(batch_size=config.batch_size, epoch=epoch, seed=config.seed,
+                                 augment=config.augment)
         it = data.epoch_iterator(ds, progress["iterator"] if progress["batch"] else None)
         first_batch = progress["batch"]
         if not first_batch:  # a fresh epoch (a resumed one keeps its running sums)
@@ -415,7 +414,7 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     # The test split is read once, here, with the best checkpoint.
     best_state, best_meta = _restore(best, state)
     best_state = jax.device_put(best_state, trainer.replicated)
-    test_x, test_y = data.load(config.dataset, "test", config.data_dir)
+    test_x, test_y = dataset.split("test")
     tau = best_meta["tau"]
     eval_start = time.perf_counter()
     probs = trainer.predict(best_state["params"], best_state["rest"], test_x, mean, std, tau)
@@ -466,6 +465,8 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/default",
                         help="output and checkpoint folder (resumes if it has a checkpoint)")
+    parser.add_argument("--config", default="default", choices=sorted(CONFIGS),
+                        help="base configuration (experiments/configs/<name>.py)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set epochs=5")
     parser.add_argument("--distributed", action="store_true",
@@ -475,7 +476,7 @@ def main(argv=None) -> dict:
     if args.distributed:
         jax.distributed.initialize()
     try:
-        config = override(get_config(), args.set)
+        config = override(get_config(args.config), args.set)
         validate(config)
     except ValueError as err:
         parser.error(str(err))

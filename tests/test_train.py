@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import evaluate, train
 from experiments.configs import get_config, override
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -171,7 +171,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, medmnist_dir):
 
 @pytest.mark.slow
 def test_evaluate_command_d4_robustness_and_tta(tmp_path, medmnist_dir):
-    from experiments import evaluate
 
     for model, invariant in (("p4m_dgcnn", True), ("cnn", False)):
         work = tmp_path / model
@@ -256,3 +255,28 @@ def test_compare_tables_group_the_families():
     tables = compare.sections([row("p4m_dgcnn"), row("p4m_dgcnn_k8"), row("densenet")])
     assert [t.split(": ")[1].split(" ")[0] for t, _ in tables] == [
         "parameter-matched", "ablations", "other"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["p4m_densenet", "p4m_ddensenet"])
+def test_pcam_config_smoke_on_prepared_mock_data(tmp_path, model):
+    from dgcnn_jax.data import tfds_sources
+    from experiments.configs import get_config as named_config
+    from tests.test_tfds_sources import _write_pcam_manual_dir
+
+    _write_pcam_manual_dir(tmp_path / "manual", sizes=(12, 6, 6))
+    tfds_sources.prepare_pcam(tmp_path / "tfds", tmp_path / "manual")
+    base = named_config("pcam")
+    assert (base.dataset, base.model, base.batch_size, base.epochs) == (
+        "pcam", "p4m_densenet", 64, 100)
+    config = override(base, [f"model={model}", "epochs=1", "max_steps=2", "batch_size=4",
+                             "eval_batch_size=4", "progress=false",
+                             f"data_dir={tmp_path / 'tfds'}"])
+    results = train.train_and_evaluate(config, tmp_path / "run")
+    assert results["steps"] == 2 and results["test"]["num_examples"] == 6
+    assert results["val"]["num_examples"] == 6
+    # the trained dynamic/static P4M net is invariant on the PCam test patches
+    out = evaluate.evaluate(tmp_path / "run", "test", d4=True)
+    assert out["d4"]["max_prob_difference"] < 1e-5
+    with pytest.raises(ValueError, match="config: unknown config 'imagenet'"):
+        named_config("imagenet")

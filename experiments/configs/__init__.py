@@ -1,5 +1,23 @@
-"""Experiment configurations (``get_config()`` per module) and command-line overrides."""
+"""Experiment configurations (``get_config()`` per module) and command-line overrides.
 
-from .default import Config, get_config, override
+``default``: the dynamic p4m G-CNN on BreastMNIST (2 CPU cores); ``pcam``: the
+P4M-DenseNet protocol on PatchCamelyon (an accelerator).
+"""
 
-__all__ = ["Config", "get_config", "override"]
+from __future__ import annotations
+
+from . import default, pcam
+from .default import Config, override
+
+CONFIGS = {"default": default.get_config, "pcam": pcam.get_config}
+
+
+def get_config(name: str = "default") -> Config:
+    """The named configuration (``"default"`` or ``"pcam"``)."""
+    if name not in CONFIGS:
+        raise ValueError(f"config: unknown config {name!r}; known configs: "
+                         f"{', '.join(CONFIGS)}")
+    return CONFIGS[name]()
+
+
+__all__ = ["CONFIGS", "Config", "get_config", "override"]

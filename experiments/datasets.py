@@ -1,0 +1,110 @@
+"""The trainer's view of a dataset: MedMNIST arrays or a prepared TFDS source (PCam).
+
+``open_dataset(name, data_dir)`` gives the facts (classes, channels), the normalisation
+statistics of the training split, one seeded grain dataset per training epoch, and the
+validation and test splits as uint8 arrays. Everything else in the trainer is the same
+for both kinds.
+
+* MedMNIST 2D names (``breastmnist``, ``pneumoniamnist``, ...): the ``.npz`` archive in
+  ``data_dir`` (downloaded and checked when missing); statistics over the whole
+  training split.
+* ``pcam``: the ``dgcnn_patch_camelyon`` TFDS data prepared once with
+  ``python -m experiments.prepare_data pcam --data-dir DIR``; the training split is read
+  by random access (it does not fit a laptop's memory), statistics over a seeded sample
+  of ``STAT_EXAMPLES`` training patches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import grain
+import numpy as np
+
+from dgcnn_jax import data
+
+STAT_EXAMPLES = 4096
+# name -> (classes, channels); splits are read through tfds_sources
+SOURCE_DATASETS = {"pcam": (2, 3)}
+
+
+def dataset_facts(name: str) -> tuple[int, int]:
+    """``(num_classes, channels)``; ``ValueError`` for unknown or multi-label datasets."""
+    if name in SOURCE_DATASETS:
+        return SOURCE_DATASETS[name]
+    try:
+        meta = data.info(name)
+    except ValueError as err:
+        raise ValueError(f"{err}; or a source dataset: {', '.join(SOURCE_DATASETS)}") from None
+    if meta.task == "multi-label":
+        raise ValueError(f"dataset: {name} is multi-label; this trainer handles single-label "
+                         f"tasks")
+    return meta.num_classes, meta.channels
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Open dataset: facts, training statistics, epochs and evaluation splits."""
+
+    name: str
+    num_classes: int
+    channels: int
+    num_train: int
+    mean: np.ndarray
+    std: np.ndarray
+    _train_epoch: Callable[..., grain.MapDataset]
+    _split: Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+    def train_epoch(self, *, batch_size: int, epoch: int, seed: int,
+                    augment: bool) -> grain.MapDataset:
+        """Shuffled (seed, epoch), normalised, full batches of the training split."""
+        return self._train_epoch(batch_size=batch_size, mean=self.mean, std=self.std,
+                                 epoch=epoch, seed=seed, augment=augment)
+
+    def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(uint8 images [N, H, W, C], int labels [N])`` of ``"val"`` or ``"test"``."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split: expected 'train', 'val' or 'test', got {split!r}")
+        return self._split(split)
+
+
+def open_dataset(name: str, data_dir=None) -> Dataset:
+    """Open ``name`` (see the module docstring) reading from ``data_dir``."""
+    num_classes, channels = dataset_facts(name)
+    if name == "pcam":
+        return _open_pcam(data_dir, num_classes, channels)
+    train_x, train_y = data.load(name, "train", data_dir)
+    mean, std = data.normalization_stats(train_x)
+
+    def train_epoch(**kwargs):
+        return data.epoch_dataset(train_x, train_y, **kwargs)
+
+    def split(which):
+        return (train_x, train_y) if which == "train" else data.load(name, which, data_dir)
+
+    return Dataset(name, num_classes, channels, len(train_x), mean, std, train_epoch, split)
+
+
+def _materialise(source) -> tuple[np.ndarray, np.ndarray]:
+    rows = [source[i] for i in range(len(source))]
+    return (np.stack([np.asarray(r["image"], np.uint8) for r in rows]),
+            np.array([int(r["label"]) for r in rows], np.int32))
+
+
+def _open_pcam(data_dir, num_classes, channels) -> Dataset:
+    from dgcnn_jax.data import tfds_sources
+
+    train = tfds_sources.pcam_source("train", data_dir)
+    sample = np.random.default_rng(0).permutation(len(train))[:STAT_EXAMPLES]
+    mean, std = data.normalization_stats(
+        np.stack([np.asarray(train[int(i)]["image"], np.uint8) for i in sample]))
+
+    def train_epoch(**kwargs):
+        return data.source_dataset(train, **kwargs)
+
+    def split(which):
+        tfds_split = {"train": "train", "val": "validation", "test": "test"}[which]
+        return _materialise(tfds_sources.pcam_source(tfds_split, data_dir))
+
+    return Dataset("pcam", num_classes, channels, len(train), mean, std, train_epoch, split)
