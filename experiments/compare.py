@@ -15,6 +15,7 @@ K in {1, 2, 8}, equivariant attention, no temperature annealing; K = 4 with inva
 attention and annealing is ``p4m_dgcnn`` itself). Without ``--models`` the sweep runs the
 parameter-matched and FLOP-matched families on every dataset and the ablations on
 ``--ablation-dataset``; naming models runs only those (add ``--ablations`` to run them too).
+``--no-train`` builds the tables and plots from the finished runs only.
 
 Writes ``results.json`` and ``results.md`` (per dataset: parameter-matched, FLOP-matched
 and ablation tables with mean +- std over seeds of test AUC and accuracy, parameters,
@@ -222,6 +223,9 @@ def main(argv=None):
     p.add_argument("--ablation-dataset", default="breastmnist")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--set", action="append", default=["progress=false"], metavar="KEY=VALUE")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: tables and plots from the finished runs only "
+                        "(the missing ones are listed)")
     args = p.parse_args(argv)
     ablations = (list(ABLATIONS) if args.ablations == [] or
                  (args.ablations is None and args.models is None) else args.ablations or [])
@@ -233,11 +237,19 @@ def main(argv=None):
         train.validate(run_config(dataset, name, 0, args.set))
     out = pathlib.Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
+    runs, missing = [], []
     for dataset, name in plan:
         for seed in args.seeds:
+            if args.no_train and not (out / dataset / name / f"seed{seed}" /
+                                      "results.json").is_file():
+                missing.append(f"{dataset}/{name}/seed{seed}")
+                continue
             print(f"== {dataset} {name} seed {seed}", flush=True)
             runs.append(run_one(dataset, name, seed, out, args.set))
+    if missing:
+        print(f"not trained (--no-train): {', '.join(missing)}")
+    if not runs:
+        raise SystemExit(f"no finished runs in {out}")
     rows = summarize(runs, args.set)
     (out / "results.json").write_text(json.dumps({"runs": runs, "summary": rows}, indent=2))
     table = markdown(rows)
