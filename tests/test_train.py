@@ -233,6 +233,10 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     compare.main(argv)  # finished runs are not trained again
     assert (out / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns \
         == first
+    # --no-train summarises the finished runs and trains nothing (seed 2 is missing)
+    rows = compare.main([*argv, "--seeds", "0", "1", "2", "--no-train"])
+    assert [(r["model"], r["seeds"]) for r in rows][0] == ("cnn", 2)
+    assert not (out / "breastmnist" / "cnn" / "seed2").exists()
     with pytest.raises(ValueError, match="unknown model"):
         compare.main(["--workdir", str(tmp_path), "--models", "vgg"])
     with pytest.raises(ValueError, match="unknown model"):
