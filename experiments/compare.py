@@ -10,17 +10,19 @@ checkpoint); a finished run is not trained again, so an interrupted sweep contin
 where it stopped. Each trained model is then scored on all 8 D4-transformed copies of
 the test split (robustness).
 
-``name`` is a registered model or an ablation of the dynamic p4m G-CNN (``ABLATIONS``:
+``name`` is a registered model, an ablation of the dynamic p4m G-CNN (``ABLATIONS``:
 K in {1, 2, 8}, equivariant attention, no temperature annealing; K = 4 with invariant
-attention and annealing is ``p4m_dgcnn`` itself). Without ``--models`` the sweep runs the
-parameter-matched and FLOP-matched families on every dataset and the ablations on
-``--ablation-dataset``; naming models runs only those (add ``--ablations`` to run them too).
-``--no-train`` builds the tables and plots from the finished runs only.
+attention and annealing is ``p4m_dgcnn`` itself) or a control (``cnn_augment``: the plain
+CNN trained on random D4 transforms). Without ``--models`` the sweep runs the parameter-
+and FLOP-matched families and the control on every dataset, and the ablations on
+``--ablation-dataset``; naming models runs only those (add ``--ablations`` to run them
+too). ``--no-train`` builds the tables and plots from the finished runs only.
 
 Writes ``results.json`` and ``results.md`` (per dataset: parameter-matched, FLOP-matched
-and ablation tables with mean +- std over seeds of test AUC and accuracy, parameters,
-forward FLOPs, training time, D4 spread), ``auc_bars.png``, ``roc_<dataset>.png``,
-``val_auc_<dataset>.png`` and, from the first ``p4m_dgcnn`` run, the attention and
+and ablation tables with validation AUC at the best epoch, mean +- std over seeds of test
+AUC and accuracy, parameters, forward FLOPs, training time, D4 spread),
+``auc_bars.png``, ``roc_<dataset>.png`` (test ROC of each model's first seed and mean
+validation-AUC curves) and, from the first ``p4m_dgcnn`` run, the attention and
 equivariance figures of :mod:`experiments.figures`.
 """
 
@@ -38,7 +40,10 @@ from experiments.configs import get_config, override
 
 PARAMETER_MATCHED = ("cnn", "p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")
 FLOP_MATCHED = ("p4_dgcnn_wide", "p4m_dgcnn_wide")
-# name -> (registered model, config assignments); K=4, invariant, annealed = p4m_dgcnn
+# name -> (registered model, config assignments)
+# the plain CNN trained on random D4 transforms of the images: what symmetry alone gives
+CONTROLS = {"cnn_augment": ("cnn", ("augment=true",))}
+# K=4, invariant, annealed = p4m_dgcnn
 ABLATIONS = {
     "p4m_dgcnn_k1": ("p4m_dgcnn", ("num_kernels=1",)),
     "p4m_dgcnn_k2": ("p4m_dgcnn", ("num_kernels=2",)),
@@ -48,7 +53,8 @@ ABLATIONS = {
 }
 # the tables of results.md: title, the names shown in order, the names that make it shown
 SECTIONS = (
-    ("parameter-matched", PARAMETER_MATCHED, PARAMETER_MATCHED),
+    ("parameter-matched", ("cnn", "cnn_augment", *PARAMETER_MATCHED[1:]),
+     PARAMETER_MATCHED + tuple(CONTROLS)),
     ("FLOP-matched (dynamic nets at the width of their static counterparts)",
      ("p4_gcnn", "p4_dgcnn_wide", "p4m_gcnn", "p4m_dgcnn_wide"), FLOP_MATCHED),
     ("ablations of the dynamic p4m G-CNN (K kernels, attention, temperature annealing)",
@@ -59,7 +65,7 @@ SECTIONS = (
 
 def resolve(name: str) -> tuple[str, tuple[str, ...]]:
     """``(registered model, config assignments)`` of a sweep name."""
-    return ABLATIONS.get(name, (name, ()))
+    return {**CONTROLS, **ABLATIONS}.get(name, (name, ()))
 
 
 def run_config(dataset: str, name: str, seed: int, sets: list[str]):
@@ -81,6 +87,7 @@ def run_one(dataset: str, name: str, seed: int, workdir: pathlib.Path, sets: lis
               else evaluate.evaluate(work, "test", d4=True))
     history = [json.loads(line) for line in (work / "metrics.jsonl").open()]
     return {"dataset": dataset, "model": name, "seed": seed, "workdir": str(work),
+            "val_auc": results["val"]["auc"],
             "test_auc": results["test"]["auc"], "test_accuracy": results["test"]["accuracy"],
             "num_params": results["num_params"], "train_seconds": results["train_seconds"],
             "best_epoch": results["best_epoch"], "d4_auc_min": robust["d4"]["auc_min"],
@@ -109,7 +116,9 @@ def summarize(runs: list[dict], sets: list[str] = ()) -> list[dict]:
         rs = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
         auc = np.array([r["test_auc"] for r in rs])
         acc = np.array([r["test_accuracy"] for r in rs])
+        val = np.array([r["val_auc"] for r in rs])
         rows.append({"dataset": dataset, "model": model, "seeds": len(rs),
+                     "val_auc_mean": float(val.mean()),
                      "auc_mean": float(auc.mean()), "auc_std": float(auc.std(ddof=1))
                      if len(rs) > 1 else 0.0, "accuracy_mean": float(acc.mean()),
                      "accuracy_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
@@ -122,7 +131,7 @@ def summarize(runs: list[dict], sets: list[str] = ()) -> list[dict]:
 
 
 def _order(model: str) -> int:
-    names = PARAMETER_MATCHED + FLOP_MATCHED + tuple(ABLATIONS)
+    names = ("cnn", *CONTROLS, *PARAMETER_MATCHED[1:], *FLOP_MATCHED, *ABLATIONS)
     return names.index(model) if model in names else len(names)
 
 
@@ -149,11 +158,12 @@ def markdown(rows: list[dict]) -> str:
     lines = []
     for title, rs in sections(rows):
         lines += [f"**{title}**", "",
-                  "| model | seeds | test AUC | test accuracy | parameters | forward MFLOPs "
-                  "| train time (s) | largest AUC drop on a D4 copy |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | seeds | val AUC (best epoch) | test AUC | test accuracy | "
+                  "parameters | forward MFLOPs | train time (s) | largest AUC drop on a D4 "
+                  "copy |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rs:
-            lines.append(f"| `{r['model']}` | {r['seeds']} | "
+            lines.append(f"| `{r['model']}` | {r['seeds']} | {r['val_auc_mean']:.3f} | "
                          f"{r['auc_mean']:.3f} +- {r['auc_std']:.3f} | "
                          f"{r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f} | "
                          f"{r['num_params']:,} | {r['mflops']:.1f} | "
@@ -215,8 +225,9 @@ def main(argv=None):
     p.add_argument("--workdir", default="runs/compare")
     p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
     p.add_argument("--models", nargs="+", default=None,
-                   help="registered models or ablation names (default: the parameter- "
-                        "and FLOP-matched families, plus the ablations)")
+                   help="registered models, controls or ablation names (default: the "
+                        "parameter- and FLOP-matched families and cnn_augment, plus the "
+                        "ablations)")
     p.add_argument("--ablations", nargs="*", default=None,
                    help=f"ablations to run on --ablation-dataset (no names: all of "
                         f"{', '.join(ABLATIONS)}); on by default when --models is not given")
@@ -229,7 +240,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     ablations = (list(ABLATIONS) if args.ablations == [] or
                  (args.ablations is None and args.models is None) else args.ablations or [])
-    models = args.models or list(PARAMETER_MATCHED + FLOP_MATCHED)
+    models = args.models or list(PARAMETER_MATCHED + tuple(CONTROLS) + FLOP_MATCHED)
     plan = [(d, m) for d in args.datasets for m in models]
     plan += [(args.ablation_dataset, a) for a in ablations
              if (args.ablation_dataset, a) not in plan]

@@ -256,6 +256,9 @@ def test_compare_tables_group_the_families():
     tables = dict(compare.sections([row("p4m_gcnn"), row("p4m_dgcnn_wide")]))
     flop = [r["model"] for r in tables[names[1]]]
     assert flop == ["p4m_gcnn", "p4m_dgcnn_wide"]  # the static reference sits beside it
+    tables = dict(compare.sections([row("p4m_gcnn"), row("cnn_augment"), row("cnn")]))
+    assert [r["model"] for r in tables[names[0]]] == ["cnn", "cnn_augment", "p4m_gcnn"]
+    assert compare.resolve("cnn_augment") == ("cnn", ("augment=true",))
     tables = compare.sections([row("p4m_dgcnn"), row("p4m_dgcnn_k8"), row("densenet")])
     assert [t.split(": ")[1].split(" ")[0] for t, _ in tables] == [
         "parameter-matched", "ablations", "other"]
