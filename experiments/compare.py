@@ -154,6 +154,13 @@ def sections(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     return out
 
 
+def _spread(row: dict, key: str) -> str:
+    """``mean +- std`` over seeds (the mean alone for one seed)."""
+    if row["seeds"] == 1:
+        return f"{row[key + '_mean']:.3f} (one seed)"
+    return f"{row[key + '_mean']:.3f} +- {row[key + '_std']:.3f}"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = []
     for title, rs in sections(rows):
@@ -164,8 +171,7 @@ def markdown(rows: list[dict]) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in rs:
             lines.append(f"| `{r['model']}` | {r['seeds']} | {r['val_auc_mean']:.3f} | "
-                         f"{r['auc_mean']:.3f} +- {r['auc_std']:.3f} | "
-                         f"{r['accuracy_mean']:.3f} +- {r['accuracy_std']:.3f} | "
+                         f"{_spread(r, 'auc')} | {_spread(r, 'accuracy')} | "
                          f"{r['num_params']:,} | {r['mflops']:.1f} | "
                          f"{r['train_seconds_mean']:.0f} | {r['d4_auc_drop_max']:.4f} |")
         lines.append("")
