@@ -23,7 +23,8 @@ from experiments.configs import Config
 
 
 def load_run(workdir: str | pathlib.Path, data_dir: str | None = None):
-    """The run's config, trainer, best state and normalisation statistics."""
+    """The run's config, trainer, best state, opened dataset (see
+    :func:`experiments.datasets.open_dataset`) and best-checkpoint meta."""
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.is_file():
@@ -47,13 +48,14 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None):
     if "tau" not in best_meta:  # checkpoints written before the meta recorded it
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
         best_meta["tau"] = next(h["tau"] for h in history if h["epoch"] == best_meta["epoch"])
-    return config, trainer, state, (dataset.mean, dataset.std), best_meta
+    return config, trainer, state, dataset, best_meta
 
 
 def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = False,
              data_dir: str | None = None) -> dict:
-    config, trainer, state, (mean, std), best_meta = load_run(workdir, data_dir)
-    images, labels = datasets.open_dataset(config.dataset, config.data_dir).split(split)
+    config, trainer, state, dataset, best_meta = load_run(workdir, data_dir)
+    images, labels = dataset.split(split)
+    mean, std = dataset.mean, dataset.std
     tau = best_meta["tau"]  # the temperature the best checkpoint was selected with
 
     def probs_of(x):

@@ -26,20 +26,20 @@ from flax import nnx
 
 from dgcnn_jax import get_group
 from dgcnn_jax.testing import equivariance_errors
-from experiments import datasets, evaluate
+from experiments import evaluate
 
 _SHOWN_LAYER = 2  # the third convolution: 28x28 maps, before the 2x2 pooling
 
 
 def _load(workdir, data_dir=None):
     """Eval-mode model, its temperature, normalised test images and labels."""
-    config, trainer, state, (mean, std), best_meta = evaluate.load_run(workdir, data_dir)
+    config, trainer, state, dataset, best_meta = evaluate.load_run(workdir, data_dir)
     model = nnx.merge(trainer.eval_graph, jax.device_get(state["params"]),
                       jax.device_get(state["rest"]))
     if not hasattr(model, "intermediates"):
         raise ValueError(f"{workdir}: model {config.model} does not report intermediates")
-    images, labels = datasets.open_dataset(config.dataset, config.data_dir).split("test")
-    x = (images.astype(np.float32) / 255.0 - mean) / std
+    images, labels = dataset.split("test")
+    x = (images.astype(np.float32) / 255.0 - dataset.mean) / dataset.std
     return config, model, best_meta["tau"], x, labels
 
 
