@@ -163,11 +163,14 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--models", nargs="*", default=None, help="default: every registered model")
     p.add_argument("--skip-models", action="store_true")
+    p.add_argument("--matmul-size", type=int, default=2048,
+                   help="n of the n x n matmul that measures the reference rate (an "
+                        "accelerator needs a larger one, e.g. 8192, to reach its rate)")
     p.add_argument("--output", default="benchmark.json")
     args = p.parse_args(argv)
     batch, size, fields = (16, 32, 16) if args.quick else (64, 96, 16)
     repeats = args.repeats or (2 if args.quick else 3)
-    peak = matmul_rate()
+    peak = matmul_rate(args.matmul_size)
     print(f"matmul rate {peak / 1e9:.1f} GFLOP/s on {jax.devices()[0].device_kind}", flush=True)
     results = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
                "machine": platform.machine(), "quick": args.quick, "batch": batch,
