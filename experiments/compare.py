@@ -95,6 +95,12 @@ def run_one(dataset: str, name: str, seed: int, workdir: pathlib.Path, sets: lis
             "val_auc_curve": [h["val_auc"] for h in history]}
 
 
+def _finished(work: pathlib.Path) -> bool:
+    """Trained and tested, and either D4-scored or with the checkpoint to score it."""
+    return (work / "results.json").is_file() and (
+        (work / "eval_test.json").is_file() or (work / "checkpoints" / "best").is_dir())
+
+
 def forward_mflops(config) -> float:
     """Forward MFLOPs per image of the run's model (analytic count, its input size)."""
     from flax import nnx
@@ -257,14 +263,13 @@ def main(argv=None):
     runs, missing = [], []
     for dataset, name in plan:
         for seed in args.seeds:
-            if args.no_train and not (out / dataset / name / f"seed{seed}" /
-                                      "results.json").is_file():
+            if args.no_train and not _finished(out / dataset / name / f"seed{seed}"):
                 missing.append(f"{dataset}/{name}/seed{seed}")
                 continue
             print(f"== {dataset} {name} seed {seed}", flush=True)
             runs.append(run_one(dataset, name, seed, out, args.set))
     if missing:
-        print(f"not trained (--no-train): {', '.join(missing)}")
+        print(f"not finished (--no-train): {', '.join(missing)}")
     if not runs:
         raise SystemExit(f"no finished runs in {out}")
     rows = summarize(runs, args.set)

@@ -13,8 +13,10 @@
 # Float32 convolutions and matmuls run at full precision (no TF32), as on a CPU.
 # Output ($OUT or /tmp/dgcnn_sweep): runs.tgz (every workdir named in TASKS without
 # checkpoints: what `experiments.compare --no-train` reads), checkpoints.tgz (the best
-# checkpoint of each p4m_dgcnn seed-0 run, for the figures, and the latest one of each
-# unfinished run, to resume it), logs.tgz (each worker's output), sweep.log. $PYTHON picks the interpreter (default python3).
+# checkpoint of each p4m_dgcnn seed-0 run, for the figures, and those of each unfinished
+# run, to resume it; in 15 MB parts), logs.tgz (each worker's output), sweep.log and
+# remaining.txt (the task lines not finished, to run again). $PYTHON picks the
+# interpreter (default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tasks=$1 workers=$2 limit=$3 py=${PYTHON:-python3}
@@ -50,19 +52,42 @@ worker() {
 }
 for w in $(seq 1 "$workers"); do worker "$w" & done
 wait
-echo "not started: $(wc -l <"$queue") runs" | tee -a "$log"
-cat "$queue" >>"$log"
+# A run stopped at the time limit exits cleanly (its checkpoints are saved), so the run
+# directories, not the exit codes, say what finished: trained, tested and D4-scored.
+"$py" - "$tasks" "$out/remaining.txt" <<'PY' | tee -a "$log"
+import pathlib, shlex, sys
+lines = [l for l in open(sys.argv[1]) if l.strip() and not l.lstrip().startswith("#")]
+left, done = [], 0
+for line in lines:
+    words, opts, key = shlex.split(line), {}, None
+    for w in words:
+        if w.startswith("--"):
+            key = w[2:]
+            opts.setdefault(key, [])
+        elif key:
+            opts[key].append(w)
+    runs = [pathlib.Path(opts["workdir"][0], d, m, f"seed{s}") for d in opts["datasets"]
+            for m in opts["models"] for s in opts["seeds"]]
+    if all((r / "results.json").is_file() and (r / "eval_test.json").is_file() for r in runs):
+        done += 1
+    else:
+        left.append(line)
+pathlib.Path(sys.argv[2]).write_text("".join(left))
+print(f"finished: {done} of {len(lines)} task lines; the rest are in remaining.txt")
+PY
 tar czf "$out/logs.tgz" -C "$logs" .
 dirs=$(grep -o -- '--workdir [^ ]*' "$tasks" | awk '{print $2}' | sort -u)
 keep=$(for d in $dirs; do
   find "$d" -path '*/p4m_dgcnn/seed0/checkpoints/best'
   for run in $(find "$d" -type d -name 'seed*'); do
-    [ -f "$run/results.json" ] || echo "$run/checkpoints/latest"
+    [ -f "$run/eval_test.json" ] && continue
+    for c in latest best; do [ -d "$run/checkpoints/$c" ] && echo "$run/checkpoints/$c"; done
   done
 done)
 # shellcheck disable=SC2086
 tar czf "$out/runs.tgz" --exclude='*/checkpoints' $dirs
+# in parts of at most 15 MB (the trip back takes files of up to 16 MB):
+# cat checkpoints.tgz.part-* | tar xz
 # shellcheck disable=SC2086
-tar czf "$out/checkpoints.tgz" $keep
+[ -n "$keep" ] && tar cz $keep | split -b 15M - "$out/checkpoints.tgz.part-"
 ls -la "$out"
-grep -c "end rc=0" "$log"

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,6 +238,17 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     rows = compare.main([*argv, "--seeds", "0", "1", "2", "--no-train"])
     assert [(r["model"], r["seeds"]) for r in rows][0] == ("cnn", 2)
     assert not (out / "breastmnist" / "cnn" / "seed2").exists()
+    # a run stopped between its test evaluation and its D4 scoring, its checkpoints not
+    # kept (as packed by experiments/device_sweep.sh), is left out; with its D4 scores in
+    seed2 = out / "breastmnist" / "cnn" / "seed2"
+    shutil.copytree(out / "breastmnist" / "cnn" / "seed0", seed2)
+    shutil.rmtree(seed2 / "checkpoints")
+    (seed2 / "eval_test.json").unlink()
+    rows = compare.main([*argv, "--seeds", "0", "1", "2", "--no-train"])
+    assert [(r["model"], r["seeds"]) for r in rows][0] == ("cnn", 2)
+    shutil.copy(out / "breastmnist" / "cnn" / "seed0" / "eval_test.json", seed2)
+    rows = compare.main([*argv, "--seeds", "0", "1", "2", "--no-train"])
+    assert [(r["model"], r["seeds"]) for r in rows][0] == ("cnn", 3)
     with pytest.raises(ValueError, match="unknown model"):
         compare.main(["--workdir", str(tmp_path), "--models", "vgg"])
     with pytest.raises(ValueError, match="unknown model"):
