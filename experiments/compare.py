@@ -97,8 +97,10 @@ def run_one(dataset: str, name: str, seed: int, workdir: pathlib.Path, sets: lis
 
 def _finished(work: pathlib.Path) -> bool:
     """Trained and tested, and either D4-scored or with the checkpoint to score it."""
+    best = work / "checkpoints" / "best"
     return (work / "results.json").is_file() and (
-        (work / "eval_test.json").is_file() or (work / "checkpoints" / "best").is_dir())
+        (work / "eval_test.json").is_file()
+        or (best.is_dir() and any(step.name.isdigit() for step in best.iterdir())))
 
 
 def forward_mflops(config) -> float:

@@ -243,6 +243,7 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     seed2 = out / "breastmnist" / "cnn" / "seed2"
     shutil.copytree(out / "breastmnist" / "cnn" / "seed0", seed2)
     shutil.rmtree(seed2 / "checkpoints")
+    (seed2 / "checkpoints" / "best").mkdir(parents=True)  # empty: no checkpoint in it
     (seed2 / "eval_test.json").unlink()
     rows = compare.main([*argv, "--seeds", "0", "1", "2", "--no-train"])
     assert [(r["model"], r["seeds"]) for r in rows][0] == ("cnn", 2)
