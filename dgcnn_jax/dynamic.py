@@ -29,9 +29,13 @@ Execution strategies of the invariant mode (all give the same output):
   (``K`` times the FLOPs);
 * ``"patches"``: row patches of the input (``k`` shifted slices) times per-example
   kernel matrices, one batched matmul forward and backward
-  (:func:`per_example_conv_patches`).
+  (:func:`per_example_conv_patches`);
+* ``"map"``: one batch-1 XLA convolution per example (``lax.map``) with a custom VJP:
+  the input gradient is again one convolution per example (with the rotated kernel),
+  the kernel gradient the row-patch matmul of the static layer's fast path.
 
-``DEFAULT_STRATEGY`` was chosen by measurement (``python -m experiments.benchmark_dynamic``).
+``default_strategy()`` was chosen by measurement (``python -m experiments.benchmark_dynamic``):
+``"map"`` on the CPU backend, ``"patches"`` elsewhere.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 from jax import lax
 
 from . import ops
-from ._conv import conv2d
+from ._conv import conv2d, per_example_conv
 from ._checks import check_choice, check_feature_map, check_image, shape_of
 from .filters import group_filter_bank, lifting_filter_bank
 from .groups import Group, get_group
@@ -51,6 +55,7 @@ __all__ = [
     "STRATEGIES",
     "ATTENTION_MODES",
     "DEFAULT_STRATEGY",
+    "default_strategy",
     "check_temperature",
     "invariant_descriptor",
     "invariant_attention",
@@ -62,9 +67,15 @@ __all__ = [
     "linear_temperature",
 ]
 
-STRATEGIES = ("grouped", "linear", "patches")
+STRATEGIES = ("grouped", "linear", "patches", "map")
 ATTENTION_MODES = ("invariant", "equivariant")
-DEFAULT_STRATEGY = "patches"
+DEFAULT_STRATEGY = "auto"
+
+
+def default_strategy() -> str:
+    """The strategy ``"auto"`` stands for on the default backend: ``"map"`` on the CPU
+    (measured fastest there), ``"patches"`` on accelerators."""
+    return "map" if jax.default_backend() == "cpu" else "patches"
 
 
 def check_temperature(tau) -> None:
@@ -227,7 +238,9 @@ def dynamic_conv(
     ``[B, H', W', C_out, |G|]``.
     """
     group = get_group(group)
-    check_choice(strategy, "strategy", STRATEGIES)
+    check_choice(strategy, "strategy", ("auto", *STRATEGIES))
+    if strategy == "auto":
+        strategy = default_strategy()
     lifting, kshape = _check_dynamic_inputs(x, kernels, biases, group)
     num_k, k = kshape[0], kshape[1]
     if shape_of(weights) != (x.shape[0], num_k):
@@ -255,6 +268,8 @@ def dynamic_conv(
                                          dimension_numbers=dims, feature_group_count=b,
                                          precision=precision)
             y = jnp.moveaxis(y.reshape(*y.shape[1:3], b, -1), 2, 0)
+        elif strategy == "map":
+            y = per_example_conv(xf, mats, pad, dilation, precision)
         else:  # patches
             y = per_example_conv_patches(xf, mats, pad, dilation, precision)
         y = y.reshape(*y.shape[:3], cout, group.order)

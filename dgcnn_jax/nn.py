@@ -161,7 +161,7 @@ class _DynamicBase(nnx.Module):
                 f"strategy: equivariant attention always mixes the K responses ('linear'), "
                 f"got {strategy!r}")
         self.strategy = check_choice(strategy or dynamic.DEFAULT_STRATEGY, "strategy",
-                                     dynamic.STRATEGIES)
+                                     ("auto", *dynamic.STRATEGIES))
         if not reduction > 0:
             raise ValueError(f"reduction: expected a ratio > 0, got {reduction!r}")
         self.reduction = reduction
@@ -222,7 +222,7 @@ class DynamicLiftingConv(_DynamicBase):
     attention branch ``att_*``. ``num_kernels`` K (default 4), ``attention``
     ("invariant" or "equivariant"), ``reduction`` (hidden width ratio of the attention
     MLP, at least ``min_hidden``), ``strategy`` (invariant mode: "grouped", "linear",
-    "patches"; default :data:`dgcnn_jax.dynamic.DEFAULT_STRATEGY`).
+    "patches", "map" or "auto", the default: :func:`dgcnn_jax.dynamic.default_strategy`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,

@@ -27,14 +27,48 @@ class FastConvTest(chex.TestCase):
         def loss(x, w, impl):
             return jnp.sum(jnp.sin(_conv.conv2d(x, w, padding, dilation, impl=impl)) * probe)
 
+        saved = _conv._EACH_MIN_CHANNELS
+        try:  # the batched and the one-example-at-a-time forward and input gradient
+            for each_min in (saved, 1):
+                _conv._EACH_MIN_CHANNELS = each_min
+                for jit in (False, True):
+                    grad = jax.grad(loss, argnums=(0, 1))
+                    grad = jax.jit(grad, static_argnums=2) if jit else grad
+                    fast, ref = grad(x, w, "fast"), grad(x, w, "xla")
+                    for a, b in zip(fast, ref):
+                        assert _rel(a, b) <= 1e-5
+                chex.assert_trees_all_close(
+                    _conv.conv2d(x, w, padding, dilation, impl="fast"),
+                    _conv.conv2d(x, w, padding, dilation, impl="xla"))
+        finally:
+            _conv._EACH_MIN_CHANNELS = saved
+
+    @parameterized.parameters(
+        (3, ((1, 1), (1, 1)), 1), (5, ((2, 1), (0, 3)), 1), (2, ((0, 0), (0, 0)), 1),
+        (3, ((3, 3), (3, 3)), 1), (3, ((2, 2), (2, 2)), 2))
+    def test_per_example_conv_equals_reference(self, k, padding, dilation):
+        x = jnp.asarray(normal(3, 3, 11, 9, 4))
+        w = jnp.asarray(normal(4, 3, k, k, 4, 5))
+
+        def ref(x, w):  # each example through XLA's convolution and its autodiff
+            return jax.vmap(lambda a, b: _conv.conv2d(a[None], b, padding, dilation,
+                                                      impl="xla")[0])(x, w)
+
+        def fast(x, w):
+            return _conv.per_example_conv(x, w, padding, dilation)
+
+        y = ref(x, w)
+        probe = jnp.asarray(normal(5, *y.shape))
+        assert _rel(jax.jit(fast)(x, w), y) <= 1e-6
         for jit in (False, True):
-            grad = jax.grad(loss, argnums=(0, 1))
-            grad = jax.jit(grad, static_argnums=2) if jit else grad
-            fast, ref = grad(x, w, "fast"), grad(x, w, "xla")
-            for a, b in zip(fast, ref):
+            grads = [jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w)) * probe),
+                              argnums=(0, 1)) for f in (fast, ref)]
+            if jit:
+                grads = [jax.jit(g) for g in grads]
+            for a, b in zip(grads[0](x, w), grads[1](x, w)):
                 assert _rel(a, b) <= 1e-5
-        chex.assert_trees_all_close(_conv.conv2d(x, w, padding, dilation, impl="fast"),
-                                    _conv.conv2d(x, w, padding, dilation, impl="xla"))
+        with pytest.raises(ValueError, match="per-example"):
+            _conv.per_example_conv(x, w[0], padding, dilation)
 
     def test_chunked_filter_gradient(self):
         x = jnp.asarray(normal(3, 6, 9, 9, 4))

@@ -100,6 +100,23 @@ class BehaviourTest(chex.TestCase):
             assert error <= 1e-6, f"{strategy}: relative error {error:.3g}"
 
 
+    @parameterized.parameters("p4", "p4m")
+    def test_gradients_of_every_strategy_equal_the_reference(self, group):
+        # "linear" runs XLA's convolution and its autodiff: the reference path
+        lift, gconv = _layers(group, "invariant")
+        x = normal(9, 2, 7, 7, 3)
+
+        def grads(strategy):
+            lift.strategy = gconv.strategy = strategy
+            return nnx.grad(lambda m: jnp.sum(jnp.sin(m[1](m[0](x, tau=0.8), tau=0.8))))(
+                (lift, gconv))
+
+        ref = jax.tree.leaves(grads("linear"))
+        for strategy in ("auto", *dynamic.STRATEGIES):
+            for a, b in zip(jax.tree.leaves(grads(strategy)), ref):
+                error = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+                assert error <= 1e-5, f"{strategy}: relative gradient error {error:.3g}"
+
     def test_large_temperature_gives_uniform_weights(self):
         for attention in ("invariant", "equivariant"):
             _, gconv = _layers("p4m", attention)
