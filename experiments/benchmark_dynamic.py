@@ -71,7 +71,7 @@ def run(batch: int, size: int, fields: int, kernels: int, repeats: int, groups, 
                                     "strategy": strategy, **t, "ratio": ratio})
             print(f"{name:4s} {'DynamicGroupConv':17s} {strategy:8s} median "
                   f"{t['median_s'] * 1e3:9.1f} ms  ratio {ratio:5.2f}"
-                  f"{'  (default)' if strategy == dg.dynamic.DEFAULT_STRATEGY else ''}",
+                  f"{'  (default)' if strategy == dg.dynamic.default_strategy() else ''}",
                   flush=True)
     return results
 
@@ -81,7 +81,7 @@ def markdown_table(results: dict) -> str:
     lines = ["| group | layer | strategy | median fwd+bwd (ms) | dynamic / static |",
              "|---|---|---|---|---|"]
     for row in results["rows"]:
-        default = " (default)" if row["strategy"] == dg.dynamic.DEFAULT_STRATEGY else ""
+        default = " (default)" if row["strategy"] == dg.dynamic.default_strategy() else ""
         lines.append(f"| {row['group']} | {row['layer']} | {row['strategy']}{default} | "
                      f"{row['median_s'] * 1e3:.1f} | {row['ratio']:.2f} |")
     return "\n".join(lines)

@@ -8,8 +8,10 @@
 #   --workdir runs/gpu --datasets pneumoniamnist --models p4m_dgcnn --seeds 3
 # Lines are taken in order by WORKERS processes; no line starts after SECONDS and a run
 # still going then is stopped (its checkpoints let `experiments.compare` resume it).
-# Data: $DGCNN_DATA_DIR (the MedMNIST .npz files). Wheels under .whl/ (grain and the
-# pinned flax/optax/orbax/chex, for an image that lacks them) are installed first.
+# Data: $DGCNN_DATA_DIR (the MedMNIST .npz files). Wheels under .whl/ are installed
+# first: the packages the image lacks (on the H200 image used: grain 0.2.18,
+# array_record, portpicker; its JAX 0.11.2 needs its own flax 0.12.10, the pinned
+# flax 0.12.8 does not import there).
 # Float32 convolutions and matmuls run at full precision (no TF32), as on a CPU.
 # Output ($OUT or /tmp/dgcnn_sweep): runs.tgz (every workdir named in TASKS without
 # checkpoints: what `experiments.compare --no-train` reads), checkpoints.tgz (the best

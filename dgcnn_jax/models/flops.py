@@ -2,7 +2,8 @@
 
 Counts the multiply-adds of convolutions and matrix products (2 FLOPs each), the work
 that dominates these networks; elementwise operations (batch norm, ReLU, softmax) are
-not counted. ``forward_flops(model, input_shape)`` gives the FLOPs per image.
+not counted. The body of a ``lax.scan`` (``lax.map``) counts once per iteration.
+``forward_flops(model, input_shape)`` gives the FLOPs per image.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def jaxpr_flops(jaxpr) -> int:
             total += _conv_flops(eqn)
         elif name == "dot_general":
             total += _dot_flops(eqn)
+        repeats = eqn.params["length"] if name == "scan" else 1  # lax.scan / lax.map
         for sub in core.jaxprs_in_params(eqn.params):
-            total += jaxpr_flops(sub)
+            total += repeats * jaxpr_flops(sub)
     return total
 
 
