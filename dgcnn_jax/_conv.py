@@ -5,9 +5,9 @@ the convolution itself (it runs as a convolution with an image-sized kernel), an
 batched convolutions run slower per image than batch-1 ones at large images. The
 ``"fast"`` implementation runs the forward pass and the input gradient (a convolution
 of the output gradient with the 180-degree-rotated kernel) of wide layers as one
-batch-1 XLA convolution per example (``lax.map``), and computes the filter gradient as one matrix
-product of row patches and shifted output gradients, accumulated over chunks of the
-batch to bound memory:
+batch-1 XLA convolution per example (``lax.map``), and computes the filter gradient as
+one matrix product of row patches and shifted output gradients, accumulated over
+chunks of the batch to bound memory:
 
     dW[i, j, c, o] = sum_{b, y, x} xpad[b, y + i d, x + j d, c] * dy[b, y, x, o]
 
