@@ -95,12 +95,13 @@ def run_one(dataset: str, name: str, seed: int, workdir: pathlib.Path, sets: lis
             "val_auc_curve": [h["val_auc"] for h in history]}
 
 
-def _finished(work: pathlib.Path) -> bool:
-    """Trained and tested, and either D4-scored or with the checkpoint to score it."""
+def finished(work: pathlib.Path, *, scored: bool = False) -> bool:
+    """Trained and tested, and either D4-scored or with the checkpoint to score it
+    (``scored``: D4-scored)."""
     best = work / "checkpoints" / "best"
     return (work / "results.json").is_file() and (
         (work / "eval_test.json").is_file()
-        or (best.is_dir() and any(step.name.isdigit() for step in best.iterdir())))
+        or (not scored and best.is_dir() and any(s.name.isdigit() for s in best.iterdir())))
 
 
 def forward_mflops(config) -> float:
@@ -233,7 +234,7 @@ def _test_labels(work: pathlib.Path) -> np.ndarray:
     return datasets.open_dataset(config["dataset"], config["data_dir"]).split("test")[1]
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/compare")
@@ -251,13 +252,30 @@ def main(argv=None):
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: tables and plots from the finished runs only "
                         "(the missing ones are listed)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def plan_of(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The ``(dataset, name)`` pairs a command line asks for, in order."""
     ablations = (list(ABLATIONS) if args.ablations == [] or
                  (args.ablations is None and args.models is None) else args.ablations or [])
     models = args.models or list(PARAMETER_MATCHED + tuple(CONTROLS) + FLOP_MATCHED)
     plan = [(d, m) for d in args.datasets for m in models]
     plan += [(args.ablation_dataset, a) for a in ablations
              if (args.ablation_dataset, a) not in plan]
+    return plan
+
+
+def run_dirs(argv) -> list[pathlib.Path]:
+    """The work directory of every run a command line asks for."""
+    args = parse_args(argv)
+    return [pathlib.Path(args.workdir, d, name, f"seed{seed}") for d, name in plan_of(args)
+            for seed in args.seeds]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    plan = plan_of(args)
     for dataset, name in plan:  # fail on bad names before any training
         train.validate(run_config(dataset, name, 0, args.set))
     out = pathlib.Path(args.workdir)
@@ -265,7 +283,7 @@ def main(argv=None):
     runs, missing = [], []
     for dataset, name in plan:
         for seed in args.seeds:
-            if args.no_train and not _finished(out / dataset / name / f"seed{seed}"):
+            if args.no_train and not finished(out / dataset / name / f"seed{seed}"):
                 missing.append(f"{dataset}/{name}/seed{seed}")
                 continue
             print(f"== {dataset} {name} seed {seed}", flush=True)

@@ -58,24 +58,13 @@ wait
 # directories, not the exit codes, say what finished: trained, tested and D4-scored.
 "$py" - "$tasks" "$out/remaining.txt" <<'PY' | tee -a "$log"
 import pathlib, shlex, sys
+from experiments import compare
 lines = [l for l in open(sys.argv[1]) if l.strip() and not l.lstrip().startswith("#")]
-left, done = [], 0
-for line in lines:
-    words, opts, key = shlex.split(line), {}, None
-    for w in words:
-        if w.startswith("--"):
-            key = w[2:]
-            opts.setdefault(key, [])
-        elif key:
-            opts[key].append(w)
-    runs = [pathlib.Path(opts["workdir"][0], d, m, f"seed{s}") for d in opts["datasets"]
-            for m in opts["models"] for s in opts["seeds"]]
-    if all((r / "results.json").is_file() and (r / "eval_test.json").is_file() for r in runs):
-        done += 1
-    else:
-        left.append(line)
+left = [l for l in lines if not all(compare.finished(run, scored=True)
+                                    for run in compare.run_dirs(shlex.split(l)))]
 pathlib.Path(sys.argv[2]).write_text("".join(left))
-print(f"finished: {done} of {len(lines)} task lines; the rest are in remaining.txt")
+print(f"finished: {len(lines) - len(left)} of {len(lines)} task lines; the rest are in "
+      "remaining.txt")
 PY
 tar czf "$out/logs.tgz" -C "$logs" .
 dirs=$(grep -o -- '--workdir [^ ]*' "$tasks" | awk '{print $2}' | sort -u)

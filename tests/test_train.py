@@ -244,7 +244,13 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     shutil.copytree(out / "breastmnist" / "cnn" / "seed0", seed2)
     shutil.rmtree(seed2 / "checkpoints")
     (seed2 / "checkpoints" / "best").mkdir(parents=True)  # empty: no checkpoint in it
+    # what experiments/device_sweep.sh asks of a task line: every run trained and scored
+    assert [str(r) for r in compare.run_dirs(argv)] == [
+        f"sweep/breastmnist/{m}/seed{s}" for m in ("cnn", "p4m_dgcnn", "p4m_dgcnn_k1")
+        for s in (0, 1)]
+    assert all(compare.finished(r, scored=True) for r in compare.run_dirs(argv))
     (seed2 / "eval_test.json").unlink()
+    assert not compare.finished(seed2) and not compare.finished(seed2, scored=True)
     # the cnn runs only (no p4m_dgcnn run, so no figures: quicker)
     cnn_only = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
                 "--seeds", "0", "1", "2", "--no-train", "--set", f"data_dir={medmnist_dir}"]
