@@ -76,6 +76,13 @@ def validate(config: Config) -> None:
         if config.attention not in ("", "invariant", "equivariant"):
             raise ValueError(f"attention: expected 'invariant' or 'equivariant' ('': the "
                              f"model's default), got {config.attention!r}")
+    if config.readout:
+        if models.spec(config.model).input_size != 28:
+            raise ValueError(f"readout: only the 28 px models have a readout choice, not "
+                             f"{config.model}; leave it at ''")
+        if config.readout not in models.READOUTS:
+            raise ValueError(f"readout: expected one of {', '.join(models.READOUTS)} ('': the "
+                             f"model's default), got {config.readout!r}")
     if config.tau_initial <= 0 or config.tau_final <= 0:
         raise ValueError("tau_initial, tau_final: temperatures must be > 0")
     devices = num_devices(config)
@@ -291,6 +298,8 @@ def model_kwargs(config: Config) -> dict:
         kwargs["num_kernels"] = config.num_kernels
     if config.attention:
         kwargs["attention"] = config.attention
+    if config.readout:
+        kwargs["readout"] = config.readout
     return kwargs
 
 

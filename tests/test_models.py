@@ -114,6 +114,28 @@ def test_intermediates_match_the_forward_pass_and_are_equivariant(name, kwargs):
         assert errors.max() <= RTOL, (i, errors)
 
 
+def test_orientation_readout_sees_every_group_element():
+    model = _eval_model("p4m_dgcnn", readout="orientation")
+    width, order = 8, 8
+    assert model.head.in_features == width * order
+    x = jnp.asarray(normal(5, 2, 8, 8, 1))
+
+    def pooled(v):  # what the head sees, as a 1x1 group feature map [B, 1, 1, width, |G|]
+        return jnp.mean(model.intermediates(v)["features"][-1], axis=(1, 2), keepdims=True)
+
+    # the head input is equivariant (the group permutes it) ...
+    assert_equivariant(pooled, "p4m", x, rtol=RTOL)
+    chex.assert_trees_all_close(model(x), model.head(pooled(x).reshape(2, -1)),
+                                rtol=1e-6, atol=1e-6)
+    # ... and the logits may use the orientation: not invariant (the default readout is)
+    errors = equivariance_errors(lambda v: model(v), "p4m", x, output_kind="invariant")
+    assert errors[0] == 0.0 and errors[1:].min() > 1e-3
+    invariant = _eval_model("p4m_dgcnn")
+    assert invariant.head.in_features == width
+    with pytest.raises(ValueError, match="readout: expected one of 'invariant', 'orientation'"):
+        _eval_model("p4m_gcnn", readout="max")
+
+
 def test_input_errors_before_compute():
     model = models.create("p4m_gcnn", num_classes=2, in_channels=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="x: expected 3 channels"):

@@ -9,6 +9,11 @@ the convolutions are dynamic:
     3 x [conv(w -> w) - BN - ReLU]
     global mean pooling over space and group (invariant) - dropout - linear head
 
+``readout="orientation"`` pools over space only and gives the head every field at every
+group element (``width * |G|`` features): the convolutions stay equivariant, the logits
+may depend on the orientation (for images whose orientation carries information, such
+as ultrasound with the transducer at the top).
+
 The first convolution lifts images to group feature maps, the others are group
 convolutions; the plain CNN is the same network on the trivial group ``z2``.
 """
@@ -20,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .. import ops
-from .._checks import check_image
+from .._checks import check_choice, check_image
 from ..groups import Group, get_group
 from ..nn import DynamicGroupConv, DynamicLiftingConv, GroupBatchNorm, GroupConv, LiftingConv
 
@@ -28,6 +33,7 @@ __all__ = ["SmallGCNN"]
 
 NUM_CONV = 6
 POOL_AFTER = 3  # the 2x2 pooling follows this many convolutions
+READOUTS = ("invariant", "orientation")
 
 
 class SmallGCNN(nnx.Module):
@@ -40,15 +46,21 @@ class SmallGCNN(nnx.Module):
       width: fields per layer (channels = width * |G|).
       dynamic: use dynamic convolutions with ``num_kernels`` kernels and ``attention``.
       dropout: dropout rate before the head.
+      readout: ``"invariant"`` (mean over space and group: logits invariant under the
+        group) or ``"orientation"`` (mean over space only; the head sees ``width * |G|``
+        features and the logits are not invariant).
 
     Call: ``model(x, tau=1.0)`` with ``x`` ``[B, H, W, in_channels]``, ``H`` and ``W``
-    even and at least 4; returns logits ``[B, num_classes]``, invariant under the group.
+    even and at least 4; returns logits ``[B, num_classes]``, invariant under the group
+    with the default ``readout``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, group: Group | str, width: int, *,
                  dynamic: bool = False, num_kernels: int = 4, attention: str = "invariant",
-                 dropout: float = 0.1, rngs: nnx.Rngs):
+                 dropout: float = 0.1, readout: str = "invariant", rngs: nnx.Rngs):
+        check_choice(readout, "readout", READOUTS)
         self.group = get_group(group)
+        self.readout = readout
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.dynamic = dynamic
@@ -61,7 +73,8 @@ class SmallGCNN(nnx.Module):
         self.convs = nnx.List(convs)
         self.norms = nnx.List([GroupBatchNorm(width, rngs=rngs) for _ in range(NUM_CONV)])
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.head = nnx.Linear(width, num_classes, rngs=rngs)
+        features = width if readout == "invariant" else width * self.group.order
+        self.head = nnx.Linear(features, num_classes, rngs=rngs)
 
     def check_input(self, x) -> None:
         """Raise ``ValueError`` before any compute if ``x`` does not fit the model."""
@@ -102,8 +115,11 @@ class SmallGCNN(nnx.Module):
                 record["features"].append(y)
             if i + 1 == POOL_AFTER:
                 y = ops.spatial_pool(y, 2)
-        y = self.dropout(ops.global_pool(y, "mean"))
-        return self.head(y)
+        if self.readout == "invariant":
+            y = ops.global_pool(y, "mean")
+        else:  # [B, H, W, width, |G|] -> [B, width * |G|]
+            y = jnp.mean(y, axis=(1, 2)).reshape(y.shape[0], -1)
+        return self.head(self.dropout(y))
 
 
 def count_params(model: nnx.Module) -> int:

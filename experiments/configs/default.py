@@ -18,6 +18,9 @@ class Config:
     # model
     model: str = "p4m_dgcnn"
     dropout: float = 0.1
+    # 28 px models: "" or "invariant" (logits invariant under the group) or "orientation"
+    # (the head sees every group element: equivariant layers, orientation-aware logits)
+    readout: str = ""
     # dynamic models only (ablations): 0 / "" keep the registered model's choice
     num_kernels: int = 0  # K kernel banks per layer
     attention: str = ""  # "invariant" or "equivariant"
