@@ -12,9 +12,11 @@ the test split (robustness).
 
 ``name`` is a registered model, an ablation of the dynamic p4m G-CNN (``ABLATIONS``:
 K in {1, 2, 8}, equivariant attention, no temperature annealing; K = 4 with invariant
-attention and annealing is ``p4m_dgcnn`` itself) or a control (``cnn_augment``: the plain
-CNN trained on random D4 transforms). Without ``--models`` the sweep runs the parameter-
-and FLOP-matched families and the control on every dataset, and the ablations on
+attention and annealing is ``p4m_dgcnn`` itself), a G-CNN with the orientation-aware
+readout (``ORIENTED``: ``<model>_orient``, the head sees every group element, so the
+logits are not invariant) or a control (``cnn_augment``: the plain CNN trained on random
+D4 transforms). Without ``--models`` the sweep runs the parameter- and FLOP-matched
+families and the control on every dataset, and the ablations and readout variants on
 ``--ablation-dataset``; naming models runs only those (add ``--ablations`` to run them
 too). ``--no-train`` builds the tables and plots from the finished runs only.
 
@@ -51,6 +53,9 @@ ABLATIONS = {
     "p4m_dgcnn_equivariant": ("p4m_dgcnn", ("attention=equivariant",)),
     "p4m_dgcnn_no_anneal": ("p4m_dgcnn", ("tau_initial=1.0", "tau_final=1.0")),
 }
+# the G-CNNs with the orientation-aware readout: equivariant layers, the head sees every
+# group element (logits not invariant; for images with a canonical orientation)
+ORIENTED = {f"{m}_orient": (m, ("readout=orientation",)) for m in PARAMETER_MATCHED[1:]}
 # the tables of results.md: title, the names shown in order, the names that make it shown
 SECTIONS = (
     ("parameter-matched", ("cnn", "cnn_augment", *PARAMETER_MATCHED[1:]),
@@ -60,12 +65,14 @@ SECTIONS = (
     ("ablations of the dynamic p4m G-CNN (K kernels, attention, temperature annealing)",
      ("p4m_dgcnn_k1", "p4m_dgcnn_k2", "p4m_dgcnn", "p4m_dgcnn_k8", "p4m_dgcnn_equivariant",
       "p4m_dgcnn_no_anneal"), tuple(ABLATIONS)),
+    ("orientation-aware readout (equivariant layers; the head sees every group element, "
+     "so the logits are not invariant)", ("cnn", *ORIENTED), tuple(ORIENTED)),
 )
 
 
 def resolve(name: str) -> tuple[str, tuple[str, ...]]:
     """``(registered model, config assignments)`` of a sweep name."""
-    return {**CONTROLS, **ABLATIONS}.get(name, (name, ()))
+    return {**CONTROLS, **ABLATIONS, **ORIENTED}.get(name, (name, ()))
 
 
 def run_config(dataset: str, name: str, seed: int, sets: list[str]):
@@ -140,7 +147,7 @@ def summarize(runs: list[dict], sets: list[str] = ()) -> list[dict]:
 
 
 def _order(model: str) -> int:
-    names = ("cnn", *CONTROLS, *PARAMETER_MATCHED[1:], *FLOP_MATCHED, *ABLATIONS)
+    names = ("cnn", *CONTROLS, *PARAMETER_MATCHED[1:], *FLOP_MATCHED, *ABLATIONS, *ORIENTED)
     return names.index(model) if model in names else len(names)
 
 
@@ -207,7 +214,7 @@ def plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
     for dataset in datasets:
         fig, (roc_ax, curve_ax) = plt.subplots(1, 2, figsize=(9, 3.8))
         for model in [r["model"] for r in rows
-                      if r["dataset"] == dataset and r["model"] not in ABLATIONS]:
+                      if r["dataset"] == dataset and r["model"] not in {**ABLATIONS, **ORIENTED}]:
             rs = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
             work = pathlib.Path(rs[0]["workdir"])
             probs = np.load(work / "test_probs.npy")
@@ -244,8 +251,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "parameter- and FLOP-matched families and cnn_augment, plus the "
                         "ablations)")
     p.add_argument("--ablations", nargs="*", default=None,
-                   help=f"ablations to run on --ablation-dataset (no names: all of "
-                        f"{', '.join(ABLATIONS)}); on by default when --models is not given")
+                   help=f"ablations and readout variants to run on --ablation-dataset (no "
+                        f"names: all of {', '.join([*ABLATIONS, *ORIENTED])}); on by default "
+                        f"when --models is not given")
     p.add_argument("--ablation-dataset", default="breastmnist")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--set", action="append", default=["progress=false"], metavar="KEY=VALUE")
@@ -257,7 +265,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def plan_of(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The ``(dataset, name)`` pairs a command line asks for, in order."""
-    ablations = (list(ABLATIONS) if args.ablations == [] or
+    ablations = ([*ABLATIONS, *ORIENTED] if args.ablations == [] or
                  (args.ablations is None and args.models is None) else args.ablations or [])
     models = args.models or list(PARAMETER_MATCHED + tuple(CONTROLS) + FLOP_MATCHED)
     plan = [(d, m) for d in args.datasets for m in models]

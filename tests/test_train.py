@@ -64,7 +64,10 @@ def test_bad_config_fails_before_training(tmp_path):
                         (["dropout=1.5"], "dropout"),
                         (["model=p4m_gcnn", "num_kernels=2"], "p4m_gcnn has no dynamic"),
                         (["num_kernels=-1"], "num_kernels: expected an int >= 1"),
-                        (["attention=spatial"], "attention: expected 'invariant'")):
+                        (["attention=spatial"], "attention: expected 'invariant'"),
+                        (["readout=max"], "readout: expected one of invariant, orientation"),
+                        (["model=p4m_densenet", "readout=orientation"],
+                         "readout: only the 28 px models")):
         with pytest.raises(ValueError, match=match):
             train.validate(override(base, sets))
     with pytest.raises(ValueError, match="unknown config field"):
@@ -284,6 +287,14 @@ def test_compare_tables_group_the_families():
     tables = compare.sections([row("p4m_dgcnn"), row("p4m_dgcnn_k8"), row("densenet")])
     assert [t.split(": ")[1].split(" ")[0] for t, _ in tables] == [
         "parameter-matched", "ablations", "other"]
+    tables = compare.sections([row("cnn"), row("p4m_dgcnn"), row("p4m_dgcnn_orient")])
+    assert [t.split(": ")[1].split(" ")[0] for t, _ in tables] == [
+        "parameter-matched", "orientation-aware"]
+    assert [r["model"] for r in tables[1][1]] == ["cnn", "p4m_dgcnn_orient"]
+    assert compare.resolve("p4_gcnn_orient") == ("p4_gcnn", ("readout=orientation",))
+    plan = compare.plan_of(compare.parse_args(["--datasets", "pneumoniamnist"]))
+    assert ("breastmnist", "p4m_dgcnn_orient") in plan  # with the ablations by default
+    assert ("pneumoniamnist", "p4m_dgcnn_orient") not in plan
 
 
 @pytest.mark.slow
