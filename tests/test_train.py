@@ -291,7 +291,9 @@ def test_compare_tables_group_the_families():
     assert [t.split(": ")[1].split(" ")[0] for t, _ in tables] == [
         "parameter-matched", "orientation-aware"]
     assert [r["model"] for r in tables[1][1]] == ["cnn", "p4m_dgcnn_orient"]
-    assert compare.resolve("p4_gcnn_orient") == ("p4_gcnn", ("readout=orientation",))
+    assert compare.resolve("p4_gcnn_orient") == ("p4_gcnn", ("readout=orientation",
+                                                             "learning_rate=0.01"))
+    assert compare.resolve("cnn_lr1e-2") == ("cnn", ("learning_rate=0.01",))
     plan = compare.plan_of(compare.parse_args(["--datasets", "pneumoniamnist"]))
     assert ("breastmnist", "p4m_dgcnn_orient") in plan  # with the ablations by default
     assert ("pneumoniamnist", "p4m_dgcnn_orient") not in plan
