@@ -14,11 +14,12 @@ the test split (robustness).
 K in {1, 2, 8}, equivariant attention, no temperature annealing; K = 4 with invariant
 attention and annealing is ``p4m_dgcnn`` itself), a G-CNN with the orientation-aware
 readout (``ORIENTED``: ``<model>_orient``, the head sees every group element, so the
-logits are not invariant; with ``cnn_lr1e-2``, the CNN at their learning rate) or a control (``cnn_augment``: the plain CNN trained on random
-D4 transforms). Without ``--models`` the sweep runs the parameter- and FLOP-matched
-families and the control on every dataset, and the ablations and readout variants on
-``--ablation-dataset``; naming models runs only those (add ``--ablations`` to run them
-too). ``--no-train`` builds the tables and plots from the finished runs only.
+logits are not invariant; with ``cnn_lr1e-2``, the CNN at their learning rate) or a
+control (``cnn_augment``: the plain CNN trained on random D4 transforms). Without
+``--models`` the sweep runs the parameter- and FLOP-matched families and the control on
+every dataset, and the ablations and readout variants on ``--ablation-dataset``; naming
+models runs only those (add ``--ablations`` to run them too). ``--no-train`` builds the
+tables and plots from the finished runs only.
 
 Writes ``results.json`` and ``results.md`` (per dataset: parameter-matched, FLOP-matched
 and ablation tables with validation AUC at the best epoch, mean +- std over seeds of test
@@ -219,8 +220,8 @@ def plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
     plt.close(fig)
     for dataset in datasets:
         fig, (roc_ax, curve_ax) = plt.subplots(1, 2, figsize=(9, 3.8))
-        for model in [r["model"] for r in rows
-                      if r["dataset"] == dataset and r["model"] not in {**ABLATIONS, **ORIENTED}]:
+        for model in [r["model"] for r in rows if r["dataset"] == dataset
+                      and r["model"] not in ABLATIONS and r["model"] not in ORIENTED]:
             rs = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
             work = pathlib.Path(rs[0]["workdir"])
             probs = np.load(work / "test_probs.npy")
