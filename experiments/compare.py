@@ -62,6 +62,8 @@ ORIENTED_LEARNING_RATE = "learning_rate=0.01"
 ORIENTED = {"cnn_lr1e-2": ("cnn", (ORIENTED_LEARNING_RATE,)),
             **{f"{m}_orient": (m, ("readout=orientation", ORIENTED_LEARNING_RATE))
                for m in PARAMETER_MATCHED[1:]}}
+# what runs on --ablation-dataset only
+ABLATION_DATASET_RUNS = {**ABLATIONS, **ORIENTED}
 # the tables of results.md: title, the names shown in order, the names that make it shown
 SECTIONS = (
     ("parameter-matched", ("cnn", "cnn_augment", *PARAMETER_MATCHED[1:]),
@@ -79,7 +81,7 @@ SECTIONS = (
 
 def resolve(name: str) -> tuple[str, tuple[str, ...]]:
     """``(registered model, config assignments)`` of a sweep name."""
-    return {**CONTROLS, **ABLATIONS, **ORIENTED}.get(name, (name, ()))
+    return {**CONTROLS, **ABLATION_DATASET_RUNS}.get(name, (name, ()))
 
 
 def run_config(dataset: str, name: str, seed: int, sets: list[str]):
@@ -154,7 +156,7 @@ def summarize(runs: list[dict], sets: list[str] = ()) -> list[dict]:
 
 
 def _order(model: str) -> int:
-    names = ("cnn", *CONTROLS, *PARAMETER_MATCHED[1:], *FLOP_MATCHED, *ABLATIONS, *ORIENTED)
+    names = ("cnn", *CONTROLS, *PARAMETER_MATCHED[1:], *FLOP_MATCHED, *ABLATION_DATASET_RUNS)
     return names.index(model) if model in names else len(names)
 
 
@@ -220,8 +222,8 @@ def plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
     plt.close(fig)
     for dataset in datasets:
         fig, (roc_ax, curve_ax) = plt.subplots(1, 2, figsize=(9, 3.8))
-        for model in [r["model"] for r in rows if r["dataset"] == dataset
-                      and r["model"] not in ABLATIONS and r["model"] not in ORIENTED]:
+        for model in [r["model"] for r in rows
+                      if r["dataset"] == dataset and r["model"] not in ABLATION_DATASET_RUNS]:
             rs = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
             work = pathlib.Path(rs[0]["workdir"])
             probs = np.load(work / "test_probs.npy")
@@ -259,7 +261,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "ablations)")
     p.add_argument("--ablations", nargs="*", default=None,
                    help=f"ablations and readout variants to run on --ablation-dataset (no "
-                        f"names: all of {', '.join([*ABLATIONS, *ORIENTED])}); on by default "
+                        f"names: all of {', '.join(ABLATION_DATASET_RUNS)}); on by default "
                         f"when --models is not given")
     p.add_argument("--ablation-dataset", default="breastmnist")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -272,7 +274,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def plan_of(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The ``(dataset, name)`` pairs a command line asks for, in order."""
-    ablations = ([*ABLATIONS, *ORIENTED] if args.ablations == [] or
+    ablations = (list(ABLATION_DATASET_RUNS) if args.ablations == [] or
                  (args.ablations is None and args.models is None) else args.ablations or [])
     models = args.models or list(PARAMETER_MATCHED + tuple(CONTROLS) + FLOP_MATCHED)
     plan = [(d, m) for d in args.datasets for m in models]
