@@ -4,7 +4,7 @@ Layout everywhere: images ``[B, H, W, C]``; group feature maps ``[B, H, W, C, |G
 See :mod:`dgcnn_jax.groups` for the group convention.
 """
 
-from . import dynamic, testing
+from . import dynamic, execution, testing
 from .dynamic import linear_temperature
 from .filters import group_filter_bank, lifting_filter_bank, transform_group_kernel
 from .groups import P4, P4M, Z2, Group, available_groups, get_group
@@ -16,7 +16,7 @@ from .nn import (
     GroupPool,
     LiftingConv,
 )
-from .norm import batch_moments, batch_norm
+from .norm import apply_batch_norm, batch_moments, batch_norm
 from .ops import (
     add_bias,
     conv_padding,
@@ -48,6 +48,7 @@ __all__ = [
     "global_pool",
     "batch_moments",
     "batch_norm",
+    "apply_batch_norm",
     "LiftingConv",
     "GroupConv",
     "GroupBatchNorm",
@@ -56,5 +57,6 @@ __all__ = [
     "DynamicGroupConv",
     "linear_temperature",
     "dynamic",
+    "execution",
     "testing",
 ]

@@ -21,21 +21,9 @@ Shapes: images ``[B, H, W, C]``, group feature maps ``[B, H, W, C, |G|]``; lifti
 kernels ``[K, k, k, C_in, C_out]``, group kernels ``[K, k, k, C_in, |G|, C_out]``,
 biases ``[K, C_out]``; invariant weights ``[B, K]``, equivariant weights ``[B, K, |G|]``.
 
-Execution strategies of the invariant mode (all give the same output):
-
-* ``"grouped"``: per-example kernels built with ``vmap``, one grouped convolution with
-  the batch folded into the channel axis (``feature_group_count = B``);
-* ``"linear"``: the ``K`` convolutions as one wide convolution, mixed by linearity
-  (``K`` times the FLOPs);
-* ``"patches"``: row patches of the input (``k`` shifted slices) times per-example
-  kernel matrices, one batched matmul forward and backward
-  (:func:`per_example_conv_patches`);
-* ``"map"``: one batch-1 XLA convolution per example (``lax.map``) with a custom VJP:
-  the input gradient is again one convolution per example (with the rotated kernel),
-  the kernel gradient the row-patch matmul of the static layer's fast path.
-
-``default_strategy()`` was chosen by measurement (``python -m experiments.benchmark_dynamic``):
-``"map"`` on the CPU backend, ``"patches"`` elsewhere.
+How the convolutions run (grouped, per example, batched matmul, or the K responses
+mixed by linearity) is the ``impl`` argument, one vocabulary with the static layers:
+see :mod:`dgcnn_jax.execution`. This module holds the attention and the mixing maths.
 """
 
 from __future__ import annotations
@@ -43,19 +31,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from . import ops
-from ._conv import conv2d, per_example_conv
+from . import execution, ops
 from ._checks import check_choice, check_feature_map, check_image, shape_of
 from .filters import group_filter_bank, lifting_filter_bank
 from .groups import Group, get_group
 
 __all__ = [
-    "STRATEGIES",
     "ATTENTION_MODES",
-    "DEFAULT_STRATEGY",
-    "default_strategy",
+    "attention_hidden",
+    "attention_param_shapes",
     "check_temperature",
     "invariant_descriptor",
     "invariant_attention",
@@ -63,19 +48,34 @@ __all__ = [
     "aggregate",
     "dynamic_conv",
     "dynamic_conv_equivariant",
-    "per_example_conv_patches",
     "linear_temperature",
 ]
 
-STRATEGIES = ("grouped", "linear", "patches", "map")
 ATTENTION_MODES = ("invariant", "equivariant")
-DEFAULT_STRATEGY = "auto"
 
 
-def default_strategy() -> str:
-    """The strategy ``"auto"`` stands for on the default backend: ``"map"`` on the CPU
-    (measured fastest there), ``"patches"`` on accelerators."""
-    return "map" if jax.default_backend() == "cpu" else "patches"
+def attention_hidden(in_channels: int, reduction: float, min_hidden: int) -> int:
+    """Hidden width of the attention branch: ``max(min_hidden, round(in_channels * reduction))``."""
+    if not reduction > 0:
+        raise ValueError(f"reduction: expected a ratio > 0, got {reduction!r}")
+    return max(min_hidden, int(round(in_channels * reduction)))
+
+
+def attention_param_shapes(mode: str, in_channels: int, hidden: int, num_kernels: int,
+                           kernel_size: int, group: Group | str, *,
+                           lifting: bool) -> dict[str, tuple[int, ...]]:
+    """Shapes of the attention parameters ``w1, b1, w2, b2`` that
+    :func:`invariant_attention` (``mode="invariant"``) or :func:`equivariant_attention`
+    (``"equivariant"``) take, for a lifting (image input) or group layer."""
+    check_choice(mode, "attention", ATTENTION_MODES)
+    order = get_group(group).order
+    k, cin, hid, nk = kernel_size, in_channels, hidden, num_kernels
+    if mode == "invariant":
+        w1, w2 = (cin, hid), (hid, nk)
+    else:
+        w1 = (k, k, cin, hid) if lifting else (1, 1, cin, order, hid)
+        w2 = (1, 1, hid, order, nk)
+    return {"w1": w1, "b1": (hid,), "w2": w2, "b2": (nk,)}
 
 
 def check_temperature(tau) -> None:
@@ -174,34 +174,6 @@ def _check_dynamic_inputs(x, kernels, biases, group):
     return lifting, kshape
 
 
-def per_example_conv_patches(x: jax.Array, kernels: jax.Array, padding, dilation: int = 1,
-                             precision=None) -> jax.Array:
-    """Cross-correlate each example with its own kernel by row patches and a batched matmul.
-
-    Args:
-      x: ``[B, H, W, C]``.
-      kernels: per-example HWIO kernels ``[B, k, k, C, O]``.
-      padding: explicit ``[(lo, hi), (lo, hi)]`` (see :func:`dgcnn_jax.conv_padding`).
-
-    Returns ``[B, H', W', O]``. The ``k`` row-shifted slices of the padded input are
-    stacked along channels (``k`` times the input, not ``k * k``), multiplied with the
-    kernels arranged as ``[B, k * C, k * O]``, and the ``k`` column shifts are applied
-    to the products and summed. Pure data movement plus one batched matmul, forward and
-    backward.
-    """
-    (plo, phi), (qlo, qhi) = padding
-    b, h, w, c = x.shape
-    k, out = kernels.shape[1], kernels.shape[-1]
-    span = dilation * (k - 1) + 1
-    oh, ow = h + plo + phi - span + 1, w + qlo + qhi - span + 1
-    xp = jnp.pad(x, ((0, 0), (plo, phi), (qlo, qhi), (0, 0)))
-    rows = jnp.concatenate([xp[:, i * dilation:i * dilation + oh] for i in range(k)], axis=-1)
-    kmat = jnp.moveaxis(kernels, 2, 3).reshape(b, k * c, k * out)  # [B, (i, c), (j, o)]
-    z = jnp.einsum("bhwp,bpq->bhwq", rows, kmat, precision=precision)
-    z = z.reshape(b, oh, w + qlo + qhi, k, out)
-    return sum(z[:, :, j * dilation:j * dilation + ow, j] for j in range(k))
-
-
 def _k_responses(xf, banks, group, pad, dilation, precision):
     """All K responses ``[B, H', W', K, C_out, |G|]``: one convolution K times as wide.
 
@@ -209,7 +181,7 @@ def _k_responses(xf, banks, group, pad, dilation, precision):
     """
     k, cin = banks.shape[1], banks.shape[3]
     wide = jnp.moveaxis(banks, 0, 3).reshape(k, k, cin, -1)  # [k, k, cin, K * cout * G]
-    y = conv2d(xf, wide, pad, dilation, precision)
+    y = execution.conv2d(xf, wide, pad, dilation, precision)
     return y.reshape(*y.shape[:3], banks.shape[0], -1, group.order)
 
 
@@ -227,20 +199,18 @@ def dynamic_conv(
     *,
     padding: ops.Padding = "SAME",
     dilation: int = 1,
-    strategy: str = DEFAULT_STRATEGY,
+    impl: str | None = "auto",
     precision=None,
 ) -> jax.Array:
     """Dynamic lifting or group convolution with invariant weights ``[B, K]``.
 
     ``y_b = x_b * (sum_k w_bk W_k) + sum_k w_bk b_k``. Lifting when ``kernels`` is
     ``[K, k, k, C_in, C_out]`` (``x`` images), group convolution when it is
-    ``[K, k, k, C_in, |G|, C_out]`` (``x`` group feature maps). Returns
-    ``[B, H', W', C_out, |G|]``.
+    ``[K, k, k, C_in, |G|, C_out]`` (``x`` group feature maps). ``impl``: a dynamic
+    entry of :data:`dgcnn_jax.execution.IMPLS`. Returns ``[B, H', W', C_out, |G|]``.
     """
     group = get_group(group)
-    check_choice(strategy, "strategy", ("auto", *STRATEGIES))
-    if strategy == "auto":
-        strategy = default_strategy()
+    impl = execution.resolve(impl, "dynamic")
     lifting, kshape = _check_dynamic_inputs(x, kernels, biases, group)
     num_k, k = kshape[0], kshape[1]
     if shape_of(weights) != (x.shape[0], num_k):
@@ -250,28 +220,14 @@ def dynamic_conv(
     pad = ops.conv_padding(padding, k, dilation)
     cout = kshape[-1]
     xf = _flat(x)
-    b, h, w, cin = xf.shape
-    dims = ("NHWC", "HWIO", "NHWC")
-
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
-    if strategy == "linear":
+    if impl == "linear":
         y = _k_responses(xf, banks, group, pad, dilation, precision)
         y = jnp.einsum("bhwkog,bk->bhwog", y, weights, precision=precision)
     else:
         # T(g) is linear, so mixing the K banks equals the bank of the mixed kernel.
         mats = aggregate(banks, weights)  # [B, k, k, cin, cout * G]
-        if strategy == "grouped":
-            # Fold the batch into channels: one convolution with B feature groups.
-            xg = jnp.moveaxis(xf, 0, 2).reshape(1, h, w, b * cin)
-            wg = jnp.moveaxis(mats, 0, 3).reshape(k, k, cin, -1)  # [k, k, cin, B * out]
-            y = lax.conv_general_dilated(xg, wg, (1, 1), pad, rhs_dilation=(dilation,) * 2,
-                                         dimension_numbers=dims, feature_group_count=b,
-                                         precision=precision)
-            y = jnp.moveaxis(y.reshape(*y.shape[1:3], b, -1), 2, 0)
-        elif strategy == "map":
-            y = per_example_conv(xf, mats, pad, dilation, precision)
-        else:  # patches
-            y = per_example_conv_patches(xf, mats, pad, dilation, precision)
+        y = execution.per_example_conv(xf, mats, pad, dilation, precision, impl)
         y = y.reshape(*y.shape[:3], cout, group.order)
     if biases is not None:
         y = y + (weights @ biases)[:, None, None, :, None].astype(y.dtype)
@@ -287,14 +243,17 @@ def dynamic_conv_equivariant(
     *,
     padding: ops.Padding = "SAME",
     dilation: int = 1,
+    impl: str | None = "auto",
     precision=None,
 ) -> jax.Array:
     """Dynamic convolution with equivariant weights ``[B, K, |G|]``.
 
     ``y(u, g) = sum_k weights[k, g] (x * W_k + b_k)(u, g)``: all ``K`` responses are
-    computed (one convolution ``K`` times as wide), then mixed per group element.
+    computed (one convolution ``K`` times as wide), then mixed per group element;
+    ``impl`` can only be ``"auto"`` or ``"linear"``.
     """
     group = get_group(group)
+    execution.resolve(impl, "equivariant")
     lifting, kshape = _check_dynamic_inputs(x, kernels, biases, group)
     num_k, k = kshape[0], kshape[1]
     if shape_of(weights) != (x.shape[0], num_k, group.order):

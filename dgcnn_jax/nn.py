@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import dynamic, norm, ops
+from . import dynamic, execution, norm, ops
 from ._checks import check_choice, check_feature_map, check_image, check_positive_int
 from .groups import Group, get_group
 
@@ -34,9 +34,10 @@ class _ConvBase(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  group: Group | str, *, padding: ops.Padding, dilation: int, use_bias: bool,
                  kernel_init, kernel_shape: tuple[int, ...], rngs: nnx.Rngs,
-                 impl: str | None = None):
+                 impl: str = "auto"):
         self.group = get_group(group)
-        self.impl = impl  # None: the default fast path; "xla": the reference
+        execution.resolve(impl, "static")  # validates early
+        self.impl = impl  # see dgcnn_jax.execution.IMPLS
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = check_positive_int(kernel_size, "kernel_size")
@@ -59,7 +60,7 @@ class LiftingConv(_ConvBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
-                 impl: str | None = None, rngs: nnx.Rngs):
+                 impl: str = "auto", rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, padding=padding,
                          dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
                          kernel_shape=(kernel_size, kernel_size, in_channels, out_channels),
@@ -80,7 +81,7 @@ class GroupConv(_ConvBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
-                 impl: str | None = None, rngs: nnx.Rngs):
+                 impl: str = "auto", rngs: nnx.Rngs):
         order = get_group(group).order
         super().__init__(in_channels, out_channels, kernel_size, group, padding=padding,
                          dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
@@ -120,14 +121,13 @@ class GroupBatchNorm(nnx.Module):
             raise ValueError(
                 f"x: expected [batch, height, width, {self.num_features}(, |G|)], got shape "
                 f"{tuple(x.shape)}")
-        if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
-        else:
-            mean, var = norm.batch_moments(x)
-            m = self.momentum
-            self.mean[...] = m * self.mean[...] + (1 - m) * mean
-            self.var[...] = m * self.var[...] + (1 - m) * var
-        return norm.batch_norm(x, mean, var, self.scale[...], self.bias[...], self.epsilon)
+        y, mean, var = norm.apply_batch_norm(
+            x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
+            use_running_average=self.use_running_average, momentum=self.momentum,
+            epsilon=self.epsilon)
+        if not self.use_running_average:  # store what the core computed
+            self.mean[...], self.var[...] = mean, var
+        return y
 
 
 class GroupPool(nnx.Module):
@@ -146,7 +146,7 @@ class _DynamicBase(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  group: Group | str, *, lifting: bool, padding: ops.Padding, dilation: int,
                  use_bias: bool, kernel_init, num_kernels: int, attention: str,
-                 reduction: float, min_hidden: int, strategy: str | None, rngs: nnx.Rngs):
+                 reduction: float, min_hidden: int, impl: str, rngs: nnx.Rngs):
         self.group = get_group(group)
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
@@ -156,37 +156,26 @@ class _DynamicBase(nnx.Module):
             raise ValueError(f"num_kernels: expected an int K >= 1, got {num_kernels!r}")
         self.num_kernels = num_kernels
         self.attention = check_choice(attention, "attention", dynamic.ATTENTION_MODES)
-        if attention == "equivariant" and strategy not in (None, "linear"):
-            raise ValueError(
-                f"strategy: equivariant attention always mixes the K responses ('linear'), "
-                f"got {strategy!r}")
-        self.strategy = check_choice(strategy or dynamic.DEFAULT_STRATEGY, "strategy",
-                                     ("auto", *dynamic.STRATEGIES))
-        if not reduction > 0:
-            raise ValueError(f"reduction: expected a ratio > 0, got {reduction!r}")
+        execution.resolve(impl, "dynamic" if attention == "invariant" else "equivariant")
+        self.impl = impl  # see dgcnn_jax.execution.IMPLS
         self.reduction = reduction
+        self.hidden = dynamic.attention_hidden(in_channels, reduction, min_hidden)
         ops.conv_padding(padding, kernel_size, dilation)
         self.padding = padding
         self.lifting = lifting
-        order = self.group.order
         k, cin, cout, nk = kernel_size, in_channels, out_channels, num_kernels
-        shape = (k, k, cin, cout) if lifting else (k, k, cin, order, cout)
+        shape = (k, k, cin, cout) if lifting else (k, k, cin, self.group.order, cout)
         keys = jax.random.split(rngs.params(), nk)
         self.kernels = nnx.Param(jnp.stack([kernel_init(key, shape, jnp.float32)
                                             for key in keys]))
         self.biases = nnx.Param(jnp.zeros((nk, cout), jnp.float32)) if use_bias else None
-        self.hidden = max(min_hidden, int(round(in_channels * reduction)))
-        hid = self.hidden
-        if attention == "invariant":
-            a1_shape, a2_shape = (cin, hid), (hid, nk)
-        else:
-            a1_shape = (k, k, cin, hid) if lifting else (1, 1, cin, order, hid)
-            a2_shape = (1, 1, hid, order, nk)
-        self.att_w1 = nnx.Param(default_kernel_init(rngs.params(), a1_shape, jnp.float32))
-        self.att_b1 = nnx.Param(jnp.zeros((hid,), jnp.float32))
+        shapes = dynamic.attention_param_shapes(attention, cin, self.hidden, nk, k, self.group,
+                                                lifting=lifting)
+        self.att_w1 = nnx.Param(default_kernel_init(rngs.params(), shapes["w1"], jnp.float32))
+        self.att_b1 = nnx.Param(jnp.zeros(shapes["b1"], jnp.float32))
         self.att_w2 = nnx.Param(jax.nn.initializers.lecun_normal()(
-            rngs.params(), a2_shape, jnp.float32))
-        self.att_b2 = nnx.Param(jnp.zeros((nk,), jnp.float32))
+            rngs.params(), shapes["w2"], jnp.float32))
+        self.att_b2 = nnx.Param(jnp.zeros(shapes["b2"], jnp.float32))
 
     def attention_weights(self, x: jax.Array, tau=1.0) -> jax.Array:
         """Mixing weights: ``[B, K]`` (invariant) or ``[B, K, |G|]`` (equivariant)."""
@@ -207,10 +196,10 @@ class _DynamicBase(nnx.Module):
         schedule can change it without recompiling)."""
         weights = self.attention_weights(x, tau)
         biases = self.biases[...] if self.biases is not None else None
-        common = dict(padding=self.padding, dilation=self.dilation)
+        common = dict(padding=self.padding, dilation=self.dilation, impl=self.impl)
         if self.attention == "invariant":
             return dynamic.dynamic_conv(x, self.kernels[...], biases, weights, self.group,
-                                        strategy=self.strategy, **common)
+                                        **common)
         return dynamic.dynamic_conv_equivariant(x, self.kernels[...], biases, weights,
                                                 self.group, **common)
 
@@ -221,19 +210,20 @@ class DynamicLiftingConv(_DynamicBase):
     Parameters: ``kernels [K, k, k, C_in, C_out]``, ``biases [K, C_out]`` and the
     attention branch ``att_*``. ``num_kernels`` K (default 4), ``attention``
     ("invariant" or "equivariant"), ``reduction`` (hidden width ratio of the attention
-    MLP, at least ``min_hidden``), ``strategy`` (invariant mode: "grouped", "linear",
-    "patches", "map" or "auto", the default: :func:`dgcnn_jax.dynamic.default_strategy`).
+    MLP, at least ``min_hidden``), ``impl`` (how the convolution runs: a dynamic entry of
+    :data:`dgcnn_jax.execution.IMPLS`; ``"auto"``, the default, picks the measured
+    fastest for the backend; equivariant attention runs ``"linear"``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
                  num_kernels: int = 4, attention: str = "invariant", reduction: float = 0.25,
-                 min_hidden: int = 4, strategy: str | None = None, rngs: nnx.Rngs):
+                 min_hidden: int = 4, impl: str = "auto", rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=True,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
-                         reduction=reduction, min_hidden=min_hidden, strategy=strategy,
+                         reduction=reduction, min_hidden=min_hidden, impl=impl,
                          rngs=rngs)
 
 
@@ -248,9 +238,9 @@ class DynamicGroupConv(_DynamicBase):
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
                  num_kernels: int = 4, attention: str = "invariant", reduction: float = 0.25,
-                 min_hidden: int = 4, strategy: str | None = None, rngs: nnx.Rngs):
+                 min_hidden: int = 4, impl: str = "auto", rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=False,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
-                         reduction=reduction, min_hidden=min_hidden, strategy=strategy,
+                         reduction=reduction, min_hidden=min_hidden, impl=impl,
                          rngs=rngs)

@@ -2,6 +2,9 @@
 
 Statistics are per field (channel) and shared over batch, space and the group axis,
 so every group element sees the same affine map and ``L_g`` commutes with it.
+
+:func:`apply_batch_norm` is the whole layer as a pure function: it returns the output
+and the updated running statistics, which :class:`dgcnn_jax.GroupBatchNorm` only stores.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import jax.numpy as jnp
 
 from ._checks import shape_of
 
-__all__ = ["batch_moments", "batch_norm"]
+__all__ = ["batch_moments", "batch_norm", "apply_batch_norm"]
 
 
 def _channel_axis(x) -> int:
@@ -50,3 +53,24 @@ def batch_norm(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array |
     if bias is not None:
         shift = shift + bias
     return x * mul.reshape(c, *tail) + shift.reshape(c, *tail)
+
+
+def apply_batch_norm(x: jax.Array, running_mean: jax.Array, running_var: jax.Array,
+                     scale: jax.Array | None, bias: jax.Array | None, *,
+                     use_running_average: bool, momentum: float = 0.9,
+                     epsilon: float = 1e-5) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batch norm of ``x`` with running statistics: ``(y, new_running_mean, new_running_var)``.
+
+    Training (``use_running_average=False``): normalise with the batch moments and
+    update the running ones, ``running = momentum * running + (1 - momentum) * batch``.
+    Evaluation: normalise with the running moments, returned unchanged.
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
+    if use_running_average:
+        mean, var = running_mean, running_var
+    else:
+        mean, var = batch_moments(x)
+        running_mean = momentum * running_mean + (1 - momentum) * mean
+        running_var = momentum * running_var + (1 - momentum) * var
+    return batch_norm(x, mean, var, scale, bias, epsilon), running_mean, running_var

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._conv import conv2d as _conv2d
+from . import execution
 from ._checks import check_choice, check_feature_map, check_image, check_positive_int, shape_of
 from .filters import group_filter_bank, lifting_filter_bank
 from .groups import Group, get_group
@@ -80,7 +80,7 @@ def lifting_conv(
     padding: Padding = "SAME",
     dilation: int = 1,
     precision=None,
-    impl: str | None = None,
+    impl: str | None = "auto",
 ) -> jax.Array:
     """Lifting convolution Z2 -> G (cross-correlation with every ``L_g kernel``).
 
@@ -90,10 +90,9 @@ def lifting_conv(
       group: the group or its name.
       padding: ``"SAME"`` (odd kernels), ``"VALID"`` or a symmetric int.
       dilation: kernel dilation (stride is always 1).
-      impl: ``"fast"`` (XLA forward and input gradient, filter gradient by chunked
-        row-patch matmuls), ``"xla"`` (the reference) or ``"auto"`` / ``None`` (default:
-        ``"fast"`` on CPU for inputs of at least 2**23 elements, where it was measured
-        faster); same values and gradients.
+      impl: how the convolution runs, a static entry of
+        :data:`dgcnn_jax.execution.IMPLS`: ``"auto"`` (default), ``"fast"`` or ``"xla"``
+        (the reference); same values and gradients.
 
     Returns:
       ``[B, H', W', C_out, |G|]``, equivariant: ``f(L_g x) = L_g f(x)``.
@@ -108,7 +107,7 @@ def lifting_conv(
     _check_spatial(min(h, w), dilation * (kshape[0] - 1) + 1, pad)
     bank = lifting_filter_bank(kernel, group)  # [k, k, Cin, Cout, G]
     k = bank.shape[0]
-    y = _conv2d(x, bank.reshape(k, k, c, -1), pad, dilation, precision, impl)
+    y = execution.conv2d(x, bank.reshape(k, k, c, -1), pad, dilation, precision, impl)
     return y.reshape(*y.shape[:3], kshape[3], group.order)
 
 
@@ -120,7 +119,7 @@ def group_conv(
     padding: Padding = "SAME",
     dilation: int = 1,
     precision=None,
-    impl: str | None = None,
+    impl: str | None = "auto",
 ) -> jax.Array:
     """Group convolution G -> G (cross-correlation with every ``T(g) kernel``).
 
@@ -130,10 +129,9 @@ def group_conv(
       group: the group or its name.
       padding: ``"SAME"`` (odd kernels), ``"VALID"`` or a symmetric int.
       dilation: kernel dilation (stride is always 1).
-      impl: ``"fast"`` (XLA forward and input gradient, filter gradient by chunked
-        row-patch matmuls), ``"xla"`` (the reference) or ``"auto"`` / ``None`` (default:
-        ``"fast"`` on CPU for inputs of at least 2**23 elements, where it was measured
-        faster); same values and gradients.
+      impl: how the convolution runs, a static entry of
+        :data:`dgcnn_jax.execution.IMPLS`: ``"auto"`` (default), ``"fast"`` or ``"xla"``
+        (the reference); same values and gradients.
 
     Returns:
       ``[B, H', W', C_out, |G|]``, equivariant: ``f(L_g x) = L_g f(x)``.
@@ -149,7 +147,7 @@ def group_conv(
     _check_spatial(min(h, w), dilation * (kshape[0] - 1) + 1, pad)
     bank = group_filter_bank(kernel, group)  # [k, k, Cin, G, Cout, G]
     k = bank.shape[0]
-    y = _conv2d(x.reshape(b, h, w, c * n), bank.reshape(k, k, c * n, -1), pad, dilation,
+    y = execution.conv2d(x.reshape(b, h, w, c * n), bank.reshape(k, k, c * n, -1), pad, dilation,
                 precision, impl)
     return y.reshape(*y.shape[:3], kshape[4], group.order)
 

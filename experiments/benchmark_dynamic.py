@@ -2,7 +2,8 @@
 
     python -m experiments.benchmark_dynamic [--batch 64 --size 32 --fields 16 ...]
 
-For each group and each execution strategy, prints the median time of one forward +
+For each group and each dynamic ``impl`` (:data:`dgcnn_jax.execution.IMPLS`), prints
+the median time of one forward +
 backward pass (``jax.vjp`` with a fixed cotangent: the output and the gradients with
 respect to the parameters and the input) over repeated runs in this process, and the
 ratio dynamic / static; writes the numbers as JSON.
@@ -22,6 +23,15 @@ from flax import nnx
 
 import dgcnn_jax as dg
 from experiments.timing import time_call
+
+
+DYNAMIC_IMPLS = tuple(name for name, impl in dg.execution.IMPLS.items()
+                      if name != "auto" and "dynamic" in impl.kinds)
+
+
+def _default() -> str:
+    """The implementation ``"auto"`` runs for a dynamic layer on this backend."""
+    return dg.execution.resolve("auto", "dynamic")
 
 
 def fwd_bwd(module, x, tau=None):
@@ -44,7 +54,7 @@ def fwd_bwd(module, x, tau=None):
     return lambda: step(state, x, cotangent)
 
 
-def run(batch: int, size: int, fields: int, kernels: int, repeats: int, groups, strategies,
+def run(batch: int, size: int, fields: int, kernels: int, repeats: int, groups, impls,
         kernel_size: int = 3) -> dict:
     results = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
                "machine": platform.processor() or platform.machine(), "batch": batch,
@@ -57,32 +67,31 @@ def run(batch: int, size: int, fields: int, kernels: int, repeats: int, groups, 
                         jnp.float32)
         static = dg.GroupConv(fields, fields, kernel_size, group, rngs=nnx.Rngs(0))
         base = time_call(fwd_bwd(static, x), repeats=repeats)
-        results["rows"].append({"group": name, "layer": "GroupConv", "strategy": "-",
+        results["rows"].append({"group": name, "layer": "GroupConv", "impl": "-",
                                 **base, "ratio": 1.0})
         print(f"{name:4s} {'GroupConv':17s} {'-':8s} median {base['median_s'] * 1e3:9.1f} ms"
               f"  (compile {base['compile_s']:.1f} s)", flush=True)
-        for strategy in strategies:
+        for impl in impls:
             layer = dg.DynamicGroupConv(fields, fields, kernel_size, group,
-                                        num_kernels=kernels, strategy=strategy,
-                                        rngs=nnx.Rngs(1))
+                                        num_kernels=kernels, impl=impl, rngs=nnx.Rngs(1))
             t = time_call(fwd_bwd(layer, x, tau=jnp.float32(1.0)), repeats=repeats)
             ratio = t["median_s"] / base["median_s"]
             results["rows"].append({"group": name, "layer": "DynamicGroupConv",
-                                    "strategy": strategy, **t, "ratio": ratio})
-            print(f"{name:4s} {'DynamicGroupConv':17s} {strategy:8s} median "
+                                    "impl": impl, **t, "ratio": ratio})
+            print(f"{name:4s} {'DynamicGroupConv':17s} {impl:8s} median "
                   f"{t['median_s'] * 1e3:9.1f} ms  ratio {ratio:5.2f}"
-                  f"{'  (default)' if strategy == dg.dynamic.default_strategy() else ''}",
+                  f"{'  (default)' if impl == _default() else ''}",
                   flush=True)
     return results
 
 
 def markdown_table(results: dict) -> str:
     """The measured rows as a Markdown table."""
-    lines = ["| group | layer | strategy | median fwd+bwd (ms) | dynamic / static |",
+    lines = ["| group | layer | impl | median fwd+bwd (ms) | dynamic / static |",
              "|---|---|---|---|---|"]
     for row in results["rows"]:
-        default = " (default)" if row["strategy"] == dg.dynamic.default_strategy() else ""
-        lines.append(f"| {row['group']} | {row['layer']} | {row['strategy']}{default} | "
+        default = " (default)" if row["impl"] == _default() else ""
+        lines.append(f"| {row['group']} | {row['layer']} | {row['impl']}{default} | "
                      f"{row['median_s'] * 1e3:.1f} | {row['ratio']:.2f} |")
     return "\n".join(lines)
 
@@ -96,11 +105,11 @@ def main(argv=None):
     p.add_argument("--kernels", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--groups", nargs="+", default=["p4", "p4m"])
-    p.add_argument("--strategies", nargs="+", default=list(dg.dynamic.STRATEGIES))
+    p.add_argument("--impls", nargs="+", choices=DYNAMIC_IMPLS, default=list(DYNAMIC_IMPLS))
     p.add_argument("--output", default="benchmark_dynamic.json")
     args = p.parse_args(argv)
     results = run(args.batch, args.size, args.fields, args.kernels, args.repeats, args.groups,
-                  args.strategies)
+                  args.impls)
     out = pathlib.Path(args.output)
     out.write_text(json.dumps(results, indent=2))
     print(markdown_table(results))

@@ -1,6 +1,4 @@
-"""Dynamic group convolution: exact equivariance, attention properties, strategies."""
-
-import functools
+"""Dynamic group convolution: exact equivariance, attention properties, implementations."""
 
 import chex
 import jax
@@ -16,10 +14,13 @@ from dgcnn_jax.testing import assert_equivariant
 from tests.conftest import RTOL, normal
 
 
-def _layers(group, attention, strategy=None, num_kernels=4, seed=0):
-    lift = dg.DynamicLiftingConv(3, 4, 3, group, attention=attention, strategy=strategy,
+DYNAMIC_IMPLS = ("xla", "fast", "patches", "linear")  # every concrete dynamic impl
+
+
+def _layers(group, attention, impl="auto", num_kernels=4, seed=0):
+    lift = dg.DynamicLiftingConv(3, 4, 3, group, attention=attention, impl=impl,
                                  num_kernels=num_kernels, rngs=nnx.Rngs(seed))
-    gconv = dg.DynamicGroupConv(4, 5, 3, group, attention=attention, strategy=strategy,
+    gconv = dg.DynamicGroupConv(4, 5, 3, group, attention=attention, impl=impl,
                                 num_kernels=num_kernels, rngs=nnx.Rngs(seed + 1))
     # non-zero biases and a sharper attention so that the mixing matters
     for layer in (lift, gconv):
@@ -41,9 +42,9 @@ class EquivarianceTest(chex.TestCase):
         assert_equivariant(f_group, group, normal(2, 2, size, size, 4, order),
                            input_kind="group", rtol=RTOL)
 
-    @parameterized.parameters("grouped", "linear", "patches")
-    def test_every_strategy_is_equivariant(self, strategy):
-        lift, gconv = _layers("p4m", "invariant", strategy)
+    @parameterized.parameters("xla", "linear", "patches")
+    def test_every_impl_is_equivariant(self, impl):
+        lift, gconv = _layers("p4m", "invariant", impl)
         assert_equivariant(lambda x: lift(x, tau=0.5), "p4m", normal(3, 2, 7, 7, 3), rtol=RTOL)
         assert_equivariant(lambda x: gconv(x, tau=0.5), "p4m", normal(4, 2, 7, 7, 4, 8),
                            input_kind="group", rtol=RTOL)
@@ -94,28 +95,28 @@ class BehaviourTest(chex.TestCase):
         static.bias[...] = jnp.arange(4.0)
         y_static = static(x)
         scale = float(jnp.max(jnp.abs(y_static)))
-        for strategy in dynamic.STRATEGIES:
-            dyn.strategy = strategy
+        for impl in DYNAMIC_IMPLS:
+            dyn.impl = impl
             error = float(jnp.max(jnp.abs(dyn(x, tau=0.7) - y_static))) / scale
-            assert error <= 1e-6, f"{strategy}: relative error {error:.3g}"
+            assert error <= 1e-6, f"{impl}: relative error {error:.3g}"
 
 
     @parameterized.parameters("p4", "p4m")
-    def test_gradients_of_every_strategy_equal_the_reference(self, group):
+    def test_gradients_of_every_impl_equal_the_reference(self, group):
         # "linear" runs XLA's convolution and its autodiff: the reference path
         lift, gconv = _layers(group, "invariant")
         x = normal(9, 2, 7, 7, 3)
 
-        def grads(strategy):
-            lift.strategy = gconv.strategy = strategy
+        def grads(impl):
+            lift.impl = gconv.impl = impl
             return nnx.grad(lambda m: jnp.sum(jnp.sin(m[1](m[0](x, tau=0.8), tau=0.8))))(
                 (lift, gconv))
 
         ref = jax.tree.leaves(grads("linear"))
-        for strategy in ("auto", *dynamic.STRATEGIES):
-            for a, b in zip(jax.tree.leaves(grads(strategy)), ref):
+        for impl in ("auto", *DYNAMIC_IMPLS):
+            for a, b in zip(jax.tree.leaves(grads(impl)), ref):
                 error = float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
-                assert error <= 1e-5, f"{strategy}: relative gradient error {error:.3g}"
+                assert error <= 1e-5, f"{impl}: relative gradient error {error:.3g}"
 
     def test_large_temperature_gives_uniform_weights(self):
         for attention in ("invariant", "equivariant"):
@@ -128,7 +129,7 @@ class BehaviourTest(chex.TestCase):
         assert float(jnp.max(w)) > 0.99
 
     @parameterized.product(group=("p4", "p4m"), lifting=(True, False))
-    def test_strategies_agree(self, group, lifting):
+    def test_impls_agree(self, group, lifting):
         g = dg.get_group(group)
         k = 3
         kernels = jnp.asarray(normal(9, 4, k, k, 3, 5) if lifting else
@@ -138,8 +139,8 @@ class BehaviourTest(chex.TestCase):
         weights = jax.nn.softmax(jnp.asarray(normal(12, 3, 4)) * 3)
         for padding, dilation in (("SAME", 1), ("VALID", 2), (1, 1)):
             outs = [dynamic.dynamic_conv(x, kernels, biases, weights, g, padding=padding,
-                                         dilation=dilation, strategy=s)
-                    for s in dynamic.STRATEGIES]
+                                         dilation=dilation, impl=s)
+                    for s in DYNAMIC_IMPLS]
             scale = float(jnp.max(jnp.abs(outs[0])))
             for out in outs[1:]:
                 assert float(jnp.max(jnp.abs(out - outs[0]))) <= 1e-5 * scale
@@ -196,10 +197,10 @@ class ErrorTest(chex.TestCase):
             dg.DynamicGroupConv(2, 2, 3, "p4", num_kernels=0, rngs=nnx.Rngs(0))
         with pytest.raises(ValueError, match="attention: expected one of"):
             dg.DynamicLiftingConv(2, 2, 3, "p4", attention="spatial", rngs=nnx.Rngs(0))
-        with pytest.raises(ValueError, match="strategy: expected one of"):
-            dg.DynamicLiftingConv(2, 2, 3, "p4", strategy="fft", rngs=nnx.Rngs(0))
-        with pytest.raises(ValueError, match="strategy: equivariant attention"):
-            dg.DynamicLiftingConv(2, 2, 3, "p4", attention="equivariant", strategy="patches",
+        with pytest.raises(ValueError, match="impl: expected one of"):
+            dg.DynamicLiftingConv(2, 2, 3, "p4", impl="fft", rngs=nnx.Rngs(0))
+        with pytest.raises(ValueError, match="impl: 'patches' does not apply to equivariant"):
+            dg.DynamicLiftingConv(2, 2, 3, "p4", attention="equivariant", impl="patches",
                                   rngs=nnx.Rngs(0))
         with pytest.raises(ValueError, match="reduction"):
             dg.DynamicLiftingConv(2, 2, 3, "p4", reduction=0, rngs=nnx.Rngs(0))

@@ -175,7 +175,7 @@ def test_plain_conv_flops_are_exact():
 
 
 def test_flops_of_a_map_count_every_iteration():
-    from dgcnn_jax._conv import per_example_conv
+    from dgcnn_jax.execution import per_example_conv
     from dgcnn_jax.models import jaxpr_flops
     import jax
 
@@ -184,9 +184,9 @@ def test_flops_of_a_map_count_every_iteration():
     x = jnp.zeros((6, 10, 10, 4))
     exact = 2 * (6 * 10 * 10 * 5) * (3 * 3 * 4)
     # one batch-1 convolution per example inside lax.map: 6 iterations counted
-    assert jaxpr_flops(jax.make_jaxpr(lambda x: per_example_conv(x, w, pad))(x)) == exact
-    # the batched-matmul strategy also multiplies the padded columns
-    patches = jax.make_jaxpr(lambda x: dg.dynamic.per_example_conv_patches(x, w, pad))(x)
+    assert jaxpr_flops(jax.make_jaxpr(lambda x: per_example_conv(x, w, pad, impl="fast"))(x)) == exact
+    # the batched-matmul implementation also multiplies the padded columns
+    patches = jax.make_jaxpr(lambda x: per_example_conv(x, w, pad, impl="patches"))(x)
     assert jaxpr_flops(patches) > exact
 
 

@@ -1,13 +1,14 @@
-"""The fast convolution path equals the XLA reference in values and gradients."""
+"""Every convolution implementation equals the XLA reference in values and gradients."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
 from absl.testing import parameterized
+from flax import nnx
 
 import dgcnn_jax as dg
-from dgcnn_jax import _conv
+from dgcnn_jax import execution as _conv
 from tests.conftest import normal
 
 
@@ -100,10 +101,27 @@ class FastConvTest(chex.TestCase):
             assert _rel(a, b) <= 1e-5
 
     def test_bad_impl(self):
-        assert _conv.resolve_impl(None, 10) == "xla"
-        assert _conv.resolve_impl("auto", 1 << 24) == ("fast" if jax.default_backend() == "cpu"
-                                                        else "xla")
-        assert _conv.resolve_impl("fast", 10) == "fast"
-        with pytest.raises(ValueError, match="impl: expected one of auto, fast, xla"):
+        assert _conv.resolve(None, "static", 10) == "xla"
+        assert _conv.resolve("auto", "static", 1 << 24) == (
+            "fast" if jax.default_backend() == "cpu" else "xla")
+        assert _conv.resolve("fast", "static", 10) == "fast"
+        with pytest.raises(ValueError, match="impl: expected one of auto, xla, fast, patches"):
             dg.group_conv(jnp.zeros((1, 5, 5, 1, 4)), jnp.zeros((3, 3, 1, 4, 1)), "p4",
                           impl="cudnn")
+
+    def test_one_resolver_for_every_kind(self):
+        assert _conv.resolve("auto", "dynamic", backend="cpu") == "fast"
+        assert _conv.resolve("auto", "dynamic", backend="gpu") == "patches"
+        assert _conv.resolve("auto", "equivariant", backend="cpu") == "linear"
+        assert _conv.resolve("auto", "static", 1 << 24, backend="gpu") == "xla"
+        for kind in _conv.KINDS:  # every concrete name resolves to itself where it applies
+            for name, impl in _conv.IMPLS.items():
+                if name != "auto" and kind in impl.kinds:
+                    assert _conv.resolve(name, kind) == name
+        with pytest.raises(ValueError, match="impl: 'patches' does not apply to a static"):
+            dg.GroupConv(2, 2, 3, "p4", impl="patches", rngs=nnx.Rngs(0))
+        with pytest.raises(ValueError, match="impl: 'linear' mixes K banks"):
+            _conv.per_example_conv(jnp.zeros((1, 5, 5, 2)), jnp.zeros((1, 3, 3, 2, 2)),
+                                   ((1, 1), (1, 1)), impl="linear")
+        with pytest.raises(ValueError, match="kind: expected one of"):
+            _conv.resolve("auto", "lifting")
