@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 import dgcnn_jax as dg
 from dgcnn_jax import models
@@ -108,27 +109,26 @@ def model_rows(batch, repeats, peak, names):
         spec = models.spec(name)
         config = override(get_config(), [f"model={name}", f"batch_size={batch}",
                                          "progress=false"])
-        trainer, params, rest, opt_state = train.setup(config, 2, spec.in_channels, 10)
+        mesh = train.make_mesh(config)
+        state = train.create_train_state(config, 2, spec.in_channels, 10, mesh)
         shape = (batch, spec.input_size, spec.input_size, spec.in_channels)
-        images = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal(shape),
-                                            jnp.float32), trainer.data_sharding)
-        labels = jax.device_put(jnp.zeros((batch,), jnp.int32), trainer.data_sharding)
-        tau = trainer.tau(0.0)
-        state = [params, rest, opt_state]
+        sharding = NamedSharding(mesh, PartitionSpec("data"))
+        batch_data = jax.device_put(
+            {"image": jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32),
+             "label": jnp.zeros((batch,), jnp.int32)}, sharding)
+        tau = train.temperature(config, 0.0)
+        flops = 3 * batch * models.forward_flops(state.model(), shape[1:])
+        holder = [state]
 
         def step():
-            out = trainer.train_step(state[0], state[1], state[2], images, labels, tau)
-            state[:] = out[:3]
-            return out[3]["loss"]
+            holder[0], out = train.train_step(holder[0], batch_data, tau)
+            return out["loss"]
 
         start = time.perf_counter()
         jax.block_until_ready(step())
         compile_s = time.perf_counter() - start
         timing = time_call(step, repeats=repeats, warmup=1)
         timing["compile_s"] = compile_s
-        model = models.create(name, num_classes=2, in_channels=spec.in_channels,
-                              rngs=nnx.Rngs(0))
-        flops = 3 * batch * models.forward_flops(model, shape[1:])
         row = _row("train step", name, timing, batch, flops, peak)
         rows.append(row)
         print(_format(row), flush=True)

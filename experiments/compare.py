@@ -10,16 +10,18 @@ checkpoint); a finished run is not trained again, so an interrupted sweep contin
 where it stopped. Each trained model is then scored on all 8 D4-transformed copies of
 the test split (robustness).
 
-``name`` is a registered model, an ablation of the dynamic p4m G-CNN (``ABLATIONS``:
-K in {1, 2, 8}, equivariant attention, no temperature annealing; K = 4 with invariant
-attention and annealing is ``p4m_dgcnn`` itself), a G-CNN with the orientation-aware
-readout (``ORIENTED``: ``<model>_orient``, the head sees every group element, so the
-logits are not invariant; with ``cnn_lr1e-2``, the CNN at their learning rate) or a
-control (``cnn_augment``: the plain CNN trained on random D4 transforms). Without
-``--models`` the sweep runs the parameter- and FLOP-matched families and the control on
-every dataset, and the ablations and readout variants on ``--ablation-dataset``; naming
-models runs only those (add ``--ablations`` to run them too). ``--no-train`` builds the
-tables and plots from the finished runs only.
+The sweep is typed data: :data:`RUNS` maps each run name to a :class:`Run` (registered
+model, the config fields it overrides, applied with ``dataclasses.replace``, and its
+family); :data:`FAMILIES` gives each family's table title, the runs of other families
+shown beside it, and whether it runs on every dataset. ``name`` is a key of
+:data:`RUNS` (the parameter- and FLOP-matched families; the ``cnn_augment`` control, the
+plain CNN on random D4 transforms; ablations of the dynamic p4m G-CNN: K in {1, 2, 8},
+equivariant attention, no temperature annealing; the orientation-aware readout variants
+``<model>_orient`` with ``cnn_lr1e-2``) or any registered model. Without ``--models``
+the sweep runs the every-dataset families on every dataset, and the others (ablations,
+readout variants) on ``--ablation-dataset``; naming models runs only those (add
+``--ablations`` to run them too). ``--no-train`` builds the tables and plots from the
+finished runs only.
 
 Writes ``results.json`` and ``results.md`` (per dataset: parameter-matched, FLOP-matched
 and ablation tables with validation AUC at the best epoch, mean +- std over seeds of test
@@ -32,68 +34,108 @@ equivariance figures of :mod:`experiments.figures`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from dgcnn_jax import metrics
-from experiments import datasets, evaluate, train
-from experiments.configs import get_config, override
+from dgcnn_jax import models
+from experiments import evaluate, plots, train
+from experiments.configs import Config, get_config, model_kwargs, override, validate
 
-PARAMETER_MATCHED = ("cnn", "p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")
-FLOP_MATCHED = ("p4_dgcnn_wide", "p4m_dgcnn_wide")
-# name -> (registered model, config assignments)
-# the plain CNN trained on random D4 transforms of the images: what symmetry alone gives
-CONTROLS = {"cnn_augment": ("cnn", ("augment=true",))}
-# K=4, invariant, annealed = p4m_dgcnn
-ABLATIONS = {
-    "p4m_dgcnn_k1": ("p4m_dgcnn", ("num_kernels=1",)),
-    "p4m_dgcnn_k2": ("p4m_dgcnn", ("num_kernels=2",)),
-    "p4m_dgcnn_k8": ("p4m_dgcnn", ("num_kernels=8",)),
-    "p4m_dgcnn_equivariant": ("p4m_dgcnn", ("attention=equivariant",)),
-    "p4m_dgcnn_no_anneal": ("p4m_dgcnn", ("tau_initial=1.0", "tau_final=1.0")),
+__all__ = ["Family", "Run", "FAMILIES", "RUNS", "run_of", "run_config", "run_one", "finished",
+           "summarize", "sections", "markdown", "write_plots", "parse_args", "plan_of", "run_dirs", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A table of results.md: its title, the runs of other families shown beside its own
+    (first), and whether its runs belong to every dataset of a sweep or to
+    ``--ablation-dataset`` only."""
+
+    title: str
+    references: tuple[str, ...] = ()
+    every_dataset: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A sweep entry: a registered model, the config fields it sets, its family."""
+
+    model: str
+    family: str
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# Learning rate of the orientation-aware readout variants, chosen on validation AUC for
+# p4m_dgcnn_orient (seeds 0-1; README "Results").
+ORIENTED_LEARNING_RATE = 0.01
+
+FAMILIES = {
+    "parameter-matched": Family("parameter-matched"),
+    "flop-matched": Family(
+        "FLOP-matched (dynamic nets at the width of their static counterparts)",
+        references=("p4_gcnn", "p4m_gcnn")),
+    "ablations": Family(
+        "ablations of the dynamic p4m G-CNN (K kernels, attention, temperature annealing)",
+        references=("p4m_dgcnn",), every_dataset=False),
+    "orientation": Family(
+        "orientation-aware readout (equivariant layers; the head sees every group element, "
+        "so the logits are not invariant; learning rate 1e-2)",
+        references=("cnn",), every_dataset=False),
 }
-# the G-CNNs with the orientation-aware readout: equivariant layers, the head sees every
-# group element (logits not invariant; for images with a canonical orientation), trained
-# at the learning rate chosen on validation for p4m_dgcnn_orient, and the plain CNN
-# (orientation-aware by construction) at that learning rate
-ORIENTED_LEARNING_RATE = "learning_rate=0.01"
-ORIENTED = {"cnn_lr1e-2": ("cnn", (ORIENTED_LEARNING_RATE,)),
-            **{f"{m}_orient": (m, ("readout=orientation", ORIENTED_LEARNING_RATE))
-               for m in PARAMETER_MATCHED[1:]}}
-# what runs on --ablation-dataset only
-ABLATION_DATASET_RUNS = {**ABLATIONS, **ORIENTED}
-# the tables of results.md: title, the names shown in order, the names that make it shown
-SECTIONS = (
-    ("parameter-matched", ("cnn", "cnn_augment", *PARAMETER_MATCHED[1:]),
-     PARAMETER_MATCHED + tuple(CONTROLS)),
-    ("FLOP-matched (dynamic nets at the width of their static counterparts)",
-     ("p4_gcnn", "p4_dgcnn_wide", "p4m_gcnn", "p4m_dgcnn_wide"), FLOP_MATCHED),
-    ("ablations of the dynamic p4m G-CNN (K kernels, attention, temperature annealing)",
-     ("p4m_dgcnn_k1", "p4m_dgcnn_k2", "p4m_dgcnn", "p4m_dgcnn_k8", "p4m_dgcnn_equivariant",
-      "p4m_dgcnn_no_anneal"), tuple(ABLATIONS)),
-    ("orientation-aware readout (equivariant layers; the head sees every group element, "
-     "so the logits are not invariant; learning rate 1e-2)", ("cnn", *ORIENTED),
-     tuple(ORIENTED)),
-)
+
+RUNS = {
+    "cnn": Run("cnn", "parameter-matched"),
+    # control: the plain CNN trained on random D4 transforms (what symmetry alone gives)
+    "cnn_augment": Run("cnn", "parameter-matched", {"augment": True}),
+    "p4_gcnn": Run("p4_gcnn", "parameter-matched"),
+    "p4m_gcnn": Run("p4m_gcnn", "parameter-matched"),
+    "p4_dgcnn": Run("p4_dgcnn", "parameter-matched"),
+    "p4m_dgcnn": Run("p4m_dgcnn", "parameter-matched"),  # K=4, invariant, annealed
+    "p4_dgcnn_wide": Run("p4_dgcnn_wide", "flop-matched"),
+    "p4m_dgcnn_wide": Run("p4m_dgcnn_wide", "flop-matched"),
+    "p4m_dgcnn_k1": Run("p4m_dgcnn", "ablations", {"num_kernels": 1}),
+    "p4m_dgcnn_k2": Run("p4m_dgcnn", "ablations", {"num_kernels": 2}),
+    "p4m_dgcnn_k8": Run("p4m_dgcnn", "ablations", {"num_kernels": 8}),
+    "p4m_dgcnn_equivariant": Run("p4m_dgcnn", "ablations", {"attention": "equivariant"}),
+    "p4m_dgcnn_no_anneal": Run("p4m_dgcnn", "ablations",
+                               {"tau_initial": 1.0, "tau_final": 1.0}),
+    # the CNN at the learning rate of the orientation-aware G-CNNs
+    "cnn_lr1e-2": Run("cnn", "orientation", {"learning_rate": ORIENTED_LEARNING_RATE}),
+    **{f"{m}_orient": Run(m, "orientation", {"readout": "orientation",
+                                             "learning_rate": ORIENTED_LEARNING_RATE})
+       for m in ("p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")},
+}
+"""Every named sweep run, in table order. A registered model that is not named here
+runs as itself (family ``"other"``)."""
 
 
-def resolve(name: str) -> tuple[str, tuple[str, ...]]:
-    """``(registered model, config assignments)`` of a sweep name."""
-    return {**CONTROLS, **ABLATION_DATASET_RUNS}.get(name, (name, ()))
+def run_of(name: str) -> Run:
+    """The :class:`Run` of a sweep name or registered model; ``ValueError`` otherwise."""
+    if name in RUNS:
+        return RUNS[name]
+    if name in models.available():
+        return Run(name, "other")
+    raise ValueError(f"model: unknown model or sweep run {name!r}; known: "
+                     f"{', '.join(RUNS)}, or a registered model: "
+                     f"{', '.join(models.available())}")
 
 
-def run_config(dataset: str, name: str, seed: int, sets: list[str]):
-    model, extra = resolve(name)
-    return override(get_config(), [*sets, *extra, f"dataset={dataset}", f"model={model}",
-                                   f"seed={seed}"])
+def run_config(base: Config, dataset: str, name: str, seed: int) -> Config:
+    """The config of one run: ``base`` with the run's overrides, dataset, model and seed."""
+    run = run_of(name)
+    return dataclasses.replace(base, **run.overrides, dataset=dataset, model=run.model,
+                               seed=seed)
 
 
-def run_one(dataset: str, name: str, seed: int, workdir: pathlib.Path, sets: list[str]):
+def run_one(base: Config, dataset: str, name: str, seed: int, workdir: pathlib.Path) -> dict:
     """Train (unless finished) and score one run; returns its summary."""
     work = workdir / dataset / name / f"seed{seed}"
-    config = run_config(dataset, name, seed, sets)
+    config = run_config(base, dataset, name, seed)
     if (work / "results.json").is_file():
         results = json.loads((work / "results.json").read_text())
     else:
@@ -102,10 +144,15 @@ def run_one(dataset: str, name: str, seed: int, workdir: pathlib.Path, sets: lis
     robust = (json.loads(robust_path.read_text()) if robust_path.is_file()
               else evaluate.evaluate(work, "test", d4=True))
     history = [json.loads(line) for line in (work / "metrics.jsonl").open()]
+    flops = results.get("forward_flops")
+    if flops is None:  # runs trained before results.json recorded it
+        flops = models.flops_per_image(config.model, num_classes=len(results["val"]
+                                       ["confusion_matrix"]), **model_kwargs(config))
     return {"dataset": dataset, "model": name, "seed": seed, "workdir": str(work),
             "val_auc": results["val"]["auc"],
             "test_auc": results["test"]["auc"], "test_accuracy": results["test"]["accuracy"],
-            "num_params": results["num_params"], "train_seconds": results["train_seconds"],
+            "num_params": results["num_params"], "forward_flops": flops,
+            "train_seconds": results["train_seconds"],
             "best_epoch": results["best_epoch"], "d4_auc_min": robust["d4"]["auc_min"],
             "d4_auc_max": robust["d4"]["auc_max"],
             "val_auc_curve": [h["val_auc"] for h in history]}
@@ -120,20 +167,8 @@ def finished(work: pathlib.Path, *, scored: bool = False) -> bool:
         or (not scored and best.is_dir() and any(s.name.isdigit() for s in best.iterdir())))
 
 
-def forward_mflops(config) -> float:
-    """Forward MFLOPs per image of the run's model (analytic count, its input size)."""
-    from flax import nnx
-
-    from dgcnn_jax import models
-
-    num_classes, channels = datasets.dataset_facts(config.dataset)
-    size = models.spec(config.model).input_size
-    model = models.create(config.model, num_classes=num_classes, in_channels=channels,
-                          rngs=nnx.Rngs(0), **train.model_kwargs(config))
-    return models.forward_flops(model, (size, size, channels)) / 1e6
-
-
-def summarize(runs: list[dict], sets: list[str] = ()) -> list[dict]:
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per (dataset, run name): mean and spread over seeds, in table order."""
     rows = []
     keys = sorted({(r["dataset"], r["model"]) for r in runs},
                   key=lambda k: (k[0], _order(k[1])))
@@ -148,32 +183,35 @@ def summarize(runs: list[dict], sets: list[str] = ()) -> list[dict]:
                      if len(rs) > 1 else 0.0, "accuracy_mean": float(acc.mean()),
                      "accuracy_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
                      "num_params": rs[0]["num_params"],
-                     "mflops": forward_mflops(run_config(dataset, model, 0, list(sets))),
+                     "mflops": rs[0]["forward_flops"] / 1e6,
                      "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
                      "d4_auc_drop_max": float(max(r["test_auc"] - r["d4_auc_min"]
                                                   for r in rs))})
     return rows
 
 
-def _order(model: str) -> int:
-    names = ("cnn", *CONTROLS, *PARAMETER_MATCHED[1:], *FLOP_MATCHED, *ABLATION_DATASET_RUNS)
-    return names.index(model) if model in names else len(names)
+def _order(name: str) -> int:
+    names = list(RUNS)
+    return names.index(name) if name in names else len(names)
 
 
 def sections(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     """Group summary rows into the tables of results.md, per dataset.
 
-    A table is shown when one of its own models ran (the static references of the
-    FLOP-matched and ablation tables repeat rows of the parameter-matched one).
+    A family's table is shown when one of its own runs ran; it lists the family's
+    references (runs of other families, e.g. the static counterpart) first, then its own
+    runs, in :data:`RUNS` order. Runs of no family go to a last table.
     """
     out = []
     for dataset in sorted({r["dataset"] for r in rows}):
         by_name = {r["model"]: r for r in rows if r["dataset"] == dataset}
-        for title, names, own in SECTIONS:
+        for key, family in FAMILIES.items():
+            own = [n for n, run in RUNS.items() if run.family == key]
             if any(n in by_name for n in own):
-                out.append((f"{dataset}: {title}", [by_name[n] for n in names if n in by_name]))
-        known = {n for _, names, _ in SECTIONS for n in names}
-        rest = [r for n, r in by_name.items() if n not in known]
+                names = [*family.references, *own]
+                out.append((f"{dataset}: {family.title}",
+                            [by_name[n] for n in names if n in by_name]))
+        rest = [r for n, r in by_name.items() if n not in RUNS]
         if rest:
             out.append((f"{dataset}: other models", rest))
     return out
@@ -203,51 +241,21 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        rs = [r for r in rows if r["dataset"] == dataset]
-        ax.bar(range(len(rs)), [r["auc_mean"] for r in rs],
-               yerr=[r["auc_std"] for r in rs], capsize=4)
-        ax.set_xticks(range(len(rs)), [r["model"] for r in rs], rotation=30, ha="right")
-        low = min(r["auc_mean"] - r["auc_std"] for r in rs)
-        ax.set(ylabel="test AUC (mean +- std)", title=dataset, ylim=(max(0.0, low - 0.05), 1.0))
-    fig.tight_layout()
-    fig.savefig(out / "auc_bars.png", dpi=100)
-    plt.close(fig)
-    for dataset in datasets:
-        fig, (roc_ax, curve_ax) = plt.subplots(1, 2, figsize=(9, 3.8))
-        for model in [r["model"] for r in rows
-                      if r["dataset"] == dataset and r["model"] not in ABLATION_DATASET_RUNS]:
-            rs = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
+def write_plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
+    """``auc_bars.png`` and, per dataset, ``roc_<dataset>.png`` (runs of every-dataset
+    families: test ROC of the first seed and mean validation AUC curves)."""
+    plots.score_bars(rows, out / "auc_bars.png")
+    for dataset in sorted({r["dataset"] for r in rows}):
+        curves = []
+        for name in [r["model"] for r in rows if r["dataset"] == dataset
+                     and FAMILIES.get(run_of(r["model"]).family, Family("")).every_dataset]:
+            rs = [r for r in runs if r["dataset"] == dataset and r["model"] == name]
             work = pathlib.Path(rs[0]["workdir"])
-            probs = np.load(work / "test_probs.npy")
-            labels = _test_labels(work)
-            fpr, tpr = metrics.roc_curve(probs[:, 1], labels == 1)
-            roc_ax.plot(fpr, tpr, label=f"{model} (seed {rs[0]['seed']})")
-            curves = [r["val_auc_curve"] for r in rs]
-            n = min(len(c) for c in curves)
-            curve_ax.plot(range(1, n + 1), np.mean([c[:n] for c in curves], axis=0),
-                          label=model)
-        roc_ax.plot([0, 1], [0, 1], "k:", lw=1)
-        roc_ax.set(xlabel="false positive rate", ylabel="true positive rate",
-                   title=f"{dataset}: test ROC")
-        curve_ax.set(xlabel="epoch", ylabel="validation AUC (mean over seeds)")
-        for ax in (roc_ax, curve_ax):
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"roc_{dataset}.png", dpi=100)
-        plt.close(fig)
-
-
-def _test_labels(work: pathlib.Path) -> np.ndarray:
-    config = json.loads((work / "config.json").read_text())
-    return datasets.open_dataset(config["dataset"], config["data_dir"]).split("test")[1]
+            curves.append({"label": name, "seed": rs[0]["seed"],
+                           "probs": np.load(work / "test_probs.npy"),
+                           "labels": np.load(work / "test_labels.npy"),
+                           "val_curves": [r["val_auc_curve"] for r in rs]})
+        plots.roc_and_validation_curves(curves, out / f"roc_{dataset}.png", dataset)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -256,12 +264,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", default="runs/compare")
     p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
     p.add_argument("--models", nargs="+", default=None,
-                   help="registered models, controls or ablation names (default: the "
-                        "parameter- and FLOP-matched families and cnn_augment, plus the "
-                        "ablations)")
+                   help="run names (RUNS) or registered models (default: every run of the "
+                        "every-dataset families, plus the ablations)")
     p.add_argument("--ablations", nargs="*", default=None,
                    help=f"ablations and readout variants to run on --ablation-dataset (no "
-                        f"names: all of {', '.join(ABLATION_DATASET_RUNS)}); on by default "
+                        f"names: all of {', '.join(_ablation_dataset_runs())}); on by default "
                         f"when --models is not given")
     p.add_argument("--ablation-dataset", default="breastmnist")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -272,12 +279,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _ablation_dataset_runs() -> list[str]:
+    return [n for n, run in RUNS.items() if not FAMILIES[run.family].every_dataset]
+
+
 def plan_of(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The ``(dataset, name)`` pairs a command line asks for, in order."""
-    ablations = (list(ABLATION_DATASET_RUNS) if args.ablations == [] or
+    ablations = (_ablation_dataset_runs() if args.ablations == [] or
                  (args.ablations is None and args.models is None) else args.ablations or [])
-    models = args.models or list(PARAMETER_MATCHED + tuple(CONTROLS) + FLOP_MATCHED)
-    plan = [(d, m) for d in args.datasets for m in models]
+    models_ = args.models or [n for n, run in RUNS.items()
+                              if FAMILIES[run.family].every_dataset]
+    plan = [(d, m) for d in args.datasets for m in models_]
     plan += [(args.ablation_dataset, a) for a in ablations
              if (args.ablation_dataset, a) not in plan]
     return plan
@@ -293,8 +305,9 @@ def run_dirs(argv) -> list[pathlib.Path]:
 def main(argv=None):
     args = parse_args(argv)
     plan = plan_of(args)
+    base = override(get_config(), args.set)
     for dataset, name in plan:  # fail on bad names before any training
-        train.validate(run_config(dataset, name, 0, args.set))
+        validate(run_config(base, dataset, name, 0))
     out = pathlib.Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
     runs, missing = [], []
@@ -304,16 +317,16 @@ def main(argv=None):
                 missing.append(f"{dataset}/{name}/seed{seed}")
                 continue
             print(f"== {dataset} {name} seed {seed}", flush=True)
-            runs.append(run_one(dataset, name, seed, out, args.set))
+            runs.append(run_one(base, dataset, name, seed, out))
     if missing:
         print(f"not finished (--no-train): {', '.join(missing)}")
     if not runs:
         raise SystemExit(f"no finished runs in {out}")
-    rows = summarize(runs, args.set)
+    rows = summarize(runs)
     (out / "results.json").write_text(json.dumps({"runs": runs, "summary": rows}, indent=2))
     table = markdown(rows)
     (out / "results.md").write_text(table + "\n")
-    plots(runs, rows, out)
+    write_plots(runs, rows, out)
     first = [r for r in runs if r["model"] == "p4m_dgcnn"]
     if first:
         from experiments import figures

@@ -11,20 +11,47 @@ probabilities over the 8 copies (test-time augmentation). Writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dgcnn_jax import P4M, data, metrics
 from experiments import datasets, train
-from experiments.configs import Config
+from experiments.checkpoints import Checkpoints
+from experiments.configs import Config, validate
+
+__all__ = ["Run", "load_run", "evaluate", "main"]
 
 
-def load_run(workdir: str | pathlib.Path, data_dir: str | None = None):
-    """The run's config, trainer, best state, opened dataset (see
-    :func:`experiments.datasets.open_dataset`) and best-checkpoint meta."""
+@dataclasses.dataclass
+class Run:
+    """A finished (or stopped) training run, loaded for inference from its best checkpoint."""
+
+    workdir: pathlib.Path
+    config: Config
+    state: train.TrainState  # an inference state: no optimizer
+    dataset: datasets.Dataset
+    best: dict  # the best checkpoint's meta: epoch, validation metrics, tau
+    mesh: jax.sharding.Mesh
+
+    @property
+    def tau(self) -> float:
+        """The temperature the best checkpoint was selected (and is scored) with."""
+        return self.best["tau"]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, C]`` of uint8 images, at :attr:`tau`."""
+        return train.predict(self.state, images, self.dataset.mean, self.dataset.std,
+                             self.tau, batch_size=self.config.eval_batch_size, mesh=self.mesh)
+
+
+def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Run:
+    """Read a work directory's config, open its dataset and restore the best checkpoint's
+    model (parameters and batch statistics; no optimizer state)."""
     workdir = pathlib.Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.is_file():
@@ -34,32 +61,28 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None):
     if data_dir is not None:
         fields["data_dir"] = data_dir
     config = Config(**fields)
-    train.validate(config)
-    dataset = datasets.open_dataset(config.dataset, config.data_dir)
-    steps = data.num_batches(dataset.num_train, config.batch_size, drop_remainder=True)
-    trainer, params, rest, opt_state = train.setup(config, dataset.num_classes,
-                                                   dataset.channels, steps)
-    _, best = train._managers(workdir)
-    if best.latest_step() is None:
+    validate(config)
+    checkpoints = Checkpoints(workdir)
+    if checkpoints.best.latest_step() is None:
         raise FileNotFoundError(f"no best checkpoint in {workdir / 'checkpoints' / 'best'}")
-    state, best_meta = train._restore(best, {"params": params, "rest": rest,
-                                             "opt_state": opt_state})
-    state = jax.device_put(state, trainer.replicated)
-    if "tau" not in best_meta:  # checkpoints written before the meta recorded it
+    dataset = datasets.open_dataset(config.dataset, config.data_dir)
+    mesh = train.make_mesh(config)
+    state = train.create_train_state(config, dataset.num_classes, dataset.channels, None, mesh)
+    items, best = Checkpoints.restore(checkpoints.best, {"model": state.model_item()})
+    state = jax.device_put(state.with_items(items["model"]),
+                           NamedSharding(mesh, PartitionSpec()))
+    if "tau" not in best:  # checkpoints written before the meta recorded it
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
-        best_meta["tau"] = next(h["tau"] for h in history if h["epoch"] == best_meta["epoch"])
-    return config, trainer, state, dataset, best_meta
+        best["tau"] = next(h["tau"] for h in history if h["epoch"] == best["epoch"])
+    return Run(workdir, config, state, dataset, best, mesh)
 
 
 def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = False,
              data_dir: str | None = None) -> dict:
-    config, trainer, state, dataset, best_meta = load_run(workdir, data_dir)
-    images, labels = dataset.split(split)
-    mean, std = dataset.mean, dataset.std
-    tau = best_meta["tau"]  # the temperature the best checkpoint was selected with
-
-    def probs_of(x):
-        return trainer.predict(state["params"], state["rest"], x, mean, std, tau)
+    run = load_run(workdir, data_dir)
+    config, best_meta = run.config, run.best
+    images, labels = run.dataset.split(split)
+    probs_of = run.predict
 
     result = {"workdir": str(workdir), "model": config.model, "dataset": config.dataset,
               "split": split, "best_epoch": best_meta["epoch"],

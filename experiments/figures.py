@@ -19,81 +19,52 @@ import argparse
 import json
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from dgcnn_jax import get_group
 from dgcnn_jax.testing import equivariance_errors
-from experiments import evaluate
+from experiments import evaluate, plots
+
+__all__ = ["attention_figure", "equivariance_figure", "main"]
 
 _SHOWN_LAYER = 2  # the third convolution: 28x28 maps, before the 2x2 pooling
 
 
 def _load(workdir, data_dir=None):
     """Eval-mode model, its temperature, normalised test images and labels."""
-    config, trainer, state, dataset, best_meta = evaluate.load_run(workdir, data_dir)
-    model = nnx.merge(trainer.eval_graph, jax.device_get(state["params"]),
-                      jax.device_get(state["rest"]))
+    run = evaluate.load_run(workdir, data_dir)
+    model = run.state.model(training=False)
     if not hasattr(model, "intermediates"):
-        raise ValueError(f"{workdir}: model {config.model} does not report intermediates")
-    images, labels = dataset.split("test")
-    x = (images.astype(np.float32) / 255.0 - dataset.mean) / dataset.std
-    return config, model, best_meta["tau"], x, labels
+        raise ValueError(f"{workdir}: model {run.config.model} does not report intermediates")
+    images, labels = run.dataset.split("test")
+    x = (images.astype(np.float32) / 255.0 - run.dataset.mean) / run.dataset.std
+    return run.config, model, run.tau, x, labels
 
 
 def attention_figure(workdir, out, data_dir=None) -> dict:
     """Plot the attention weights of every dynamic layer over the test split."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     config, model, tau, x, labels = _load(workdir, data_dir)
     if not model.dynamic:
         raise ValueError(f"{workdir}: model {config.model} has no dynamic layers")
     weights = [np.asarray(w) for w in model.intermediates(jnp.asarray(x), tau=tau)["attention"]]
     weights = [w.mean(axis=-1) if w.ndim == 3 else w for w in weights]  # [N, K]
     classes = sorted(set(labels.tolist()))
-    k = weights[0].shape[1]
-    fig, axes = plt.subplots(1, len(weights), figsize=(2.2 * len(weights), 3), sharey=True)
     stats = {"workdir": str(workdir), "model": config.model, "tau": tau, "layers": []}
-    for i, (ax, w) in enumerate(zip(np.atleast_1d(axes), weights)):
-        layer = {"mean": w.mean(0).tolist(), "std": w.std(0).tolist(),
-                 "entropy_mean": float(-(w * np.log(np.maximum(w, 1e-12))).sum(1).mean()),
-                 "per_class_mean": {}}
-        width = 0.8 / len(classes)
-        for j, c in enumerate(classes):
-            wc = w[labels == c]
-            layer["per_class_mean"][str(c)] = wc.mean(0).tolist()
-            pos = np.arange(k) + (j - (len(classes) - 1) / 2) * width
-            parts = ax.boxplot(list(wc.T), positions=pos, widths=width * 0.9,
-                               patch_artist=True, showfliers=False)
-            for patch in parts["boxes"]:
-                patch.set_facecolor(f"C{j}")
-        stats["layers"].append(layer)
-        ax.set_xticks(range(k), [f"k{n}" for n in range(k)])
-        ax.set_title(f"layer {i + 1}", fontsize=9)
-        ax.axhline(1.0 / k, color="k", lw=0.6, ls=":")
-    np.atleast_1d(axes)[0].set_ylabel("attention weight (test images)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(classes))]
-    fig.legend(handles, [f"class {c}" for c in classes], loc="upper right", fontsize=7)
-    fig.suptitle(f"{config.model} on {config.dataset}: attention per layer (tau {tau:.2f})",
-                 fontsize=9)
-    fig.tight_layout()
+    for w in weights:
+        stats["layers"].append({
+            "mean": w.mean(0).tolist(), "std": w.std(0).tolist(),
+            "entropy_mean": float(-(w * np.log(np.maximum(w, 1e-12))).sum(1).mean()),
+            "per_class_mean": {str(c): w[labels == c].mean(0).tolist() for c in classes}})
     out = pathlib.Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    plots.attention_boxes(weights, labels, out, f"{config.model} on {config.dataset}: "
+                          f"attention per layer (tau {tau:.2f})")
     out.with_suffix(".json").write_text(json.dumps(stats, indent=2))
     return stats
 
 
 def equivariance_figure(workdir, out, data_dir=None, index: int | None = None) -> dict:
     """Show that feature maps of a transformed test image are the transformed maps."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     config, model, tau, x, labels = _load(workdir, data_dir)
     group = get_group(model.group)
     if index is None:  # the first test image of the positive (last) class
@@ -106,32 +77,20 @@ def equivariance_figure(workdir, out, data_dir=None, index: int | None = None) -
         for i in range(layers)])
     feats = model.intermediates(image, tau=tau)["features"][_SHOWN_LAYER]
     field = int(jnp.argmax(jnp.abs(feats).mean(axis=(0, 1, 2, 4))))  # most active field
-    rows = group.order
-    fig, axes = plt.subplots(rows, 4, figsize=(6.4, 1.6 * rows), squeeze=False)
-    titles = ["L_g x", "features of L_g x", "L_g (features of x)", "difference"]
-    for g in range(rows):
+    rows = []
+    for g in range(group.order):
         xg = group.transform_image(image, g)
         fg = model.intermediates(xg, tau=tau)["features"][_SHOWN_LAYER]
         lg = group.transform_feature_map(feats, g)
         # the field's channel at the identity orientation, one map per panel
-        panels = [xg[0, :, :, 0], fg[0, :, :, field, 0], lg[0, :, :, field, 0],
-                  jnp.abs(fg - lg)[0, :, :, field, 0]]
-        scale = float(jnp.abs(feats[..., field, :]).max())
-        for col, (ax, img) in enumerate(zip(axes[g], panels)):
-            kw = {"cmap": "gray"} if col == 0 else {"cmap": "viridis", "vmin": 0,
-                                                     "vmax": scale}
-            ax.imshow(np.asarray(img), **kw)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if g == 0:
-                ax.set_title(titles[col], fontsize=8)
-        axes[g][0].set_ylabel(f"g = {group.element_names[g]}", fontsize=8)
-    fig.suptitle(f"{config.model}: layer {_SHOWN_LAYER + 1}, field {field}; max relative "
-                 f"error over all g and layers {errors.max():.1e}", fontsize=8)
-    fig.tight_layout()
+        rows.append([xg[0, :, :, 0], fg[0, :, :, field, 0], lg[0, :, :, field, 0],
+                     jnp.abs(fg - lg)[0, :, :, field, 0]])
     out = pathlib.Path(out)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    plots.equivariance_grid(
+        rows, [f"g = {name}" for name in group.element_names],
+        ["L_g x", "features of L_g x", "L_g (features of x)", "difference"], out,
+        f"{config.model}: layer {_SHOWN_LAYER + 1}, field {field}; max relative error over "
+        f"all g and layers {errors.max():.1e}", float(jnp.abs(feats[..., field, :]).max()))
     result = {"workdir": str(workdir), "model": config.model, "test_index": index,
               "elements": list(group.element_names),
               "relative_error_per_layer": errors.tolist(),

@@ -4,107 +4,125 @@
 
 The default configuration (``experiments/configs/default.py``) trains the dynamic p4m
 G-CNN on BreastMNIST; ``--config pcam`` the P4M-DenseNet protocol on PatchCamelyon
-(``experiments/configs/pcam.py``). The work directory receives ``config.json``, ``metrics.jsonl``
-(one line per epoch), ``results.json``, ``learning_curves.png``, ``roc_test.png`` and
-orbax checkpoints: ``checkpoints/latest`` (every epoch) and ``checkpoints/best`` (best
-validation AUC), kept apart. Starting the command again in the same work directory
-resumes from the latest checkpoint. The best epoch is chosen on validation data; the
-test split is read once, at the end, with the best checkpoint.
+(``experiments/configs/pcam.py``). The work directory receives ``config.json``,
+``metrics.jsonl`` (one line per epoch), ``results.json``, ``learning_curves.png``,
+``roc_test.png``, ``test_probs.npy`` with ``test_labels.npy``, and orbax checkpoints
+(:mod:`experiments.checkpoints`): ``checkpoints/latest`` (every epoch) and
+``checkpoints/best`` (best validation AUC), kept apart. Starting the command again in
+the same work directory resumes from the latest checkpoint. The best epoch is chosen on
+validation data; the test split is read once, at the end, with the best checkpoint.
+
+The pieces, as in the flax examples: a typed :class:`TrainState` and :class:`Progress`
+record, the pure compiled steps :func:`train_step` and :func:`eval_step`, and
+:func:`train_and_evaluate`, which sets up, runs the epochs, selects on validation and
+tests once.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import pathlib
 import sys
 import time
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dgcnn_jax import data, metrics, models
 from dgcnn_jax.dynamic import linear_temperature
-from experiments import datasets
-from experiments.configs import CONFIGS, Config, get_config, override
+from experiments import datasets, plots
+from experiments.checkpoints import Checkpoints
+from experiments.configs import (
+    CONFIGS,
+    Config,
+    get_config,
+    model_kwargs,
+    num_devices,
+    override,
+    validate,
+)
+
+__all__ = ["TrainingError", "TrainState", "Progress", "make_optimizer", "make_mesh",
+           "create_train_state", "train_step", "eval_step", "predict", "temperature",
+           "train_and_evaluate", "main"]
 
 
 class TrainingError(RuntimeError):
     """Training stopped (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
-# --------------------------------------------------------------------------- config
-
-def validate(config: Config) -> None:
-    """Raise ``ValueError`` for a bad configuration, before any data or compute."""
-    if config.model not in models.available():
-        raise ValueError(f"model: unknown model {config.model!r}; known models: "
-                         f"{', '.join(models.available())}")
-    datasets.dataset_facts(config.dataset)  # raises for unknown names, listing known ones
-    positive = ("epochs", "batch_size", "eval_batch_size")
-    for name in positive:
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    for name in ("learning_rate",):
-        if not getattr(config, name) > 0:
-            raise ValueError(f"{name}: expected a value > 0, got {getattr(config, name)!r}")
-    for name in ("weight_decay", "warmup_epochs", "grad_clip_norm", "tau_anneal_epochs"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name}: expected a value >= 0, got {getattr(config, name)!r}")
-    if not 0 <= config.dropout < 1:
-        raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
-    if config.optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
-    if config.num_kernels or config.attention:
-        if not models.spec(config.model).dynamic:
-            raise ValueError(f"num_kernels, attention: {config.model} has no dynamic layers; "
-                             f"leave them at 0 and ''")
-        if isinstance(config.num_kernels, bool) or not isinstance(config.num_kernels, int) \
-                or config.num_kernels < 0:
-            raise ValueError(f"num_kernels: expected an int >= 1 (0: the model's default), "
-                             f"got {config.num_kernels!r}")
-        if config.attention not in ("", "invariant", "equivariant"):
-            raise ValueError(f"attention: expected 'invariant' or 'equivariant' ('': the "
-                             f"model's default), got {config.attention!r}")
-    if config.readout:
-        if models.spec(config.model).input_size != 28:
-            raise ValueError(f"readout: only the 28 px models have a readout choice, not "
-                             f"{config.model}; leave it at ''")
-        if config.readout not in models.READOUTS:
-            raise ValueError(f"readout: expected one of {', '.join(models.READOUTS)} ('': the "
-                             f"model's default), got {config.readout!r}")
-    if config.tau_initial <= 0 or config.tau_final <= 0:
-        raise ValueError("tau_initial, tau_final: temperatures must be > 0")
-    devices = num_devices(config)
-    if config.batch_size % devices:
-        raise ValueError(f"batch_size: {config.batch_size} is not divisible by the number of "
-                         f"devices ({devices})")
-    if config.eval_batch_size % devices:
-        raise ValueError(f"eval_batch_size: {config.eval_batch_size} is not divisible by the "
-                         f"number of devices ({devices})")
-
-
-def num_devices(config: Config) -> int:
-    available = jax.device_count()  # all processes' devices after jax.distributed
-    if config.num_devices < 0 or config.num_devices > available:
-        raise ValueError(f"num_devices: expected 0 (all) to {available}, got "
-                         f"{config.num_devices}")
-    return config.num_devices or available
-
-
 # --------------------------------------------------------------------------- state
 
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes, as one pytree.
+
+    ``params`` (``nnx.Param``), ``model_state`` (batch statistics), ``rngs`` (the
+    model's RNG streams, e.g. dropout), ``opt_state`` and the ``step`` count are arrays;
+    ``graphdef`` (the model's structure) and ``tx`` (the optimizer) are static. An
+    inference state (:func:`create_train_state` with ``steps_per_epoch=None``) has no
+    optimizer: ``opt_state`` and ``tx`` are ``None``.
+    """
+
+    step: jax.Array
+    params: nnx.State
+    model_state: nnx.State
+    rngs: nnx.State
+    opt_state: Any
+    graphdef: nnx.GraphDef = flax.struct.field(pytree_node=False)
+    tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False)
+
+    def model(self, *, training: bool = False) -> nnx.Module:
+        """The model with these variables, in training or eval mode."""
+        model = nnx.merge(self.graphdef, self.params, self.rngs, self.model_state)
+        model.train() if training else model.eval()
+        return model
+
+    def model_item(self) -> dict:
+        """What inference needs (the checkpoint item ``model``)."""
+        return {"params": self.params, "model_state": self.model_state}
+
+    def train_item(self) -> dict:
+        """What resuming needs besides (the checkpoint item ``train``)."""
+        return {"step": self.step, "rngs": self.rngs, "opt_state": self.opt_state}
+
+    def with_items(self, model: dict, train: dict | None = None) -> TrainState:
+        """This state with the arrays of restored checkpoint items."""
+        state = self.replace(params=model["params"], model_state=model["model_state"])
+        return state if train is None else state.replace(**train)
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands, saved as the ``meta`` of every ``latest`` checkpoint."""
+
+    epoch: int = 0  # finished epochs
+    batch: int = 0  # batches of epoch ``epoch`` already trained (mid-epoch checkpoints)
+    iterator: dict | None = None  # grain iterator state after ``batch`` batches
+    loss_sum: float = 0.0  # sums over the batches of the current epoch
+    accuracy_sum: float = 0.0
+    seen: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)  # one record per epoch
+    best_auc: float = -1.0  # best validation AUC so far and its epoch
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+
+    def start_epoch(self) -> None:
+        self.loss_sum, self.accuracy_sum, self.seen = 0.0, 0.0, 0
+
+
 def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW or SGD with momentum, warm-up then cosine decay, optional gradient clipping."""
     total = config.epochs * steps_per_epoch
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
@@ -119,119 +137,88 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
     return opt
 
 
-def _keys_to_data(tree):
-    return jax.tree.map(
-        lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-        else x, tree)
+def make_mesh(config: Config) -> jax.sharding.Mesh:
+    """A one-axis (``"data"``) mesh over the devices the run uses."""
+    return jax.sharding.Mesh(np.array(jax.devices()[:num_devices(config)]), ("data",))
 
 
-def _data_to_keys(tree, like):
-    return jax.tree.map(
-        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-        if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key) else x, tree, like)
+def create_train_state(config: Config, num_classes: int, in_channels: int,
+                       steps_per_epoch: int | None, mesh: jax.sharding.Mesh) -> TrainState:
+    """A freshly initialised state (seeded by ``config.seed``), replicated over ``mesh``.
+
+    ``steps_per_epoch=None`` gives an inference state, without an optimizer.
+    """
+    model = models.create(config.model, num_classes=num_classes, in_channels=in_channels,
+                          rngs=nnx.Rngs(config.seed), **model_kwargs(config))
+    model.train()
+    graphdef, params, rngs, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    tx = None if steps_per_epoch is None else make_optimizer(config, steps_per_epoch)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                       rngs=rngs, opt_state=None if tx is None else tx.init(params),
+                       graphdef=graphdef, tx=tx)
+    return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
 
-@dataclasses.dataclass
-class Trainer:
-    """Compiled steps and the model's split state (pure functions under ``jax.jit``)."""
-
-    config: Config
-    train_graph: nnx.GraphDef
-    eval_graph: nnx.GraphDef
-    optimizer: optax.GradientTransformation
-    mesh: jax.sharding.Mesh
-    steps_per_epoch: int
-
-    @functools.cached_property
-    def data_sharding(self):
-        return NamedSharding(self.mesh, PartitionSpec("data"))
-
-    @functools.cached_property
-    def replicated(self):
-        return NamedSharding(self.mesh, PartitionSpec())
-
-    @functools.cached_property
-    def train_step(self):
-        graph, optimizer = self.train_graph, self.optimizer
-
-        def step(params, rest, opt_state, images, labels, tau):
-            model = nnx.merge(graph, params, rest)
-
-            def loss_fn(model):
-                logits = model(images, tau=tau)
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                return loss, logits
-
-            # nnx.value_and_grad differentiates the Params and carries the batch
-            # statistics and dropout RNG updates out of the trace.
-            (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-            new_rest = nnx.state(model, nnx.Not(nnx.Param))
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-            # 1.0 when the loss and the updated parameters are finite
-            finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
-            return params, new_rest, opt_state, {"loss": loss, "accuracy": accuracy,
-                                                 "finite": finite.astype(jnp.float32)}
-
-        return jax.jit(step, donate_argnums=(0, 1, 2))
-
-    @functools.cached_property
-    def predict_step(self):
-        graph = self.eval_graph
-
-        def step(params, rest, images, tau):
-            return jax.nn.softmax(nnx.merge(graph, params, rest)(images, tau=tau), axis=-1)
-
-        return jax.jit(step)
-
-    def tau(self, epoch_float: float):
-        c = self.config
-        return linear_temperature(epoch_float, initial=c.tau_initial, final=c.tau_final,
-                                  anneal_epochs=c.tau_anneal_epochs)
-
-    def predict(self, params, rest, images: np.ndarray, mean, std, tau) -> np.ndarray:
-        """Class probabilities ``[N, C]`` for uint8 images (eval mode, all examples)."""
-        bs = self.config.eval_batch_size
-        ds = data.epoch_dataset(images, np.zeros(len(images), np.int32), batch_size=bs,
-                                mean=mean, std=std, shuffle=False, drop_remainder=False)
-        out = []
-        for batch in ds:
-            x = batch["image"]
-            n = len(x)
-            if n % bs:  # pad the last batch to a full (shardable) one; no retrace
-                x = np.concatenate([x, np.zeros((bs - n, *x.shape[1:]), x.dtype)])
-            x = jax.device_put(x, self.data_sharding)
-            probs = self.predict_step(params, rest, x, tau)
-            if jax.process_count() > 1:  # gather the batch shards of every process
-                probs = multihost_utils.process_allgather(probs, tiled=True)
-            out.append(np.asarray(probs)[:n])
-        return np.concatenate(out)
+def temperature(config: Config, epoch: float):
+    """The attention temperature at a (fractional) epoch."""
+    return linear_temperature(epoch, initial=config.tau_initial, final=config.tau_final,
+                              anneal_epochs=config.tau_anneal_epochs)
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- steps
 
-def _managers(workdir: pathlib.Path):
-    workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
-    opts = dict(create=True, enable_async_checkpointing=False)
-    latest = ocp.CheckpointManager(workdir / "checkpoints" / "latest",
-                                   options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
-    best = ocp.CheckpointManager(workdir / "checkpoints" / "best",
-                                 options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
-    return latest, best
+def train_step(state: TrainState, batch: dict, tau) -> tuple[TrainState, dict]:
+    """One optimizer step on ``batch`` (``{"image", "label"}``) at attention temperature
+    ``tau``: returns the new state and ``{"loss", "accuracy", "finite"}`` (``finite`` is
+    1.0 when the loss and the updated parameters are finite). Compiled once per model and
+    optimizer; the state passed in is donated."""
+    model = nnx.merge(state.graphdef, state.params, state.rngs, state.model_state)
+
+    def loss_fn(model):
+        logits = model(batch["image"], tau=tau)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, logits
+
+    # nnx.value_and_grad differentiates the Params and carries the batch statistics and
+    # RNG updates out of the trace.
+    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    _, _, rngs, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    # 1.0 when the loss and the updated parameters are finite
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(params))
+    state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                          rngs=rngs, opt_state=opt_state)
+    return state, {"loss": loss, "accuracy": accuracy, "finite": finite.astype(jnp.float32)}
 
 
-def _save(manager, step: int, tree, meta: dict) -> None:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(tree)),
-                                               meta=ocp.args.JsonSave(meta)), force=True)
-    manager.wait_until_finished()
+train_step = jax.jit(train_step, donate_argnums=0)
 
 
-def _restore(manager, like):
-    step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_keys_to_data(like)), meta=ocp.args.JsonRestore()))
-    return _data_to_keys(restored["state"], like), restored["meta"]
+@jax.jit
+def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
+    """Class probabilities ``[B, C]`` of ``images`` in eval mode (no state change)."""
+    return jax.nn.softmax(state.model(training=False)(images, tau=tau), axis=-1)
+
+
+def predict(state: TrainState, images: np.ndarray, mean, std, tau, *, batch_size: int,
+            mesh: jax.sharding.Mesh) -> np.ndarray:
+    """Class probabilities ``[N, C]`` of uint8 images (eval mode, every example)."""
+    ds = data.epoch_dataset(images, np.zeros(len(images), np.int32), batch_size=batch_size,
+                            mean=mean, std=std, shuffle=False, drop_remainder=False)
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    out = []
+    for batch in ds:
+        x = batch["image"]
+        n = len(x)
+        if n % batch_size:  # pad the last batch to a full (shardable) one; no retrace
+            x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+        probs = eval_step(state, jax.device_put(x, sharding), tau)
+        if jax.process_count() > 1:  # gather the batch shards of every process
+            probs = multihost_utils.process_allgather(probs, tiled=True)
+        out.append(np.asarray(probs)[:n])
+    return np.concatenate(out)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -248,208 +235,7 @@ def _write_history(workdir: pathlib.Path, history: list[dict]) -> None:
     tmp.replace(workdir / "metrics.jsonl")
 
 
-def plot_learning_curves(history: list[dict], path: pathlib.Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
-    axes[0].plot(epochs, [h["val_nll"] for h in history], label="validation")
-    axes[0].set(xlabel="epoch", ylabel="loss (NLL)")
-    axes[1].plot(epochs, [h["train_accuracy"] for h in history], label="train accuracy")
-    axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy")
-    axes[1].plot(epochs, [h["val_auc"] for h in history], label="val AUC")
-    axes[1].set(xlabel="epoch", ylim=(0, 1.02))
-    for ax in axes:
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_roc(probs: np.ndarray, labels: np.ndarray, path: pathlib.Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
-    classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
-    for c in classes:
-        fpr, tpr = metrics.roc_curve(probs[:, c], labels == c)
-        auc = float(np.trapezoid(tpr, fpr))
-        ax.plot(fpr, tpr, label=f"class {c} (AUC {auc:.3f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------- main loop
-
-def model_kwargs(config: Config) -> dict:
-    """Keyword arguments for ``models.create`` from the config (dropout, ablation fields)."""
-    kwargs = {"dropout": config.dropout}
-    if config.num_kernels:
-        kwargs["num_kernels"] = config.num_kernels
-    if config.attention:
-        kwargs["attention"] = config.attention
-    if config.readout:
-        kwargs["readout"] = config.readout
-    return kwargs
-
-
-def setup(config: Config, num_classes: int, in_channels: int, steps_per_epoch: int):
-    """Model, optimizer and compiled steps; returns ``(trainer, params, rest, opt_state)``."""
-    model = models.create(config.model, num_classes=num_classes, in_channels=in_channels,
-                          rngs=nnx.Rngs(config.seed), **model_kwargs(config))
-    model.eval()
-    eval_graph = nnx.graphdef(model)
-    model.train()
-    train_graph, params, rest = nnx.split(model, nnx.Param, ...)
-    optimizer = make_optimizer(config, steps_per_epoch)
-    devices = np.array(jax.devices()[:num_devices(config)])
-    mesh = jax.sharding.Mesh(devices, ("data",))
-    trainer = Trainer(config, train_graph, eval_graph, optimizer, mesh, steps_per_epoch)
-    params, rest = jax.device_put((params, rest), trainer.replicated)
-    opt_state = jax.device_put(optimizer.init(params), trainer.replicated)
-    return trainer, params, rest, opt_state
-
-
-def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
-    """Train ``config.model`` on ``config.dataset``; resume if ``workdir`` has a checkpoint.
-
-    Returns the final results (also written to ``workdir/results.json``).
-    """
-    validate(config)
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    dataset = datasets.open_dataset(config.dataset, config.data_dir)
-    val_x, val_y = dataset.split("val")
-    mean, std = dataset.mean, dataset.std
-    steps_per_epoch = data.num_batches(dataset.num_train, config.batch_size,
-                                       drop_remainder=True)
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size: {config.batch_size} exceeds the {dataset.num_train} "
-                         f"training examples")
-    trainer, params, rest, opt_state = setup(config, dataset.num_classes, dataset.channels,
-                                             steps_per_epoch)
-    num_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-    _write_json(workdir / "config.json", dataclasses.asdict(config))
-
-    latest, best = _managers(workdir)
-    state = {"params": params, "rest": rest, "opt_state": opt_state}
-    progress = {"epoch": 0, "batch": 0, "step": 0, "history": [], "best_auc": -1.0,
-                "best_epoch": -1, "train_seconds": 0.0, "iterator": None,
-                "sums": {"loss": 0.0, "accuracy": 0.0}, "seen": 0}
-    if latest.latest_step() is not None:
-        state, progress = _restore(latest, state)
-        state = jax.device_put(state, trainer.replicated)
-        print(f"resuming from step {progress['step']} (epoch {progress['epoch']}, batch "
-              f"{progress['batch']}) in {workdir}", flush=True)
-    _write_history(workdir, progress["history"])
-
-    def checkpoint(epoch, batch, iterator_state):
-        progress.update(epoch=epoch, batch=batch, iterator=iterator_state)
-        _save(latest, progress["step"], state, progress)
-
-    for epoch in range(progress["epoch"], config.epochs):
-        ds = dataset.train_epoch(batch_size=config.batch_size, epoch=epoch, seed=config.seed,
-                                 augment=config.augment)
-        it = data.epoch_iterator(ds, progress["iterator"] if progress["batch"] else None)
-        first_batch = progress["batch"]
-        if not first_batch:  # a fresh epoch (a resumed one keeps its running sums)
-            progress["sums"], progress["seen"] = {"loss": 0.0, "accuracy": 0.0}, 0
-        start = epoch_start = time.perf_counter()
-        sums = progress["sums"]
-        bar = _progress_bar(config, epoch, steps_per_epoch, first_batch)
-        for batch_index in range(first_batch, steps_per_epoch):
-            batch = next(it)
-            tau = trainer.tau(progress["step"] / steps_per_epoch)
-            images = jax.device_put(batch["image"], trainer.data_sharding)
-            labels = jax.device_put(batch["label"], trainer.data_sharding)
-            new = trainer.train_step(state["params"], state["rest"], state["opt_state"],
-                                     images, labels, tau)
-            step_metrics = jax.device_get(new[3])
-            if not (math.isfinite(float(step_metrics["loss"])) and step_metrics["finite"]):
-                raise TrainingError(
-                    f"non-finite training loss {float(step_metrics['loss'])} at epoch {epoch}, "
-                    f"step {progress['step']}: stopping; the last good checkpoint is kept in "
-                    f"{workdir / 'checkpoints' / 'latest'} (try a lower learning_rate)")
-            state = {"params": new[0], "rest": new[1], "opt_state": new[2]}
-            progress["step"] += 1
-            for k in sums:
-                sums[k] += float(step_metrics[k])
-            progress["seen"] += 1
-            rate = (batch_index + 1 - first_batch) * config.batch_size / max(
-                time.perf_counter() - epoch_start, 1e-9)
-            bar.update(float(step_metrics["loss"]), rate)
-            every = config.checkpoint_every_steps
-            if every and progress["step"] % every == 0 and batch_index + 1 < steps_per_epoch:
-                progress["train_seconds"] += time.perf_counter() - start
-                start = time.perf_counter()
-                checkpoint(epoch, batch_index + 1, it.get_state())
-            if config.max_steps and progress["step"] >= config.max_steps:
-                break
-        bar.close()
-        progress["train_seconds"] += time.perf_counter() - start
-        tau = trainer.tau(progress["step"] / steps_per_epoch)
-        val = metrics.classification_metrics(
-            trainer.predict(state["params"], state["rest"], val_x, mean, std, tau), val_y)
-        record = {"epoch": epoch + 1, "step": progress["step"], "tau": float(tau),
-                  "train_loss": sums["loss"] / max(progress["seen"], 1),
-                  "train_accuracy": sums["accuracy"] / max(progress["seen"], 1),
-                  "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
-                  "val_balanced_accuracy": val["balanced_accuracy"]}
-        progress["history"].append(record)
-        improved = val["auc"] > progress["best_auc"]
-        if improved:
-            progress["best_auc"], progress["best_epoch"] = val["auc"], epoch + 1
-        _write_history(workdir, progress["history"])
-        print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-              f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
-              f"{'  (best)' if improved else ''}", flush=True)
-        if improved:
-            # the temperature the checkpoint was selected with is the one it is tested with
-            _save(best, epoch + 1, state, {"epoch": epoch + 1, "val": val, "tau": float(tau)})
-        checkpoint(epoch + 1, 0, None)
-        if config.max_steps and progress["step"] >= config.max_steps:
-            break
-
-    # The test split is read once, here, with the best checkpoint.
-    best_state, best_meta = _restore(best, state)
-    best_state = jax.device_put(best_state, trainer.replicated)
-    test_x, test_y = dataset.split("test")
-    tau = best_meta["tau"]
-    eval_start = time.perf_counter()
-    probs = trainer.predict(best_state["params"], best_state["rest"], test_x, mean, std, tau)
-    eval_seconds = time.perf_counter() - eval_start
-    test = metrics.classification_metrics(probs, test_y)
-    results = {
-        "model": config.model, "dataset": config.dataset, "seed": config.seed,
-        "num_params": num_params, "best_epoch": best_meta["epoch"], "best_tau": tau,
-        "val": best_meta["val"], "test": test, "epochs_run": len(progress["history"]),
-        "steps": progress["step"], "train_seconds": progress["train_seconds"],
-        "train_images_per_second": progress["step"] * config.batch_size
-        / max(progress["train_seconds"], 1e-9),
-        "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9),
-        "devices": num_devices(config), "backend": jax.default_backend(),
-    }
-    _write_json(workdir / "results.json", results)
-    plot_learning_curves(progress["history"], workdir / "learning_curves.png")
-    plot_roc(probs, test_y, workdir / "roc_test.png",
-             f"{config.model} on {config.dataset} (test)")
-    np.save(workdir / "test_probs.npy", probs)
-    print(f"test AUC {test['auc']:.4f}  acc {test['accuracy']:.4f}  (best epoch "
-          f"{best_meta['epoch']}; results in {workdir / 'results.json'})", flush=True)
-    return results
-
-
-class _progress_bar:
+class _ProgressBar:
     """A tqdm bar with loss and images/s (silent when ``config.progress`` is false)."""
 
     def __init__(self, config: Config, epoch: int, total: int, initial: int):
@@ -467,6 +253,171 @@ class _progress_bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+# --------------------------------------------------------------------------- the run
+
+@dataclasses.dataclass
+class _Run:
+    """What the epochs of one run share."""
+
+    config: Config
+    workdir: pathlib.Path
+    dataset: datasets.Dataset
+    steps_per_epoch: int
+    mesh: jax.sharding.Mesh
+    checkpoints: Checkpoints
+
+    def save_latest(self, state: TrainState, progress: Progress) -> None:
+        Checkpoints.save(self.checkpoints.latest, int(state.step),
+                         {"model": state.model_item(), "train": state.train_item()},
+                         dataclasses.asdict(progress))
+
+    def resume(self, state: TrainState) -> tuple[TrainState, Progress]:
+        if self.checkpoints.latest.latest_step() is None:
+            return state, Progress()
+        items, meta = Checkpoints.restore(
+            self.checkpoints.latest, {"model": state.model_item(), "train": state.train_item()})
+        state = jax.device_put(state.with_items(**items),
+                               NamedSharding(self.mesh, PartitionSpec()))
+        progress = Progress(**meta)
+        print(f"resuming from step {int(state.step)} (epoch {progress.epoch}, batch "
+              f"{progress.batch}) in {self.workdir}", flush=True)
+        return state, progress
+
+    def train_epoch(self, state: TrainState, progress: Progress, epoch: int) -> TrainState:
+        """Train the rest of ``epoch`` from ``progress.batch``; save mid-epoch checkpoints."""
+        config, steps = self.config, self.steps_per_epoch
+        ds = self.dataset.train_epoch(batch_size=config.batch_size, epoch=epoch,
+                                      seed=config.seed, augment=config.augment)
+        first = progress.batch
+        it = data.epoch_iterator(ds, progress.iterator if first else None)
+        if not first:  # a fresh epoch (a resumed one keeps its running sums)
+            progress.start_epoch()
+        sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        step = int(state.step)
+        start = epoch_start = time.perf_counter()
+        bar = _ProgressBar(config, epoch, steps, first)
+        for batch_index in range(first, steps):
+            batch = jax.device_put(next(it), sharding)
+            state, step_metrics = train_step(state, batch, temperature(config, step / steps))
+            step_metrics = jax.device_get(step_metrics)
+            loss = float(step_metrics["loss"])
+            if not (math.isfinite(loss) and step_metrics["finite"]):
+                raise TrainingError(
+                    f"non-finite training loss {loss} at epoch {epoch}, step {step}: stopping; "
+                    f"the last good checkpoint is kept in "
+                    f"{self.workdir / 'checkpoints' / 'latest'} (try a lower learning_rate)")
+            step += 1
+            progress.loss_sum += loss
+            progress.accuracy_sum += float(step_metrics["accuracy"])
+            progress.seen += 1
+            rate = (batch_index + 1 - first) * config.batch_size / max(
+                time.perf_counter() - epoch_start, 1e-9)
+            bar.update(loss, rate)
+            stop = bool(config.max_steps) and step >= config.max_steps
+            every = config.checkpoint_every_steps
+            # (the end of an epoch, or a stop, saves its own checkpoint at this step)
+            if every and step % every == 0 and batch_index + 1 < steps and not stop:
+                progress.train_seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                progress.epoch, progress.batch, progress.iterator = epoch, batch_index + 1, \
+                    it.get_state()
+                self.save_latest(state, progress)
+            if stop:
+                break
+        bar.close()
+        progress.train_seconds += time.perf_counter() - start
+        return state
+
+    def predict(self, state: TrainState, images: np.ndarray, tau) -> np.ndarray:
+        return predict(state, images, self.dataset.mean, self.dataset.std, tau,
+                       batch_size=self.config.eval_batch_size, mesh=self.mesh)
+
+
+def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
+    """Train ``config.model`` on ``config.dataset``; resume if ``workdir`` has a checkpoint.
+
+    Returns the final results (also written to ``workdir/results.json``).
+    """
+    # Set up: data, model and optimizer state, checkpoints (resume where they are).
+    validate(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dataset = datasets.open_dataset(config.dataset, config.data_dir)
+    steps = data.num_batches(dataset.num_train, config.batch_size, drop_remainder=True)
+    if steps < 1:
+        raise ValueError(f"batch_size: {config.batch_size} exceeds the {dataset.num_train} "
+                         f"training examples")
+    mesh = make_mesh(config)
+    state = create_train_state(config, dataset.num_classes, dataset.channels, steps, mesh)
+    num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
+    _write_json(workdir / "config.json", dataclasses.asdict(config))
+    run = _Run(config, workdir, dataset, steps, mesh, Checkpoints(workdir))
+    state, progress = run.resume(state)
+    _write_history(workdir, progress.history)
+    val_x, val_y = dataset.split("val")
+
+    # Epochs: train, score on validation, keep the best checkpoint.
+    for epoch in range(progress.epoch, config.epochs):
+        state = run.train_epoch(state, progress, epoch)
+        step = int(state.step)
+        tau = temperature(config, step / steps)
+        val = metrics.classification_metrics(run.predict(state, val_x, tau), val_y)
+        seen = max(progress.seen, 1)
+        record = {"epoch": epoch + 1, "step": step, "tau": float(tau),
+                  "train_loss": progress.loss_sum / seen,
+                  "train_accuracy": progress.accuracy_sum / seen,
+                  "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
+                  "val_balanced_accuracy": val["balanced_accuracy"]}
+        progress.history.append(record)
+        improved = val["auc"] > progress.best_auc
+        if improved:
+            progress.best_auc, progress.best_epoch = val["auc"], epoch + 1
+        _write_history(workdir, progress.history)
+        print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+              f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
+              f"{'  (best)' if improved else ''}", flush=True)
+        if improved:
+            # the temperature the checkpoint was selected with is the one it is tested with
+            Checkpoints.save(run.checkpoints.best, epoch + 1, {"model": state.model_item()},
+                             {"epoch": epoch + 1, "val": val, "tau": float(tau)})
+        progress.epoch, progress.batch, progress.iterator = epoch + 1, 0, None
+        run.save_latest(state, progress)
+        if config.max_steps and step >= config.max_steps:
+            break
+
+    # Test once: the best checkpoint on the test split.
+    items, best = Checkpoints.restore(run.checkpoints.best, {"model": state.model_item()})
+    best_state = jax.device_put(state.with_items(items["model"]),
+                                NamedSharding(mesh, PartitionSpec()))
+    test_x, test_y = dataset.split("test")
+    eval_start = time.perf_counter()
+    probs = run.predict(best_state, test_x, best["tau"])
+    eval_seconds = time.perf_counter() - eval_start
+    test = metrics.classification_metrics(probs, test_y)
+    size = test_x.shape[1:]
+    results = {
+        "model": config.model, "dataset": config.dataset, "seed": config.seed,
+        "num_params": num_params,
+        "forward_flops": models.forward_flops(state.model(), size),
+        "best_epoch": best["epoch"], "best_tau": best["tau"],
+        "val": best["val"], "test": test, "epochs_run": len(progress.history),
+        "steps": int(state.step), "train_seconds": progress.train_seconds,
+        "train_images_per_second": int(state.step) * config.batch_size
+        / max(progress.train_seconds, 1e-9),
+        "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9),
+        "devices": num_devices(config), "backend": jax.default_backend(),
+    }
+    _write_json(workdir / "results.json", results)
+    plots.learning_curves(progress.history, workdir / "learning_curves.png")
+    plots.roc(probs, test_y, workdir / "roc_test.png",
+              f"{config.model} on {config.dataset} (test)")
+    np.save(workdir / "test_probs.npy", probs)
+    np.save(workdir / "test_labels.npy", np.asarray(test_y))
+    print(f"test AUC {test['auc']:.4f}  acc {test['accuracy']:.4f}  (best epoch "
+          f"{best['epoch']}; results in {workdir / 'results.json'})", flush=True)
+    return results
 
 
 def main(argv=None) -> dict:

@@ -1,7 +1,6 @@
 """flax.nnx modules: exact equivariance, modes, initialisation and errors."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import evaluate, train
-from experiments.configs import get_config, override
+from experiments.configs import get_config, override, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A small, fast configuration: 2 epochs of p4_dgcnn on BreastMNIST.
@@ -69,7 +69,7 @@ def test_bad_config_fails_before_training(tmp_path):
                         (["model=p4m_densenet", "readout=orientation"],
                          "readout: only the 28 px models")):
         with pytest.raises(ValueError, match=match):
-            train.validate(override(base, sets))
+            validate(override(base, sets))
     with pytest.raises(ValueError, match="unknown config field"):
         override(base, ["epoch=3"])
     with pytest.raises(ValueError, match="expected key=value"):
@@ -80,8 +80,8 @@ def test_bad_config_fails_before_training(tmp_path):
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
-    code = ("from experiments import train\nfrom experiments.configs import get_config, override\n"
-            "train.validate(override(get_config(), ['batch_size=33']))\n")
+    code = ("from experiments.configs import get_config, override, validate\n"
+            "validate(override(get_config(), ['batch_size=33']))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "JAX_PLATFORMS": "cpu",
                               "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
@@ -269,6 +269,8 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
 
 
 def test_compare_tables_group_the_families():
+    import dataclasses
+
     from experiments import compare
 
     def row(model):
@@ -283,7 +285,8 @@ def test_compare_tables_group_the_families():
     assert flop == ["p4m_gcnn", "p4m_dgcnn_wide"]  # the static reference sits beside it
     tables = dict(compare.sections([row("p4m_gcnn"), row("cnn_augment"), row("cnn")]))
     assert [r["model"] for r in tables[names[0]]] == ["cnn", "cnn_augment", "p4m_gcnn"]
-    assert compare.resolve("cnn_augment") == ("cnn", ("augment=true",))
+    assert compare.run_of("cnn_augment") == compare.Run("cnn", "parameter-matched",
+                                                        {"augment": True})
     tables = compare.sections([row("p4m_dgcnn"), row("p4m_dgcnn_k8"), row("densenet")])
     assert [t.split(": ")[1].split(" ")[0] for t, _ in tables] == [
         "parameter-matched", "ablations", "other"]
@@ -291,12 +294,22 @@ def test_compare_tables_group_the_families():
     assert [t.split(": ")[1].split(" ")[0] for t, _ in tables] == [
         "parameter-matched", "orientation-aware"]
     assert [r["model"] for r in tables[1][1]] == ["cnn", "p4m_dgcnn_orient"]
-    assert compare.resolve("p4_gcnn_orient") == ("p4_gcnn", ("readout=orientation",
-                                                             "learning_rate=0.01"))
-    assert compare.resolve("cnn_lr1e-2") == ("cnn", ("learning_rate=0.01",))
+    assert compare.run_of("p4_gcnn_orient").overrides == {"readout": "orientation",
+                                                          "learning_rate": 0.01}
+    assert compare.run_of("cnn_lr1e-2").overrides == {"learning_rate": 0.01}
     plan = compare.plan_of(compare.parse_args(["--datasets", "pneumoniamnist"]))
     assert ("breastmnist", "p4m_dgcnn_orient") in plan  # with the ablations by default
     assert ("pneumoniamnist", "p4m_dgcnn_orient") not in plan
+    # overrides are typed config fields, applied with dataclasses.replace
+    fields = {f.name for f in dataclasses.fields(compare.Config)}
+    for name, run in compare.RUNS.items():
+        assert run.family in compare.FAMILIES, name
+        assert set(run.overrides) <= fields, name
+    config = compare.run_config(get_config(), "pneumoniamnist", "p4_gcnn_orient", 3)
+    assert (config.model, config.readout, config.learning_rate, config.seed,
+            config.dataset) == ("p4_gcnn", "orientation", 0.01, 3, "pneumoniamnist")
+    with pytest.raises(ValueError, match="unknown model or sweep run 'vgg'"):
+        compare.run_of("vgg")
 
 
 @pytest.mark.slow

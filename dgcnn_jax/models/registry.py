@@ -9,8 +9,9 @@ from flax import nnx
 
 from ._densenet import DenseGNet
 from ._small import SmallGCNN, count_params
+from .flops import forward_flops
 
-__all__ = ["ModelSpec", "available", "create", "spec", "count_params"]
+__all__ = ["ModelSpec", "available", "create", "spec", "count_params", "flops_per_image"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,3 +92,19 @@ def create(name: str, *, num_classes: int, in_channels: int = 1, rngs: nnx.Rngs,
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg}: expected a positive int, got {value!r}")
     return spec(name).build(num_classes, in_channels, rngs, **kwargs)
+
+
+def flops_per_image(name: str, *, num_classes: int, in_channels: int | None = None,
+                    input_size: int | None = None, **kwargs) -> int:
+    """Forward FLOPs per image of a registered model (see :func:`forward_flops`).
+
+    The model is built abstractly (``nnx.eval_shape``: no parameters are initialised);
+    ``in_channels`` and ``input_size`` default to the model family's
+    (:class:`ModelSpec`); other keyword arguments go to :func:`create`.
+    """
+    info = spec(name)
+    in_channels = info.in_channels if in_channels is None else in_channels
+    size = info.input_size if input_size is None else input_size
+    model = nnx.eval_shape(lambda: create(name, num_classes=num_classes,
+                                          in_channels=in_channels, rngs=nnx.Rngs(0), **kwargs))
+    return forward_flops(model, (size, size, in_channels))

@@ -1,4 +1,5 @@
-"""Experiment configurations (``get_config()`` per module) and command-line overrides.
+"""Experiment configurations (``get_config()`` per module), command-line overrides and
+their validation (:mod:`.validation`).
 
 ``default``: the dynamic p4m G-CNN on BreastMNIST (2 CPU cores); ``pcam``: the
 P4M-DenseNet protocol on PatchCamelyon (an accelerator).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from . import default, pcam
 from .default import Config, override
+from .validation import model_kwargs, num_devices, validate
 
 CONFIGS = {"default": default.get_config, "pcam": pcam.get_config}
 
@@ -20,4 +22,5 @@ def get_config(name: str = "default") -> Config:
     return CONFIGS[name]()
 
 
-__all__ = ["CONFIGS", "Config", "get_config", "override"]
+__all__ = ["CONFIGS", "Config", "get_config", "override", "validate", "num_devices",
+           "model_kwargs"]

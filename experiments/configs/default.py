@@ -13,7 +13,9 @@ import typing
 class Config:
     # data
     dataset: str = "breastmnist"
-    data_dir: str | None = None  # None: $DGCNN_DATA_DIR, else the user cache folder
+    # None: for MedMNIST $DGCNN_DATA_DIR, else ~/.cache/dgcnn_jax/medmnist; for TFDS
+    # sources (pcam) the TFDS default, ~/tensorflow_datasets
+    data_dir: str | None = None
     augment: bool = False  # random D4 transforms of training images
     # model
     model: str = "p4m_dgcnn"

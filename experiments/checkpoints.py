@@ -1,0 +1,92 @@
+"""Checkpoints of a training work directory (orbax): save, restore, restore for inference.
+
+Two managers per work directory, one checkpoint kept in each:
+
+* ``<workdir>/checkpoints/latest``: written at the end of every epoch (and every
+  ``checkpoint_every_steps`` steps); resuming starts from it.
+* ``<workdir>/checkpoints/best``: written when the validation score improves; the test
+  split is scored with it.
+
+Each checkpoint holds three items, so that inference reads only what it needs:
+
+* ``model``: ``{"params", "model_state"}`` (parameters and batch statistics);
+* ``train``: ``{"step", "rngs", "opt_state"}`` (what resuming training needs besides);
+* ``meta``: JSON (the trainer's progress record, or the best epoch's metrics).
+
+PRNG keys are stored as their raw key data and wrapped again on restore.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpoints", "ITEMS"]
+
+ITEMS = ("model", "train")
+"""The array items of a checkpoint (besides the JSON ``meta``)."""
+
+
+def _keys_to_data(tree):
+    return jax.tree.map(
+        lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        else x, tree)
+
+
+def _data_to_keys(tree, like):
+    return jax.tree.map(
+        lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+        if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key) else x, tree, like)
+
+
+@dataclasses.dataclass
+class Checkpoints:
+    """The ``latest`` and ``best`` checkpoints of one work directory."""
+
+    workdir: pathlib.Path
+    latest: ocp.CheckpointManager = dataclasses.field(init=False)
+    best: ocp.CheckpointManager = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.workdir = pathlib.Path(self.workdir).absolute()  # orbax needs absolute paths
+        opts = dict(create=True, enable_async_checkpointing=False, max_to_keep=1)
+        root = self.workdir / "checkpoints"
+        self.latest = ocp.CheckpointManager(root / "latest",
+                                            options=ocp.CheckpointManagerOptions(**opts))
+        self.best = ocp.CheckpointManager(root / "best",
+                                          options=ocp.CheckpointManagerOptions(**opts))
+
+    @staticmethod
+    def save(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],
+             meta: dict) -> None:
+        """Save ``items`` (pytrees named in :data:`ITEMS`) and ``meta`` as checkpoint ``step``."""
+        unknown = set(items) - set(ITEMS)
+        if unknown:
+            raise ValueError(f"items: expected names among {ITEMS}, got {sorted(unknown)}")
+        args = {name: ocp.args.StandardSave(_keys_to_data(tree)) for name, tree in items.items()}
+        manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
+                     force=True)
+        manager.wait_until_finished()
+
+    @staticmethod
+    def restore(manager: ocp.CheckpointManager, like: dict[str, Any],
+                step: int | None = None) -> tuple[dict[str, Any], dict]:
+        """Restore the items named in ``like`` (structures to restore into) and the meta.
+
+        ``step`` defaults to the newest. Only the named items are read: ``{"model": ...}``
+        restores a model for inference without the optimizer state.
+        """
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+        args = {name: ocp.args.StandardRestore(_keys_to_data(tree))
+                for name, tree in like.items()}
+        restored = manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore(), **args))
+        items = {name: _data_to_keys(restored[name], tree) for name, tree in like.items()}
+        return items, restored["meta"]

@@ -1,0 +1,86 @@
+"""Checks of a :class:`~experiments.configs.Config` and what follows from it.
+
+``validate(config)`` raises ``ValueError`` naming the field for a bad configuration,
+before any data is read or anything is computed; ``model_kwargs(config)`` gives the
+keyword arguments of ``dgcnn_jax.models.create`` that the config sets; ``num_devices``
+the number of devices a run uses.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from dgcnn_jax import models
+
+from .default import Config
+
+__all__ = ["validate", "num_devices", "model_kwargs"]
+
+
+def validate(config: Config) -> None:
+    """Raise ``ValueError`` for a bad configuration, before any data or compute."""
+    from experiments import datasets  # the data stack (grain), needed for dataset names
+
+    if config.model not in models.available():
+        raise ValueError(f"model: unknown model {config.model!r}; known models: "
+                         f"{', '.join(models.available())}")
+    datasets.dataset_facts(config.dataset)  # raises for unknown names, listing known ones
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning_rate: expected a value > 0, got {config.learning_rate!r}")
+    for name in ("weight_decay", "warmup_epochs", "grad_clip_norm", "tau_anneal_epochs"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}: expected a value >= 0, got {getattr(config, name)!r}")
+    if not 0 <= config.dropout < 1:
+        raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
+    if config.optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
+    if config.num_kernels or config.attention:
+        if not models.spec(config.model).dynamic:
+            raise ValueError(f"num_kernels, attention: {config.model} has no dynamic layers; "
+                             f"leave them at 0 and ''")
+        if isinstance(config.num_kernels, bool) or not isinstance(config.num_kernels, int) \
+                or config.num_kernels < 0:
+            raise ValueError(f"num_kernels: expected an int >= 1 (0: the model's default), "
+                             f"got {config.num_kernels!r}")
+        if config.attention not in ("", "invariant", "equivariant"):
+            raise ValueError(f"attention: expected 'invariant' or 'equivariant' ('': the "
+                             f"model's default), got {config.attention!r}")
+    if config.readout:
+        if models.spec(config.model).input_size != 28:
+            raise ValueError(f"readout: only the 28 px models have a readout choice, not "
+                             f"{config.model}; leave it at ''")
+        if config.readout not in models.READOUTS:
+            raise ValueError(f"readout: expected one of {', '.join(models.READOUTS)} ('': the "
+                             f"model's default), got {config.readout!r}")
+    if config.tau_initial <= 0 or config.tau_final <= 0:
+        raise ValueError("tau_initial, tau_final: temperatures must be > 0")
+    devices = num_devices(config)
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(config, name) % devices:
+            raise ValueError(f"{name}: {getattr(config, name)} is not divisible by the number "
+                             f"of devices ({devices})")
+
+
+def num_devices(config: Config) -> int:
+    """Devices the run uses: ``config.num_devices``, or all (of every process) for 0."""
+    available = jax.device_count()  # all processes' devices after jax.distributed
+    if config.num_devices < 0 or config.num_devices > available:
+        raise ValueError(f"num_devices: expected 0 (all) to {available}, got "
+                         f"{config.num_devices}")
+    return config.num_devices or available
+
+
+def model_kwargs(config: Config) -> dict:
+    """Keyword arguments for ``models.create`` from the config (dropout, ablation fields)."""
+    kwargs = {"dropout": config.dropout}
+    if config.num_kernels:
+        kwargs["num_kernels"] = config.num_kernels
+    if config.attention:
+        kwargs["attention"] = config.attention
+    if config.readout:
+        kwargs["readout"] = config.readout
+    return kwargs

@@ -1,0 +1,163 @@
+"""Figures of the experiments (matplotlib, Agg backend): each function draws numbers it is
+given into a PNG file and computes nothing from a model or dataset.
+
+* :func:`learning_curves`: training loss, validation NLL, accuracy and AUC per epoch.
+* :func:`roc`: ROC curves of class probabilities (class 1 for binary tasks, one curve
+  per class otherwise).
+* :func:`score_bars`: mean +- std of a score per model, one panel per dataset.
+* :func:`roc_and_validation_curves`: test ROC of several runs beside mean validation curves.
+* :func:`attention_boxes`: mixing weights of each dynamic layer, per kernel and class.
+* :func:`equivariance_grid`: an image under each group element beside feature maps.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from dgcnn_jax import metrics
+
+__all__ = ["learning_curves", "roc", "score_bars", "roc_and_validation_curves",
+           "attention_boxes", "equivariance_grid"]
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path, dpi=100) -> None:
+    fig.tight_layout()
+    fig.savefig(pathlib.Path(path), dpi=dpi)
+    _pyplot().close(fig)
+
+
+def learning_curves(history: Sequence[dict], path) -> None:
+    """Per-epoch records with ``epoch, train_loss, val_nll, train_accuracy, val_accuracy,
+    val_auc``."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
+    axes[0].plot(epochs, [h["val_nll"] for h in history], label="validation")
+    axes[0].set(xlabel="epoch", ylabel="loss (NLL)")
+    axes[1].plot(epochs, [h["train_accuracy"] for h in history], label="train accuracy")
+    axes[1].plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy")
+    axes[1].plot(epochs, [h["val_auc"] for h in history], label="val AUC")
+    axes[1].set(xlabel="epoch", ylim=(0, 1.02))
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _roc_lines(ax, probs: np.ndarray, labels: np.ndarray, prefix: str = "class") -> None:
+    classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
+    for c in classes:
+        fpr, tpr = metrics.roc_curve(probs[:, c], labels == c)
+        auc = float(np.trapezoid(tpr, fpr))
+        ax.plot(fpr, tpr, label=f"{prefix} {c} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate")
+
+
+def roc(probs: np.ndarray, labels: np.ndarray, path, title: str) -> None:
+    """ROC of class probabilities ``[N, C]`` against integer labels ``[N]``."""
+    fig, ax = _pyplot().subplots(figsize=(4, 4))
+    _roc_lines(ax, probs, labels)
+    ax.set(title=title)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def score_bars(rows: Sequence[dict], path, *, key: str = "auc",
+               label: str = "test AUC") -> None:
+    """Bars of ``row[key + "_mean"]`` with ``row[key + "_std"]`` per model, one panel
+    per dataset (rows carry ``dataset`` and ``model``)."""
+    plt = _pyplot()
+    datasets = sorted({r["dataset"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.5),
+                             squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        rs = [r for r in rows if r["dataset"] == dataset]
+        ax.bar(range(len(rs)), [r[f"{key}_mean"] for r in rs],
+               yerr=[r[f"{key}_std"] for r in rs], capsize=4)
+        ax.set_xticks(range(len(rs)), [r["model"] for r in rs], rotation=30, ha="right")
+        low = min(r[f"{key}_mean"] - r[f"{key}_std"] for r in rs)
+        ax.set(ylabel=f"{label} (mean +- std)", title=dataset,
+               ylim=(max(0.0, low - 0.05), 1.0))
+    _save(fig, path)
+
+
+def roc_and_validation_curves(curves: Sequence[dict], path, title: str) -> None:
+    """Left: test ROC per entry; right: its mean validation AUC per epoch.
+
+    Each entry: ``label`` (the model), ``seed``, ``probs [N, C]`` and ``labels [N]`` (that
+    seed's test split) and ``val_curves`` (validation AUC per epoch of every seed; cut to
+    the shortest).
+    """
+    fig, (roc_ax, curve_ax) = _pyplot().subplots(1, 2, figsize=(9, 3.8))
+    for entry in curves:
+        probs, labels = entry["probs"], entry["labels"]
+        fpr, tpr = metrics.roc_curve(probs[:, 1], labels == 1)
+        roc_ax.plot(fpr, tpr, label=f"{entry['label']} (seed {entry['seed']})")
+        n = min(len(c) for c in entry["val_curves"])
+        curve_ax.plot(range(1, n + 1), np.mean([c[:n] for c in entry["val_curves"]], axis=0),
+                      label=entry["label"])
+    roc_ax.plot([0, 1], [0, 1], "k:", lw=1)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate",
+               title=f"{title}: test ROC")
+    curve_ax.set(xlabel="epoch", ylabel="validation AUC (mean over seeds)")
+    for ax in (roc_ax, curve_ax):
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def attention_boxes(weights: Sequence[np.ndarray], labels: np.ndarray, path,
+                    title: str) -> None:
+    """Box plots of the mixing weights ``[N, K]`` of each layer, per kernel and class."""
+    plt = _pyplot()
+    classes = sorted(set(labels.tolist()))
+    k = weights[0].shape[1]
+    fig, axes = plt.subplots(1, len(weights), figsize=(2.2 * len(weights), 3), sharey=True)
+    axes = np.atleast_1d(axes)
+    width = 0.8 / len(classes)
+    for i, (ax, w) in enumerate(zip(axes, weights)):
+        for j, c in enumerate(classes):
+            pos = np.arange(k) + (j - (len(classes) - 1) / 2) * width
+            parts = ax.boxplot(list(w[labels == c].T), positions=pos, widths=width * 0.9,
+                               patch_artist=True, showfliers=False)
+            for patch in parts["boxes"]:
+                patch.set_facecolor(f"C{j}")
+        ax.set_xticks(range(k), [f"k{n}" for n in range(k)])
+        ax.set_title(f"layer {i + 1}", fontsize=9)
+        ax.axhline(1.0 / k, color="k", lw=0.6, ls=":")
+    axes[0].set_ylabel("attention weight (test images)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(classes))]
+    fig.legend(handles, [f"class {c}" for c in classes], loc="upper right", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def equivariance_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
+                      column_titles: Sequence[str], path, title: str, scale: float) -> None:
+    """A grid of 2-D panels: the first column in grey, the others on ``[0, scale]``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(column_titles),
+                             figsize=(1.6 * len(column_titles), 1.6 * len(rows)), squeeze=False)
+    for g, panels in enumerate(rows):
+        for col, (ax, img) in enumerate(zip(axes[g], panels)):
+            kw = {"cmap": "gray"} if col == 0 else {"cmap": "viridis", "vmin": 0,
+                                                     "vmax": scale}
+            ax.imshow(np.asarray(img), **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if g == 0:
+                ax.set_title(column_titles[col], fontsize=8)
+        axes[g][0].set_ylabel(row_labels[g], fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    _save(fig, path, dpi=90)
