@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 from dgcnn_jax import data
-from dgcnn_jax.data import tfds_sources
 
 
 def main(argv=None):
@@ -34,6 +33,8 @@ def main(argv=None):
     mm.add_argument("--name", default=data.medmnist.DEFAULT_DATASET)
     mm.add_argument("--data-dir", default=None)
     args = p.parse_args(argv)
+    if args.what in ("pcam", "breakhis"):  # TFDS builders: the extra "tfds"
+        from dgcnn_jax.data import tfds_sources
     if args.what == "pcam":
         tfds_sources.prepare_pcam(args.data_dir, args.manual_dir)
     elif args.what == "breakhis":

@@ -77,13 +77,13 @@ def test_pcam_missing_preparation_says_what_to_run(tmp_path):
 def test_pcam_mock_data_through_data_source_and_grain():
     code = (
         "import sys, numpy as np, tensorflow_datasets as tfds\n"
-        "from dgcnn_jax.data import tfds_sources, pipeline\n"
+        "from dgcnn_jax import data\nfrom dgcnn_jax.data import tfds_sources\n"
         "with tfds.testing.mock_data(num_examples=10,\n"
         "                            policy=tfds.testing.MockPolicy.USE_CODE):\n"
         "    src = tfds.data_source('dgcnn_patch_camelyon', split='train')\n"
         "    ex = src[0]\n"
         "    assert ex['image'].shape == (96, 96, 3) and ex['image'].dtype == np.uint8\n"
-        "    ds = pipeline.source_dataset(src, batch_size=4, mean=0.5, std=0.25)\n"
+        "    ds = data.source_dataset(src, batch_size=4, mean=0.5, std=0.25)\n"
         "    batches = list(ds)\n"
         "    assert len(batches) == 2 and batches[0]['image'].shape == (4, 96, 96, 3)\n"
         "assert 'tensorflow' not in sys.modules\n"

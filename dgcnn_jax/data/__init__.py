@@ -3,7 +3,7 @@
 
 from . import medmnist
 from .medmnist import ChecksumError, DatasetInfo, default_data_dir, fetch, info, load
-from .pipeline import (
+from ._pipeline import (
     epoch_dataset,
     epoch_iterator,
     normalization_stats,

@@ -2,7 +2,8 @@
 
 TFDS's own ``patch_camelyon`` builder encodes PNGs with TensorFlow; the builders here
 store what TFDS can write without it (raw uint8 tensors, zlib-compressed, or PNG bytes)
-and are read back with ``tfds.data_source`` (random access, for grain).
+and are read back with ``tfds.data_source`` (random access, for grain). Needs the
+optional dependencies of the extra ``tfds`` (tensorflow-datasets, h5py).
 
 * :class:`DgcnnPatchCamelyon` (``"dgcnn_patch_camelyon"``): the official PCam splits
   (262,144 / 32,768 / 32,768 patches of 96x96x3, label 1 = tumour in the centre).
@@ -22,7 +23,12 @@ import pathlib
 import shutil
 
 import numpy as np
-import tensorflow_datasets as tfds
+
+try:
+    import tensorflow_datasets as tfds
+except ImportError as err:  # an optional dependency: the extra "tfds"
+    raise ImportError("dgcnn_jax.data.tfds_sources needs tensorflow-datasets: install the "
+                      "extra, pip install 'dgcnn_jax[tfds]'") from err
 
 __all__ = [
     "DgcnnPatchCamelyon",

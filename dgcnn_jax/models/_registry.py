@@ -9,7 +9,7 @@ from flax import nnx
 
 from ._densenet import DenseGNet
 from ._small import SmallGCNN, count_params
-from .flops import forward_flops
+from ._flops import forward_flops
 
 __all__ = ["ModelSpec", "available", "create", "spec", "count_params", "flops_per_image"]
 
