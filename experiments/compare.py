@@ -25,9 +25,10 @@ finished runs only.
 
 Writes ``results.json`` and ``results.md`` (per dataset: parameter-matched, FLOP-matched
 and ablation tables with validation AUC at the best epoch, mean +- std over seeds of test
-AUC and accuracy, parameters, forward FLOPs, training time, D4 spread),
-``auc_bars.png``, ``roc_<dataset>.png`` (test ROC of each model's first seed and mean
-validation-AUC curves) and, from the first ``p4m_dgcnn`` run, the attention and
+AUC (macro one-vs-rest for more than 2 classes), accuracy, balanced accuracy and NLL,
+parameters, forward FLOPs, training time, D4 spread),
+``auc_bars.png``, ``roc_<dataset>.png`` (test ROC, macro-averaged over classes for
+multi-class data, of each model's first seed and mean validation-AUC curves) and, from the first ``p4m_dgcnn`` run, the attention and
 equivariance figures of :mod:`experiments.figures`.
 """
 
@@ -47,7 +48,7 @@ from experiments import evaluate, plots, train
 from experiments.configs import Config, get_config, model_kwargs, override, validate
 
 __all__ = ["Family", "Run", "FAMILIES", "RUNS", "run_of", "run_config", "run_one", "finished",
-           "summarize", "sections", "markdown", "write_plots", "parse_args", "plan_of", "run_dirs", "main"]
+           "SCORES", "summarize", "sections", "markdown", "write_plots", "parse_args", "plan_of", "run_dirs", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +151,7 @@ def run_one(base: Config, dataset: str, name: str, seed: int, workdir: pathlib.P
                                        ["confusion_matrix"]), **model_kwargs(config))
     return {"dataset": dataset, "model": name, "seed": seed, "workdir": str(work),
             "val_auc": results["val"]["auc"],
-            "test_auc": results["test"]["auc"], "test_accuracy": results["test"]["accuracy"],
+            **{f"test_{key}": results["test"][key] for key in SCORES},
             "num_params": results["num_params"], "forward_flops": flops,
             "train_seconds": results["train_seconds"],
             "best_epoch": results["best_epoch"], "d4_auc_min": robust["d4"]["auc_min"],
@@ -167,6 +168,10 @@ def finished(work: pathlib.Path, *, scored: bool = False) -> bool:
         or (not scored and best.is_dir() and any(s.name.isdigit() for s in best.iterdir())))
 
 
+SCORES = ("auc", "accuracy", "balanced_accuracy", "nll")
+"""Test metrics summarised per run name (mean and sample std over seeds)."""
+
+
 def summarize(runs: list[dict]) -> list[dict]:
     """One row per (dataset, run name): mean and spread over seeds, in table order."""
     rows = []
@@ -174,19 +179,18 @@ def summarize(runs: list[dict]) -> list[dict]:
                   key=lambda k: (k[0], _order(k[1])))
     for dataset, model in keys:
         rs = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
-        auc = np.array([r["test_auc"] for r in rs])
-        acc = np.array([r["test_accuracy"] for r in rs])
-        val = np.array([r["val_auc"] for r in rs])
-        rows.append({"dataset": dataset, "model": model, "seeds": len(rs),
-                     "val_auc_mean": float(val.mean()),
-                     "auc_mean": float(auc.mean()), "auc_std": float(auc.std(ddof=1))
-                     if len(rs) > 1 else 0.0, "accuracy_mean": float(acc.mean()),
-                     "accuracy_std": float(acc.std(ddof=1)) if len(rs) > 1 else 0.0,
-                     "num_params": rs[0]["num_params"],
-                     "mflops": rs[0]["forward_flops"] / 1e6,
-                     "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
-                     "d4_auc_drop_max": float(max(r["test_auc"] - r["d4_auc_min"]
-                                                  for r in rs))})
+        row = {"dataset": dataset, "model": model, "seeds": len(rs),
+               "val_auc_mean": float(np.mean([r["val_auc"] for r in rs]))}
+        for key in SCORES:
+            values = np.array([r[f"test_{key}"] for r in rs])
+            row[f"{key}_mean"] = float(values.mean())
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(rs) > 1 else 0.0
+        row.update({"num_params": rs[0]["num_params"],
+                    "mflops": rs[0]["forward_flops"] / 1e6,
+                    "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
+                    "d4_auc_drop_max": float(max(r["test_auc"] - r["d4_auc_min"]
+                                                 for r in rs))})
+        rows.append(row)
     return rows
 
 
@@ -229,12 +233,13 @@ def markdown(rows: list[dict]) -> str:
     for title, rs in sections(rows):
         lines += [f"**{title}**", "",
                   "| model | seeds | val AUC (best epoch) | test AUC | test accuracy | "
-                  "parameters | forward MFLOPs | train time (s) | largest AUC drop on a D4 "
-                  "copy |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "test balanced accuracy | test NLL | parameters | forward MFLOPs | "
+                  "train time (s) | largest AUC drop on a D4 copy |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rs:
             lines.append(f"| `{r['model']}` | {r['seeds']} | {r['val_auc_mean']:.3f} | "
                          f"{_spread(r, 'auc')} | {_spread(r, 'accuracy')} | "
+                         f"{_spread(r, 'balanced_accuracy')} | {_spread(r, 'nll')} | "
                          f"{r['num_params']:,} | {r['mflops']:.1f} | "
                          f"{r['train_seconds_mean']:.0f} | {r['d4_auc_drop_max']:.4f} |")
         lines.append("")

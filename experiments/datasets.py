@@ -43,6 +43,13 @@ def dataset_facts(name: str) -> tuple[int, int]:
     return meta.num_classes, meta.channels
 
 
+def class_names(name: str) -> tuple[str, ...]:
+    """Class names by label where the dataset has them (else ``()``)."""
+    if name in SOURCE_DATASETS:
+        return ()
+    return data.info(name).classes
+
+
 @dataclasses.dataclass
 class Dataset:
     """Open dataset: facts, training statistics, epochs and evaluation splits."""

@@ -86,10 +86,13 @@ def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = Fals
 
     result = {"workdir": str(workdir), "model": config.model, "dataset": config.dataset,
               "split": split, "best_epoch": best_meta["epoch"],
-              "metrics": metrics.classification_metrics(probs_of(images), labels)}
+              "metrics": None}
+    probs = probs_of(images)
+    result["metrics"] = metrics.classification_metrics(probs, labels)
     if d4 or tta:
-        copies = [probs_of(np.ascontiguousarray(P4M.transform_image(images, g)))
-                  for g in range(P4M.order)]
+        # element 0 is the identity: its copy is the split itself, already scored
+        copies = [probs] + [probs_of(np.ascontiguousarray(P4M.transform_image(images, g)))
+                            for g in range(1, P4M.order)]
         if d4:
             per = [metrics.classification_metrics(p, labels) for p in copies]
             aucs = np.array([m["auc"] for m in per])
@@ -106,7 +109,8 @@ def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = Fals
     out.write_text(json.dumps(result, indent=2, sort_keys=True))
     m = result["metrics"]
     print(f"{config.model} on {config.dataset}/{split}: AUC {m['auc']:.4f}  accuracy "
-          f"{m['accuracy']:.4f}  (best epoch {best_meta['epoch']})")
+          f"{m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  NLL "
+          f"{m['nll']:.4f}  (best epoch {best_meta['epoch']})")
     if d4:
         r = result["d4"]
         print(f"  D4 copies: AUC {r['auc_min']:.4f} .. {r['auc_max']:.4f}, accuracy "

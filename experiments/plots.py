@@ -3,7 +3,8 @@ given into a PNG file and computes nothing from a model or dataset.
 
 * :func:`learning_curves`: training loss, validation NLL, accuracy and AUC per epoch.
 * :func:`roc`: ROC curves of class probabilities (class 1 for binary tasks, one curve
-  per class otherwise).
+  per class and the macro average otherwise).
+* :func:`confusion`: a confusion matrix, counts and row-normalised colours.
 * :func:`score_bars`: mean +- std of a score per model, one panel per dataset.
 * :func:`roc_and_validation_curves`: test ROC of several runs beside mean validation curves.
 * :func:`attention_boxes`: mixing weights of each dynamic layer, per kernel and class.
@@ -19,8 +20,8 @@ import numpy as np
 
 from dgcnn_jax import metrics
 
-__all__ = ["learning_curves", "roc", "score_bars", "roc_and_validation_curves",
-           "attention_boxes", "equivariance_grid"]
+__all__ = ["learning_curves", "roc", "macro_roc", "confusion", "score_bars",
+           "roc_and_validation_curves", "attention_boxes", "equivariance_grid"]
 
 
 def _pyplot():
@@ -55,22 +56,54 @@ def learning_curves(history: Sequence[dict], path) -> None:
     _save(fig, path)
 
 
-def _roc_lines(ax, probs: np.ndarray, labels: np.ndarray, prefix: str = "class") -> None:
+def macro_roc(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve of a binary task (class 1), or the macro average of the one-vs-rest
+    curves (true positive rates averaged on the union of their false positive rates)."""
+    if probs.shape[1] == 2:
+        return metrics.roc_curve(probs[:, 1], labels == 1)
+    curves = [metrics.roc_curve(probs[:, c], labels == c) for c in range(probs.shape[1])
+              if np.any(labels == c)]
+    grid = np.unique(np.concatenate([fpr for fpr, _ in curves]))
+    return grid, np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in curves], axis=0)
+
+
+def roc(probs: np.ndarray, labels: np.ndarray, path, title: str,
+        class_names: Sequence[str] = ()) -> None:
+    """ROC of class probabilities ``[N, C]`` against integer labels ``[N]``."""
+    fig, ax = _pyplot().subplots(figsize=(4.5, 4.5))
     classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
     for c in classes:
         fpr, tpr = metrics.roc_curve(probs[:, c], labels == c)
-        auc = float(np.trapezoid(tpr, fpr))
-        ax.plot(fpr, tpr, label=f"{prefix} {c} (AUC {auc:.3f})")
+        name = class_names[c] if c < len(class_names) else f"class {c}"
+        ax.plot(fpr, tpr, lw=1, label=f"{name} (AUC {float(np.trapezoid(tpr, fpr)):.3f})")
+    if probs.shape[1] > 2:
+        fpr, tpr = macro_roc(probs, labels)
+        ax.plot(fpr, tpr, "k", lw=2, label=f"macro average (AUC "
+                f"{metrics.roc_auc(probs, labels):.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate")
-
-
-def roc(probs: np.ndarray, labels: np.ndarray, path, title: str) -> None:
-    """ROC of class probabilities ``[N, C]`` against integer labels ``[N]``."""
-    fig, ax = _pyplot().subplots(figsize=(4, 4))
-    _roc_lines(ax, probs, labels)
     ax.set(title=title)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=7 if probs.shape[1] > 2 else None)
+    _save(fig, path)
+
+
+def confusion(cm: Sequence[Sequence[int]], path, title: str,
+              class_names: Sequence[str] = ()) -> None:
+    """Confusion matrix ``cm[true, predicted]``: counts, colours normalised per true class."""
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    n = len(cm)
+    names = [class_names[i] if i < len(class_names) else str(i) for i in range(n)]
+    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     _save(fig, path)
 
 
@@ -94,7 +127,8 @@ def score_bars(rows: Sequence[dict], path, *, key: str = "auc",
 
 
 def roc_and_validation_curves(curves: Sequence[dict], path, title: str) -> None:
-    """Left: test ROC per entry; right: its mean validation AUC per epoch.
+    """Left: test ROC per entry (macro average for more than 2 classes); right: its mean
+    validation AUC per epoch.
 
     Each entry: ``label`` (the model), ``seed``, ``probs [N, C]`` and ``labels [N]`` (that
     seed's test split) and ``val_curves`` (validation AUC per epoch of every seed; cut to
@@ -102,8 +136,7 @@ def roc_and_validation_curves(curves: Sequence[dict], path, title: str) -> None:
     """
     fig, (roc_ax, curve_ax) = _pyplot().subplots(1, 2, figsize=(9, 3.8))
     for entry in curves:
-        probs, labels = entry["probs"], entry["labels"]
-        fpr, tpr = metrics.roc_curve(probs[:, 1], labels == 1)
+        fpr, tpr = macro_roc(entry["probs"], entry["labels"])
         roc_ax.plot(fpr, tpr, label=f"{entry['label']} (seed {entry['seed']})")
         n = min(len(c) for c in entry["val_curves"])
         curve_ax.plot(range(1, n + 1), np.mean([c[:n] for c in entry["val_curves"]], axis=0),

@@ -3,6 +3,7 @@
     python -m experiments.prepare_data pcam [--data-dir DIR] [--manual-dir DIR]
     python -m experiments.prepare_data breakhis --root FOLDER [--data-dir DIR] [--seed 0]
     python -m experiments.prepare_data medmnist [--name breastmnist] [--data-dir DIR]
+    python -m experiments.prepare_data pbc --root PBC_dataset_normal_DIB --data-dir DIR
 
 ``pcam`` downloads the six official PatchCamelyon ``.h5.gz`` files (about 7.5 GB), or
 reads them from ``--manual-dir`` for a fully offline preparation, and writes
@@ -14,6 +15,7 @@ reads them from ``--manual-dir`` for a fully offline preparation, and writes
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dgcnn_jax import data
 
@@ -29,6 +31,13 @@ def main(argv=None):
     bh.add_argument("--root", required=True)
     bh.add_argument("--data-dir", default=None)
     bh.add_argument("--seed", type=int, default=0)
+    pb = sub.add_parser("pbc")
+    pb.add_argument("--root", required=True,
+                    help="the official PBC_dataset_normal_DIB folder (one folder per class)")
+    pb.add_argument("--data-dir", default=None,
+                    help="where pbc28.npz goes (default: the first DGCNN_DATA_DIR folder, or "
+                         "the user cache)")
+    pb.add_argument("--seed", type=int, default=0, help="split seed (0: the published file)")
     mm = sub.add_parser("medmnist")
     mm.add_argument("--name", default=data.medmnist.DEFAULT_DATASET)
     mm.add_argument("--data-dir", default=None)
@@ -39,8 +48,35 @@ def main(argv=None):
         tfds_sources.prepare_pcam(args.data_dir, args.manual_dir)
     elif args.what == "breakhis":
         tfds_sources.prepare_breakhis(args.root, args.data_dir, args.seed)
+    elif args.what == "pbc":
+        try:
+            return _prepare_pbc(args.root, args.data_dir, args.seed)
+        except (OSError, ValueError) as err:
+            p.exit(2, f"{p.prog} pbc: error: {err}\n")
     else:
         print(data.fetch(args.name, args.data_dir))
+
+
+def _prepare_pbc(root, data_dir, seed):
+    from tqdm.auto import tqdm
+
+    out = data.default_data_dir(data_dir)
+    with tqdm(desc="pbc28", unit="image", file=sys.stderr, disable=None) as bar:  # no bar in pipes
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = data.pbc.build(root, out, seed=seed, progress=progress)
+    checksum = data.medmnist.md5sum(report.path)
+    print(f"wrote {report.path}: {report.kept} images, train / val / test "
+          f"{' / '.join(map(str, report.split_sizes))}; dropped {len(report.dropped_not_images)}"
+          f" non-images, {len(report.dropped_cross_class_duplicates)} files of cross-class "
+          f"duplicates, {len(report.dropped_same_class_duplicates)} same-class copies")
+    if seed == 0:
+        match = checksum == data.pbc.MD5
+        print(f"MD5 {checksum}: {'matches' if match else 'DIFFERS FROM'} the published file"
+              f"{'' if match else ' ' + data.pbc.MD5 + ' (another source folder?)'}")
+    return report
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ The default configuration (``experiments/configs/default.py``) trains the dynami
 G-CNN on BreastMNIST; ``--config pcam`` the P4M-DenseNet protocol on PatchCamelyon
 (``experiments/configs/pcam.py``). The work directory receives ``config.json``,
 ``metrics.jsonl`` (one line per epoch), ``results.json``, ``learning_curves.png``,
-``roc_test.png``, ``test_probs.npy`` with ``test_labels.npy``, and orbax checkpoints
+``roc_test.png``, ``confusion_test.png``, ``test_probs.npy`` with ``test_labels.npy``, and orbax checkpoints
 (:mod:`experiments.checkpoints`): ``checkpoints/latest`` (every epoch) and
 ``checkpoints/best`` (best validation AUC), kept apart. Starting the command again in
 the same work directory resumes from the latest checkpoint. The best epoch is chosen on
@@ -411,8 +411,11 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     }
     _write_json(workdir / "results.json", results)
     plots.learning_curves(progress.history, workdir / "learning_curves.png")
+    classes = datasets.class_names(config.dataset)
     plots.roc(probs, test_y, workdir / "roc_test.png",
-              f"{config.model} on {config.dataset} (test)")
+              f"{config.model} on {config.dataset} (test)", classes)
+    plots.confusion(test["confusion_matrix"], workdir / "confusion_test.png",
+                    f"{config.model} on {config.dataset} (test)", classes)
     np.save(workdir / "test_probs.npy", probs)
     np.save(workdir / "test_labels.npy", np.asarray(test_y))
     print(f"test AUC {test['auc']:.4f}  acc {test['accuracy']:.4f}  (best epoch "

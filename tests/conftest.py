@@ -12,15 +12,24 @@ jax.config.update("jax_default_matmul_precision", "highest")
 RTOL = 1e-5  # float32 equivariance error relative to the output scale
 
 
-def data_dir() -> pathlib.Path | None:
-    """The folder with real MedMNIST files: ``DGCNN_DATA_DIR`` or ``../shared/data``."""
-    env = os.environ.get("DGCNN_DATA_DIR")
-    candidates = [pathlib.Path(env)] if env else []
-    candidates.append(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist")
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _find(filename: str, shared: str) -> pathlib.Path | None:
+    """The first folder of ``DGCNN_DATA_DIR`` (``os.pathsep``-separated) or
+    ``../shared/data/<shared>`` that holds ``filename``."""
+    env = os.environ.get("DGCNN_DATA_DIR", "")
+    candidates = [pathlib.Path(p) for p in env.split(os.pathsep) if p]
+    candidates.append(SHARED / shared)
     for path in candidates:
-        if (path / "breastmnist.npz").is_file():
+        if (path / filename).is_file():
             return path
     return None
+
+
+def data_dir() -> pathlib.Path | None:
+    """The folder with real MedMNIST files (``breastmnist.npz``)."""
+    return _find("breastmnist.npz", "medmnist")
 
 
 @pytest.fixture
@@ -30,6 +39,26 @@ def medmnist_dir() -> pathlib.Path:
         pytest.skip("real MedMNIST files not found: set DGCNN_DATA_DIR to a folder with "
                     "breastmnist.npz and pneumoniamnist.npz (.ci/run points it at "
                     "../shared/data/medmnist)")
+    return path
+
+
+@pytest.fixture
+def pbc_dir() -> pathlib.Path:
+    """The folder with the real ``pbc28.npz`` (and, in the shared copy, ``raw_sample/``)."""
+    path = _find("pbc28.npz", "pbc")
+    if path is None:
+        pytest.skip("real PBC file not found: set DGCNN_DATA_DIR to include a folder with "
+                    "pbc28.npz (.ci/run points it at ../shared/data/pbc)")
+    return path
+
+
+@pytest.fixture
+def pbc_raw_sample(pbc_dir) -> pathlib.Path:
+    """The 53 untouched official PBC files (``raw_sample/``) beside ``pbc28.npz``."""
+    path = pbc_dir / "raw_sample"
+    if not path.is_dir():
+        pytest.skip(f"PBC raw_sample/ not found beside {pbc_dir / 'pbc28.npz'} (the shared "
+                    f"data folder ../shared/data/pbc has it)")
     return path
 
 

@@ -335,3 +335,44 @@ def test_pcam_config_smoke_on_prepared_mock_data(tmp_path, model):
     assert out["d4"]["max_prob_difference"] < 1e-5
     with pytest.raises(ValueError, match="config: unknown config 'imagenet'"):
         named_config("imagenet")
+
+
+@pytest.mark.slow
+def test_pbc_end_to_end_train_compare_evaluate(tmp_path, pbc_dir, monkeypatch):
+    """8 classes, RGB input: train, D4 robustness and TTA, compare tables and plots."""
+    from experiments import compare
+
+    monkeypatch.chdir(tmp_path)
+    sets = ["epochs=1", "max_steps=2", "progress=false", f"data_dir={pbc_dir}"]
+    work = tmp_path / "sweep" / "pbc" / "cnn" / "seed0"
+    config = compare.run_config(override(get_config(), sets), "pbc", "cnn", 0)
+    results = train.train_and_evaluate(config, work)
+    assert results["test"]["num_examples"] == 3415 and results["val"]["num_examples"] == 1707
+    cm = np.asarray(results["test"]["confusion_matrix"])
+    assert cm.shape == (8, 8) and cm.sum() == 3415
+    assert np.bincount(np.load(work / "test_labels.npy"), minlength=8).tolist() == \
+        cm.sum(axis=1).tolist()
+    assert np.load(work / "test_probs.npy").shape == (3415, 8)
+    for name in ("confusion_test.png", "roc_test.png", "learning_curves.png"):
+        assert (work / name).is_file(), name
+    out = evaluate.evaluate(work, "test", d4=True, tta=True)
+    assert out["metrics"]["auc"] == pytest.approx(results["test"]["auc"], abs=1e-9)
+    assert len(out["d4"]["per_element"]) == 8
+    assert out["d4"]["per_element"][0] == out["metrics"]  # the identity copy
+    for m in (out["metrics"], out["tta"], out["d4"]["per_element"][3]):
+        assert set(m) >= {"accuracy", "balanced_accuracy", "auc", "nll", "confusion_matrix"}
+        assert np.asarray(m["confusion_matrix"]).shape == (8, 8)
+    # the sweep reuses the finished, scored run: tables and plots for 8 classes
+    argv = ["--workdir", "sweep", "--datasets", "pbc", "--models", "cnn", "--seeds", "0",
+            *[a for s in sets for a in ("--set", s)]]
+    rows = compare.main(argv)
+    assert [(r["dataset"], r["model"], r["seeds"]) for r in rows] == [("pbc", "cnn", 1)]
+    for name in ("results.md", "auc_bars.png", "roc_pbc.png"):
+        assert (tmp_path / "sweep" / name).is_file(), name
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert "pbc: parameter-matched" in table and "test balanced accuracy" in table
+    for key in ("auc", "accuracy", "balanced_accuracy", "nll"):
+        assert rows[0][f"{key}_mean"] == pytest.approx(results["test"][key])
+    # a 3-channel model: the lifting kernel reads 3 channels
+    assert json.loads((work / "config.json").read_text())["dataset"] == "pbc"
+    assert results["num_params"] == 100_488 + 2 * 9 * 47 + 6 * 48  # 1 -> 3 channels, 2 -> 8

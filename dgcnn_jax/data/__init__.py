@@ -1,7 +1,7 @@
-"""Data: MedMNIST 2D archives, grain input pipelines; PCam and BreakHis builders live in
+"""Data: 28 px archives (MedMNIST 2D, PBC blood cells), grain input pipelines; PCam and BreakHis builders live in
 :mod:`dgcnn_jax.data.tfds_sources` (imported on demand: it loads TFDS)."""
 
-from . import medmnist
+from . import medmnist, pbc
 from .medmnist import ChecksumError, DatasetInfo, default_data_dir, fetch, info, load
 from ._pipeline import (
     epoch_dataset,
@@ -14,6 +14,7 @@ from ._pipeline import (
 
 __all__ = [
     "medmnist",
+    "pbc",
     "ChecksumError",
     "DatasetInfo",
     "default_data_dir",

@@ -1,14 +1,19 @@
-"""MedMNIST 2D (28 px) archives: locate, download, verify and load.
+"""28 px archives in the MedMNIST layout: locate, download, verify and load.
 
-Files are the official ``.npz`` archives (keys ``{split}_images`` uint8 ``[N, 28, 28]``
-or ``[N, 28, 28, 3]`` and ``{split}_labels`` ``[N, L]``) with the official splits
+The MedMNIST 2D datasets (official ``.npz`` archives) and ``pbc`` (``pbc28.npz``, PBC
+blood cells, see :mod:`dgcnn_jax.data.pbc`). Keys ``{split}_images`` uint8 ``[N, 28,
+28]`` or ``[N, 28, 28, 3]`` and ``{split}_labels`` ``[N, L]``, with fixed splits
 ``train`` / ``val`` / ``test``. The data directory is, in order: the ``data_dir``
 argument, the environment variable ``DGCNN_DATA_DIR``, or a user cache folder
 (``$XDG_CACHE_HOME/dgcnn_jax/medmnist``, default ``~/.cache/dgcnn_jax/medmnist``).
+``data_dir`` and ``DGCNN_DATA_DIR`` may name several folders separated by ``os.pathsep``
+(``:`` on Linux): a file is looked for in each, in order, and downloaded into the first.
 
-A missing file is downloaded from the official MedMNIST release, written to a
-temporary file in the data directory, checked against the official MD5 and only then
-renamed into place; a file whose checksum does not match is never used.
+A missing MedMNIST file is downloaded from the official release, written to a temporary
+file in the data directory, checked against the official MD5 and only then renamed
+into place; a file whose checksum does not match is never used (and never deleted).
+``pbc28.npz`` is not downloaded: it is built from the official PBC folder
+(``python -m experiments.prepare_data pbc``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+
+from . import pbc as _pbc
 
 __all__ = [
     "DATASETS",
@@ -40,11 +47,13 @@ __all__ = [
 DEFAULT_URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 DEFAULT_DATASET = "breastmnist"
 SPLITS = ("train", "val", "test")
+MEDMNIST_CITATION = ("J. Yang et al., MedMNIST v2 - A large-scale lightweight benchmark for "
+                     "2D and 3D biomedical image classification, Scientific Data 10, 41 (2023)")
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """Facts of one MedMNIST 2D dataset (from the official MedMNIST v2 release)."""
+    """Facts of one 28 px dataset (MedMNIST v2 release, or :mod:`dgcnn_jax.data.pbc`)."""
 
     name: str
     md5: str
@@ -52,6 +61,16 @@ class DatasetInfo:
     channels: int
     task: str  # "binary-class", "multi-class", "ordinal-regression" or "multi-label"
     split_sizes: tuple[int, int, int]  # train, val, test
+    classes: tuple[str, ...] = ()  # class names by label, where known
+    licence: str = "see the MedMNIST v2 release"
+    citation: str = MEDMNIST_CITATION
+    url: str | None = DEFAULT_URL  # download address template; None: built locally
+    filename: str = ""  # default: "{name}.npz"
+
+    @property
+    def file(self) -> str:
+        """The archive's file name."""
+        return self.filename or f"{self.name}.npz"
 
 
 DATASETS = {d.name: d for d in [
@@ -64,11 +83,14 @@ DATASETS = {d.name: d for d in [
     DatasetInfo("octmnist", "c68d92d5b585d8d81f7112f81e2d0842", 4, 1, "multi-class",
                 (97477, 10832, 1000)),
     DatasetInfo("pneumoniamnist", "28209eda62fecd6e6a2d98b1501bb15f", 2, 1, "binary-class",
-                (4708, 524, 624)),
+                (4708, 524, 624), ("normal", "pneumonia"), "CC BY 4.0",
+                f"{MEDMNIST_CITATION}; D. S. Kermany et al., Cell 172(5) (2018)"),
     DatasetInfo("retinamnist", "bd4c0672f1bba3e3a89f0e4e876791e4", 5, 3, "ordinal-regression",
                 (1080, 120, 400)),
     DatasetInfo("breastmnist", "750601b1f35ba3300ea97c75c52ff8f6", 2, 1, "binary-class",
-                (546, 78, 156)),
+                (546, 78, 156), ("malignant", "normal or benign"), "CC BY 4.0",
+                f"{MEDMNIST_CITATION}; W. Al-Dhabyani et al., Dataset of breast ultrasound "
+                f"images, Data in Brief 28 (2020)"),
     DatasetInfo("bloodmnist", "7053d0359d879ad8a5505303e11de1dc", 8, 3, "multi-class",
                 (11959, 1712, 3421)),
     DatasetInfo("tissuemnist", "ebe78ee8b05294063de985d821c1c34b", 8, 1, "multi-class",
@@ -79,6 +101,8 @@ DATASETS = {d.name: d for d in [
                 (13000, 2392, 8268)),
     DatasetInfo("organsmnist", "e5c39f1af030238290b9557d9503af9d", 11, 1, "multi-class",
                 (13940, 2452, 8829)),
+    DatasetInfo("pbc", _pbc.MD5, len(_pbc.CLASSES), 3, "multi-class", (11952, 1707, 3415),
+                _pbc.CLASSES, _pbc.LICENCE, _pbc.CITATION, None, _pbc.FILENAME),
 ]}
 
 
@@ -87,22 +111,28 @@ class ChecksumError(ValueError):
 
 
 def info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of a MedMNIST 2D dataset; unknown names list known ones."""
+    """The :class:`DatasetInfo` of a 28 px dataset; unknown names list known ones."""
     if name not in DATASETS:
         raise ValueError(f"dataset: unknown MedMNIST dataset {name!r}; known datasets: "
                          f"{', '.join(DATASETS)}")
     return DATASETS[name]
 
 
+def _data_dirs(data_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
+    """The folders to look in: ``data_dir``, else ``$DGCNN_DATA_DIR``, else the cache."""
+    if data_dir is None:
+        data_dir = os.environ.get("DGCNN_DATA_DIR") or None
+    if data_dir is None:
+        cache = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+        return [pathlib.Path(cache) / "dgcnn_jax" / "medmnist"]
+    parts = [p for p in os.fspath(data_dir).split(os.pathsep) if p]
+    return [pathlib.Path(p).expanduser() for p in parts] or [pathlib.Path(".")]
+
+
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """``data_dir``, else ``$DGCNN_DATA_DIR``, else the user cache folder."""
-    if data_dir is not None:
-        return pathlib.Path(data_dir).expanduser()
-    env = os.environ.get("DGCNN_DATA_DIR")
-    if env:
-        return pathlib.Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(cache) / "dgcnn_jax" / "medmnist"
+    """``data_dir``, else ``$DGCNN_DATA_DIR``, else the user cache folder (the first
+    folder where several are named): where downloads go."""
+    return _data_dirs(data_dir)[0]
 
 
 def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -113,12 +143,13 @@ def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _verify(path: pathlib.Path, expected: str) -> None:
+def _verify(path: pathlib.Path, expected: str, remedy: str = "delete it to download it "
+            "again") -> None:
     actual = md5sum(path)
     if actual != expected:
         raise ChecksumError(
             f"{path}: MD5 checksum mismatch: expected {expected}, got {actual}; the file is "
-            f"corrupt or not the official archive (delete it to download it again)")
+            f"corrupt or not the official archive ({remedy})")
 
 
 def fetch(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True,
@@ -133,11 +164,24 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *, download: boo
         where to put which file.
     """
     meta = info(name)
-    folder = default_data_dir(data_dir)
-    path = folder / f"{name}.npz"
-    if path.is_file():
-        _verify(path, meta.md5)
-        return path
+    folders = _data_dirs(data_dir)
+    for folder in folders:
+        if (folder / meta.file).is_file():
+            path = folder / meta.file
+            if meta.url is None:
+                _verify(path, meta.md5, "rebuild it with `python -m experiments.prepare_data "
+                        f"{name} --root FOLDER`")
+            else:
+                _verify(path, meta.md5)
+            return path
+    folder = folders[0]
+    path = folder / meta.file
+    if meta.url is None:
+        raise FileNotFoundError(
+            f"{meta.file} not found in {', '.join(map(str, folders))}: it is not downloaded; "
+            f"build it from the official PBC_dataset_normal_DIB folder with `python -m "
+            f"experiments.prepare_data {name} --root FOLDER --data-dir DIR` (MD5 {meta.md5}) "
+            f"and point data_dir or DGCNN_DATA_DIR at DIR")
     source = url.format(name=name)
     where = (f"put the official {name}.npz (MD5 {meta.md5}, from {source}) into {folder}, "
              f"or set DGCNN_DATA_DIR to a folder that has it")
