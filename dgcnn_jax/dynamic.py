@@ -39,6 +39,7 @@ from .groups import Group, get_group
 
 __all__ = [
     "ATTENTION_MODES",
+    "DESCRIPTORS",
     "attention_hidden",
     "attention_param_shapes",
     "check_temperature",
@@ -49,9 +50,16 @@ __all__ = [
     "dynamic_conv",
     "dynamic_conv_equivariant",
     "linear_temperature",
+    "attention_entropy",
+    "attention_spread",
+    "bank_common_share",
 ]
 
 ATTENTION_MODES = ("invariant", "equivariant")
+DESCRIPTORS = {"mean": ("mean",), "mean_max": ("mean", "max"), "mean_std": ("mean", "std")}
+"""Invariant descriptors of the attention: per channel, the statistics over the spatial
+and group axes that are concatenated (each exactly invariant: a statistic of a set that
+``L_g`` permutes)."""
 
 
 def attention_hidden(in_channels: int, reduction: float, min_hidden: int) -> int:
@@ -62,16 +70,18 @@ def attention_hidden(in_channels: int, reduction: float, min_hidden: int) -> int
 
 
 def attention_param_shapes(mode: str, in_channels: int, hidden: int, num_kernels: int,
-                           kernel_size: int, group: Group | str, *,
-                           lifting: bool) -> dict[str, tuple[int, ...]]:
+                           kernel_size: int, group: Group | str, *, lifting: bool,
+                           descriptor: str = "mean") -> dict[str, tuple[int, ...]]:
     """Shapes of the attention parameters ``w1, b1, w2, b2`` that
-    :func:`invariant_attention` (``mode="invariant"``) or :func:`equivariant_attention`
-    (``"equivariant"``) take, for a lifting (image input) or group layer."""
+    :func:`invariant_attention` (``mode="invariant"``, with ``descriptor``) or
+    :func:`equivariant_attention` (``"equivariant"``) take, for a lifting (image input)
+    or group layer."""
     check_choice(mode, "attention", ATTENTION_MODES)
+    check_choice(descriptor, "descriptor", tuple(DESCRIPTORS))
     order = get_group(group).order
     k, cin, hid, nk = kernel_size, in_channels, hidden, num_kernels
     if mode == "invariant":
-        w1, w2 = (cin, hid), (hid, nk)
+        w1, w2 = (cin * len(DESCRIPTORS[descriptor]), hid), (hid, nk)
     else:
         w1 = (k, k, cin, hid) if lifting else (1, 1, cin, order, hid)
         w2 = (1, 1, hid, order, nk)
@@ -86,22 +96,34 @@ def check_temperature(tau) -> None:
         raise ValueError(f"tau: the attention temperature must be > 0, got {tau!r}")
 
 
-def invariant_descriptor(x: jax.Array) -> jax.Array:
-    """Mean over the spatial and group axes: ``[B, H, W, C(, |G|)] -> [B, C]`` (invariant)."""
-    return ops.global_pool(x, "mean")
+def invariant_descriptor(x: jax.Array, kind: str = "mean") -> jax.Array:
+    """Statistics over the spatial and group axes (invariant): ``[B, H, W, C(, |G|)] ->
+    [B, C * n]`` for the ``n`` statistics of ``DESCRIPTORS[kind]`` (``"mean"``: the mean;
+    ``"mean_max"``: mean and max; ``"mean_std"``: mean and standard deviation)."""
+    check_choice(kind, "descriptor", tuple(DESCRIPTORS))
+    axes = tuple(a for a in range(1, x.ndim) if a != 3)  # all but batch and channels
+    parts = []
+    for stat in DESCRIPTORS[kind]:
+        if stat in ("mean", "max"):
+            parts.append(ops.global_pool(x, stat))
+        else:  # std, with a floor that keeps its gradient finite for constant inputs
+            parts.append(jnp.sqrt(jnp.var(x, axis=axes) + 1e-6))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 def invariant_attention(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array,
-                        b2: jax.Array, tau) -> jax.Array:
+                        b2: jax.Array, tau, descriptor: str = "mean") -> jax.Array:
     """Invariant mixing weights ``softmax(Dense(ReLU(Dense(d(x)))) / tau)``: ``[B, K]``.
 
     Args:
       x: images ``[B, H, W, C]`` or group feature maps ``[B, H, W, C, |G|]``.
-      w1, b1: ``[C, hidden]``, ``[hidden]``; w2, b2: ``[hidden, K]``, ``[K]``.
+      w1, b1: ``[C * n, hidden]`` (``n`` statistics of the descriptor), ``[hidden]``;
+        w2, b2: ``[hidden, K]``, ``[K]``.
       tau: temperature (> 0), a traced scalar is fine.
+      descriptor: a key of :data:`DESCRIPTORS`.
     """
     check_temperature(tau)
-    d = invariant_descriptor(x)
+    d = invariant_descriptor(x, descriptor)
     if shape_of(w1)[0] != d.shape[-1]:
         raise ValueError(f"w1: expected shape [{d.shape[-1]}, hidden], got {shape_of(w1)}")
     z = jax.nn.relu(d @ w1 + b1) @ w2 + b2
@@ -174,6 +196,20 @@ def _check_dynamic_inputs(x, kernels, biases, group):
     return lifting, kshape
 
 
+def _check_base(base_kernel, base_bias, kshape, cout):
+    """The residual form's static kernel ``[k, k, ...]`` and bias ``[C_out]``."""
+    if base_kernel is None:
+        if base_bias is not None:
+            raise ValueError("base_bias: given without base_kernel (the residual form needs "
+                             "both, or only base_kernel)")
+        return
+    if shape_of(base_kernel) != tuple(kshape[1:]):
+        raise ValueError(f"base_kernel: expected shape {tuple(kshape[1:])} (one kernel of the "
+                         f"K banks' shape), got {shape_of(base_kernel)}")
+    if base_bias is not None and shape_of(base_bias) != (cout,):
+        raise ValueError(f"base_bias: expected shape ({cout},), got {shape_of(base_bias)}")
+
+
 def _k_responses(xf, banks, group, pad, dilation, precision):
     """All K responses ``[B, H', W', K, C_out, |G|]``: one convolution K times as wide.
 
@@ -201,6 +237,8 @@ def dynamic_conv(
     dilation: int = 1,
     impl: str | None = "auto",
     precision=None,
+    base_kernel: jax.Array | None = None,
+    base_bias: jax.Array | None = None,
 ) -> jax.Array:
     """Dynamic lifting or group convolution with invariant weights ``[B, K]``.
 
@@ -208,6 +246,11 @@ def dynamic_conv(
     ``[K, k, k, C_in, C_out]`` (``x`` images), group convolution when it is
     ``[K, k, k, C_in, |G|, C_out]`` (``x`` group feature maps). ``impl``: a dynamic
     entry of :data:`dgcnn_jax.execution.IMPLS`. Returns ``[B, H', W', C_out, |G|]``.
+
+    Residual form: with ``base_kernel`` ``W_0`` (and ``base_bias`` ``b_0``), ``kernels``
+    and ``biases`` are the per-bank changes and the mixed kernel is ``W_0 + sum_k w_bk
+    W_k`` (bias ``b_0 + sum_k w_bk b_k``): with zero changes the layer is the static
+    convolution with ``W_0``, whatever the weights.
     """
     group = get_group(group)
     impl = execution.resolve(impl, "dynamic")
@@ -219,18 +262,29 @@ def dynamic_conv(
             f"[batch, K], got {shape_of(weights)}")
     pad = ops.conv_padding(padding, k, dilation)
     cout = kshape[-1]
+    _check_base(base_kernel, base_bias, kshape, cout)
     xf = _flat(x)
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
+    base = None if base_kernel is None else _bank_matrix(base_kernel, group, lifting)
     if impl == "linear":
+        if base is not None:  # the static kernel as one more response, weight 1
+            banks = jnp.concatenate([base[None], banks])
+            weights = jnp.concatenate([jnp.ones_like(weights[:, :1]), weights], axis=1)
         y = _k_responses(xf, banks, group, pad, dilation, precision)
         y = jnp.einsum("bhwkog,bk->bhwog", y, weights, precision=precision)
+        if base is not None:
+            weights = weights[:, 1:]
     else:
         # T(g) is linear, so mixing the K banks equals the bank of the mixed kernel.
         mats = aggregate(banks, weights)  # [B, k, k, cin, cout * G]
+        if base is not None:
+            mats = base[None] + mats
         y = execution.per_example_conv(xf, mats, pad, dilation, precision, impl)
         y = y.reshape(*y.shape[:3], cout, group.order)
     if biases is not None:
         y = y + (weights @ biases)[:, None, None, :, None].astype(y.dtype)
+    if base_bias is not None:
+        y = y + base_bias[:, None].astype(y.dtype)
     return y
 
 
@@ -245,12 +299,15 @@ def dynamic_conv_equivariant(
     dilation: int = 1,
     impl: str | None = "auto",
     precision=None,
+    base_kernel: jax.Array | None = None,
+    base_bias: jax.Array | None = None,
 ) -> jax.Array:
     """Dynamic convolution with equivariant weights ``[B, K, |G|]``.
 
     ``y(u, g) = sum_k weights[k, g] (x * W_k + b_k)(u, g)``: all ``K`` responses are
     computed (one convolution ``K`` times as wide), then mixed per group element;
-    ``impl`` can only be ``"auto"`` or ``"linear"``.
+    ``impl`` can only be ``"auto"`` or ``"linear"``. Residual form (``base_kernel``,
+    ``base_bias``): ``y = x * W_0 + b_0 + sum_k weights[k, g] (x * W_k + b_k)``.
     """
     group = get_group(group)
     execution.resolve(impl, "equivariant")
@@ -261,11 +318,19 @@ def dynamic_conv_equivariant(
             f"weights: expected equivariant weights of shape ({x.shape[0]}, {num_k}, "
             f"{group.order}) [batch, K, |G|], got {shape_of(weights)}")
     pad = ops.conv_padding(padding, k, dilation)
+    _check_base(base_kernel, base_bias, kshape, kshape[-1])
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
+    if base_kernel is not None:  # the static response rides along as bank 0
+        banks = jnp.concatenate([_bank_matrix(base_kernel, group, lifting)[None], banks])
     y = _k_responses(_flat(x), banks, group, pad, dilation, precision)
+    if base_kernel is not None:
+        y0, y = y[:, :, :, 0], y[:, :, :, 1:]
+        if base_bias is not None:
+            y0 = y0 + base_bias[:, None].astype(y.dtype)
     if biases is not None:
         y = y + biases[:, :, None].astype(y.dtype)
-    return jnp.einsum("bhwkog,bkg->bhwog", y, weights, precision=precision)
+    out = jnp.einsum("bhwkog,bkg->bhwog", y, weights, precision=precision)
+    return out if base_kernel is None else y0 + out
 
 
 def linear_temperature(epoch, *, initial: float = 30.0, final: float = 1.0,
@@ -281,3 +346,29 @@ def linear_temperature(epoch, *, initial: float = 30.0, final: float = 1.0,
         return jnp.asarray(final, jnp.float32) + 0.0 * jnp.asarray(epoch, jnp.float32)
     frac = jnp.clip(jnp.asarray(epoch, jnp.float32) / anneal_epochs, 0.0, 1.0)
     return initial + (final - initial) * frac
+
+
+def attention_entropy(weights: jax.Array) -> jax.Array:
+    """Mean entropy (nats) of mixing weights ``[B, K]`` or ``[B, K, |G|]`` over ``K``:
+    ``log K`` for uniform weights, 0 for one-hot ones."""
+    w = jnp.asarray(weights)
+    return jnp.mean(-jnp.sum(w * jnp.log(jnp.maximum(w, 1e-30)), axis=1))
+
+
+def attention_spread(weights: jax.Array) -> jax.Array:
+    """How much the weights depend on the input: the standard deviation over examples of
+    each weight (per kernel, and group element for equivariant weights), averaged."""
+    return jnp.mean(jnp.std(jnp.asarray(weights), axis=0))
+
+
+def bank_common_share(banks: jax.Array, initial: jax.Array) -> jax.Array:
+    """Fraction of the learned change of K banks ``[K, ...]`` that is common to all.
+
+    With ``D_k = banks[k] - initial[k]`` and their mean ``D``: ``K |D|^2 / sum_k |D_k|^2``
+    (1: every bank moved the same way, they do not specialise; near ``1/K``: their changes
+    are unrelated). NaN before any change.
+    """
+    d = (jnp.asarray(banks) - jnp.asarray(initial)).reshape(banks.shape[0], -1)
+    total = jnp.sum(d * d)
+    common = d.shape[0] * jnp.sum(jnp.mean(d, axis=0) ** 2)
+    return jnp.where(total > 0, common / jnp.where(total > 0, total, 1.0), jnp.nan)

@@ -16,6 +16,9 @@ from ._checks import check_choice, check_feature_map, check_image, check_positiv
 from .groups import Group, get_group
 
 __all__ = [
+    "PARAMETERIZATIONS",
+    "BANK_INITS",
+    "FrozenBank",
     "LiftingConv",
     "GroupConv",
     "GroupBatchNorm",
@@ -28,6 +31,20 @@ __all__ = [
 default_kernel_init = jax.nn.initializers.he_normal()
 """He-normal over the fan-in of the last-but-one axis times the receptive field; for
 group kernels ``[k, k, C_in, |G|, C_out]`` that is ``k * k * C_in * |G|``."""
+
+
+PARAMETERIZATIONS = ("banks", "residual")
+"""Dynamic layers: ``"banks"``, K independent kernels ``W_k`` mixed as ``sum_k pi_k W_k``;
+``"residual"``, a static kernel plus K mixed changes, ``W_0 + sum_k pi_k dW_k``."""
+
+BANK_INITS = ("per_bank", "mixture")
+"""``"banks"`` form: ``"per_bank"`` draws every bank He-normal (a uniform mixture of K
+then has 1/K of He variance); ``"mixture"`` scales them by sqrt(K) so that the uniform
+mixture has He variance."""
+
+
+class FrozenBank(nnx.Variable):
+    """Kernel banks kept at their initial values (not an ``nnx.Param``: not trained)."""
 
 
 class _ConvBase(nnx.Module):
@@ -146,7 +163,9 @@ class _DynamicBase(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  group: Group | str, *, lifting: bool, padding: ops.Padding, dilation: int,
                  use_bias: bool, kernel_init, num_kernels: int, attention: str,
-                 reduction: float, min_hidden: int, impl: str, rngs: nnx.Rngs):
+                 reduction: float, min_hidden: int, impl: str, parameterization: str,
+                 bank_init: str, delta_scale: float, descriptor: str, freeze_banks: bool,
+                 rngs: nnx.Rngs):
         self.group = get_group(group)
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
@@ -163,14 +182,30 @@ class _DynamicBase(nnx.Module):
         ops.conv_padding(padding, kernel_size, dilation)
         self.padding = padding
         self.lifting = lifting
+        self.parameterization = check_choice(parameterization, "parameterization",
+                                             PARAMETERIZATIONS)
+        self.bank_init = check_choice(bank_init, "bank_init", BANK_INITS)
+        if not delta_scale >= 0:
+            raise ValueError(f"delta_scale: expected a value >= 0, got {delta_scale!r}")
+        self.delta_scale = delta_scale
+        self.descriptor = check_choice(descriptor, "descriptor", tuple(dynamic.DESCRIPTORS))
+        self.freeze_banks = bool(freeze_banks)
         k, cin, cout, nk = kernel_size, in_channels, out_channels, num_kernels
         shape = (k, k, cin, cout) if lifting else (k, k, cin, self.group.order, cout)
+        residual = parameterization == "residual"
+        if residual:  # the static kernel W_0 (He-normal) and its bias
+            self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
+            self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32)) if use_bias else None
         keys = jax.random.split(rngs.params(), nk)
-        self.kernels = nnx.Param(jnp.stack([kernel_init(key, shape, jnp.float32)
-                                            for key in keys]))
+        banks = jnp.stack([kernel_init(key, shape, jnp.float32) for key in keys])
+        if residual:  # the changes dW_k: zero, or delta_scale times He-normal
+            banks = banks * delta_scale
+        elif bank_init == "mixture":
+            banks = banks * jnp.sqrt(jnp.float32(nk))
+        self.kernels = (FrozenBank if self.freeze_banks else nnx.Param)(banks)
         self.biases = nnx.Param(jnp.zeros((nk, cout), jnp.float32)) if use_bias else None
         shapes = dynamic.attention_param_shapes(attention, cin, self.hidden, nk, k, self.group,
-                                                lifting=lifting)
+                                                lifting=lifting, descriptor=descriptor)
         self.att_w1 = nnx.Param(default_kernel_init(rngs.params(), shapes["w1"], jnp.float32))
         self.att_b1 = nnx.Param(jnp.zeros(shapes["b1"], jnp.float32))
         self.att_w2 = nnx.Param(jax.nn.initializers.lecun_normal()(
@@ -182,8 +217,14 @@ class _DynamicBase(nnx.Module):
         self._check_input(x)
         args = (x, self.att_w1[...], self.att_b1[...], self.att_w2[...], self.att_b2[...], tau)
         if self.attention == "invariant":
-            return dynamic.invariant_attention(*args)
+            return dynamic.invariant_attention(*args, self.descriptor)
         return dynamic.equivariant_attention(*args, self.group, padding=self.padding)
+
+    def banks(self) -> jax.Array:
+        """The K effective kernels ``[K, ...]``: ``W_k``, or ``W_0 + dW_k`` (residual form)."""
+        if self.parameterization == "residual":
+            return self.kernel[...][None] + self.kernels[...]
+        return self.kernels[...]
 
     def _check_input(self, x):
         if self.lifting:
@@ -197,6 +238,9 @@ class _DynamicBase(nnx.Module):
         weights = self.attention_weights(x, tau)
         biases = self.biases[...] if self.biases is not None else None
         common = dict(padding=self.padding, dilation=self.dilation, impl=self.impl)
+        if self.parameterization == "residual":
+            common["base_kernel"] = self.kernel[...]
+            common["base_bias"] = self.bias[...] if self.bias is not None else None
         if self.attention == "invariant":
             return dynamic.dynamic_conv(x, self.kernels[...], biases, weights, self.group,
                                         **common)
@@ -212,18 +256,31 @@ class DynamicLiftingConv(_DynamicBase):
     ("invariant" or "equivariant"), ``reduction`` (hidden width ratio of the attention
     MLP, at least ``min_hidden``), ``impl`` (how the convolution runs: a dynamic entry of
     :data:`dgcnn_jax.execution.IMPLS`; ``"auto"``, the default, picks the measured
-    fastest for the backend; equivariant attention runs ``"linear"``).
+    fastest for the backend; equivariant attention runs ``"linear"``),
+    ``parameterization`` (:data:`PARAMETERIZATIONS`: ``"banks"``, the default, or
+    ``"residual"``, which adds a static ``kernel [k, k, C_in, C_out]`` and ``bias`` and
+    makes ``kernels``/``biases`` the K changes, initialised at ``delta_scale`` times
+    He-normal: 0, the default, starts as the static convolution exactly), ``bank_init``
+    (:data:`BANK_INITS`), ``descriptor`` (the invariant attention's statistics, a key of
+    :data:`dgcnn_jax.dynamic.DESCRIPTORS`) and ``freeze_banks`` (keep ``kernels`` at
+    their initial values, a :class:`FrozenBank`: the control that mixes untrained
+    kernels).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
                  num_kernels: int = 4, attention: str = "invariant", reduction: float = 0.25,
-                 min_hidden: int = 4, impl: str = "auto", rngs: nnx.Rngs):
+                 min_hidden: int = 4, impl: str = "auto", parameterization: str = "banks",
+                 bank_init: str = "per_bank", delta_scale: float = 0.0,
+                 descriptor: str = "mean", freeze_banks: bool = False, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=True,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
                          reduction=reduction, min_hidden=min_hidden, impl=impl,
+                         parameterization=parameterization, bank_init=bank_init,
+                         delta_scale=delta_scale, descriptor=descriptor,
+                         freeze_banks=freeze_banks,
                          rngs=rngs)
 
 
@@ -238,9 +295,14 @@ class DynamicGroupConv(_DynamicBase):
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
                  num_kernels: int = 4, attention: str = "invariant", reduction: float = 0.25,
-                 min_hidden: int = 4, impl: str = "auto", rngs: nnx.Rngs):
+                 min_hidden: int = 4, impl: str = "auto", parameterization: str = "banks",
+                 bank_init: str = "per_bank", delta_scale: float = 0.0,
+                 descriptor: str = "mean", freeze_banks: bool = False, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=False,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
                          reduction=reduction, min_hidden=min_hidden, impl=impl,
+                         parameterization=parameterization, bank_init=bank_init,
+                         delta_scale=delta_scale, descriptor=descriptor,
+                         freeze_banks=freeze_banks,
                          rngs=rngs)

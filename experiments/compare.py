@@ -99,6 +99,10 @@ RUNS = {
     "p4m_dgcnn": Run("p4m_dgcnn", "parameter-matched"),  # K=4, invariant, annealed
     "p4_dgcnn_wide": Run("p4_dgcnn_wide", "flop-matched"),
     "p4m_dgcnn_wide": Run("p4m_dgcnn_wide", "flop-matched"),
+    # controls at the same width: one bank (no mixing), and K frozen random banks mixed
+    # by a trained attention (what mixing untrained kernels gives)
+    "p4m_dgcnn_wide_k1": Run("p4m_dgcnn_wide", "flop-matched", {"num_kernels": 1}),
+    "p4m_dgcnn_wide_frozen": Run("p4m_dgcnn_wide", "flop-matched", {"freeze_banks": True}),
     "p4m_dgcnn_k1": Run("p4m_dgcnn", "ablations", {"num_kernels": 1}),
     "p4m_dgcnn_k2": Run("p4m_dgcnn", "ablations", {"num_kernels": 2}),
     "p4m_dgcnn_k8": Run("p4m_dgcnn", "ablations", {"num_kernels": 8}),

@@ -1,13 +1,13 @@
-"""The trainer's view of a dataset: MedMNIST arrays or a prepared TFDS source (PCam).
+"""The trainer's view of a dataset: 28 px arrays (MedMNIST, PBC) or a TFDS source (PCam).
 
 ``open_dataset(name, data_dir)`` gives the facts (classes, channels), the normalisation
 statistics of the training split, one seeded grain dataset per training epoch, and the
 validation and test splits as uint8 arrays. Everything else in the trainer is the same
 for both kinds.
 
-* MedMNIST 2D names (``breastmnist``, ``pneumoniamnist``, ...): the ``.npz`` archive in
-  ``data_dir`` (downloaded and checked when missing); statistics over the whole
-  training split.
+* MedMNIST 2D names (``breastmnist``, ``pneumoniamnist``, ...) and ``pbc``: the ``.npz``
+  archive in ``data_dir`` (MedMNIST files downloaded when missing; every file checked
+  against its MD5); statistics over the whole training split.
 * ``pcam``: the ``dgcnn_patch_camelyon`` TFDS data prepared once with
   ``python -m experiments.prepare_data pcam --data-dir DIR``; the training split is read
   by random access (it does not fit a laptop's memory), statistics over a seeded sample

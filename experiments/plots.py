@@ -2,6 +2,8 @@
 given into a PNG file and computes nothing from a model or dataset.
 
 * :func:`learning_curves`: training loss, validation NLL, accuracy and AUC per epoch.
+* :func:`dynamic_diagnostics`: attention entropy and spread, and the share of the banks'
+  change common to all K, per dynamic layer over training.
 * :func:`roc`: ROC curves of class probabilities (class 1 for binary tasks, one curve
   per class and the macro average otherwise).
 * :func:`confusion`: a confusion matrix, counts and row-normalised colours.
@@ -20,7 +22,8 @@ import numpy as np
 
 from dgcnn_jax import metrics
 
-__all__ = ["learning_curves", "roc", "macro_roc", "confusion", "score_bars",
+__all__ = ["learning_curves", "dynamic_diagnostics", "roc", "macro_roc", "confusion",
+           "score_bars",
            "roc_and_validation_curves", "attention_boxes", "equivariance_grid"]
 
 
@@ -53,6 +56,29 @@ def learning_curves(history: Sequence[dict], path) -> None:
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def dynamic_diagnostics(history: Sequence[dict], path, title: str) -> None:
+    """Per-epoch records whose ``dynamic_layers`` list holds, per layer,
+    ``attention_entropy``, ``attention_spread`` and ``bank_common_share``."""
+    plt = _pyplot()
+    records = [h for h in history if "dynamic_layers" in h]
+    keys = [("attention_entropy", "attention entropy (nats)"),
+            ("attention_spread", "attention spread (std over images)"),
+            ("bank_common_share", "bank change common to all K")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    layers = len(records[0]["dynamic_layers"])
+    epochs = [h["epoch"] for h in records]
+    for ax, (key, label) in zip(axes, keys):
+        for i in range(layers):
+            values = [h["dynamic_layers"][i].get(key, np.nan) for h in records]
+            ax.plot(epochs, values, label=f"layer {i + 1}")
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[2].axhline(0.9, color="k", lw=0.6, ls=":")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 

@@ -38,7 +38,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from dgcnn_jax import data, metrics, models
+from dgcnn_jax import data, dynamic, metrics, models
 from dgcnn_jax.dynamic import linear_temperature
 from experiments import datasets, plots
 from experiments.checkpoints import Checkpoints
@@ -54,7 +54,9 @@ from experiments.configs import (
 
 __all__ = ["TrainingError", "TrainState", "Progress", "make_optimizer", "make_mesh",
            "create_train_state", "train_step", "eval_step", "predict", "temperature",
-           "train_and_evaluate", "main"]
+           "dynamic_diagnostics", "train_and_evaluate", "main"]
+
+DIAGNOSTIC_IMAGES = 256  # validation images whose attention the per-epoch diagnostics use
 
 
 class TrainingError(RuntimeError):
@@ -127,14 +129,33 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> optax.GradientTransf
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, warmup_steps=warmup, decay_steps=max(total, warmup + 1))
+    if config.bank_weight_decay is None:
+        decay = optax.add_decayed_weights(config.weight_decay)
+    else:  # the dynamic layers' banks (parameters named "kernels") decay at their own rate
+        decay = optax.chain(
+            optax.add_decayed_weights(config.weight_decay, mask=_bank_mask(False)),
+            optax.add_decayed_weights(config.bank_weight_decay, mask=_bank_mask(True)))
     if config.optimizer == "adamw":
-        opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+        if config.bank_weight_decay is None:
+            opt = optax.adamw(schedule, weight_decay=config.weight_decay)
+        else:  # optax.adamw's chain with the two decays (decoupled, times the rate)
+            opt = optax.chain(optax.scale_by_adam(), decay,
+                              optax.scale_by_learning_rate(schedule))
     else:
-        opt = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                          optax.sgd(schedule, momentum=config.momentum))
+        opt = optax.chain(decay, optax.sgd(schedule, momentum=config.momentum))
     if config.grad_clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
     return opt
+
+
+def _bank_mask(banks: bool):
+    """A mask function: True for the dynamic layers' banks (``kernels``) when ``banks``,
+    for every other parameter otherwise."""
+    def mask(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: any(getattr(p, "key", None) == "kernels" for p in path) == banks,
+            params)
+    return mask
 
 
 def make_mesh(config: Config) -> jax.sharding.Mesh:
@@ -160,9 +181,13 @@ def create_train_state(config: Config, num_classes: int, in_channels: int,
 
 
 def temperature(config: Config, epoch: float):
-    """The attention temperature at a (fractional) epoch."""
+    """The attention temperature at a (fractional) epoch: linear from ``tau_initial`` to
+    ``tau_final`` over ``tau_anneal_epochs``, or over ``tau_anneal_fraction`` of the
+    epochs when that is set."""
+    anneal = (config.tau_anneal_fraction * config.epochs if config.tau_anneal_fraction
+              else config.tau_anneal_epochs)
     return linear_temperature(epoch, initial=config.tau_initial, final=config.tau_final,
-                              anneal_epochs=config.tau_anneal_epochs)
+                              anneal_epochs=anneal)
 
 
 # --------------------------------------------------------------------------- steps
@@ -200,6 +225,36 @@ train_step = jax.jit(train_step, donate_argnums=0)
 def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
     """Class probabilities ``[B, C]`` of ``images`` in eval mode (no state change)."""
     return jax.nn.softmax(state.model(training=False)(images, tau=tau), axis=-1)
+
+
+def _dynamic_layers(model: nnx.Module) -> list:
+    return [node for _, node in nnx.iter_graph(model) if hasattr(node, "banks")
+            and hasattr(node, "attention_weights")]
+
+
+@jax.jit
+def _attention(state: TrainState, images: jax.Array, tau) -> list:
+    return state.model(training=False).intermediates(images, tau=tau)["attention"]
+
+
+def dynamic_diagnostics(state: TrainState, initial: TrainState, images: np.ndarray | None,
+                        tau) -> list[dict]:
+    """Per dynamic layer: ``attention_entropy`` (mean over ``images``, nats),
+    ``attention_spread`` (std over the images of the weights) and ``bank_common_share``
+    (the share of the banks' change since ``initial`` common to all K); ``images`` are
+    normalised and ``None`` (or a model without ``intermediates``) leaves the attention
+    out. Empty for static models."""
+    layers = _dynamic_layers(state.model())
+    if not layers:
+        return []
+    first = _dynamic_layers(initial.model())
+    out = [{"bank_common_share": float(dynamic.bank_common_share(now.banks(), then.banks()))}
+           for now, then in zip(layers, first)]
+    if images is not None and hasattr(state.model(), "intermediates"):
+        for record, w in zip(out, _attention(state, jnp.asarray(images), tau)):
+            record["attention_entropy"] = float(dynamic.attention_entropy(w))
+            record["attention_spread"] = float(dynamic.attention_spread(w))
+    return out
 
 
 def predict(state: TrainState, images: np.ndarray, mean, std, tau, *, batch_size: int,
@@ -351,12 +406,17 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
                          f"training examples")
     mesh = make_mesh(config)
     state = create_train_state(config, dataset.num_classes, dataset.channels, steps, mesh)
+    # the seeded initialisation, what bank changes are measured against (copied: the
+    # training steps donate the state's buffers)
+    initial = jax.tree.map(jnp.copy, state.replace(opt_state=None, tx=None))
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
     _write_json(workdir / "config.json", dataclasses.asdict(config))
     run = _Run(config, workdir, dataset, steps, mesh, Checkpoints(workdir))
     state, progress = run.resume(state)
     _write_history(workdir, progress.history)
     val_x, val_y = dataset.split("val")
+    probe = ((val_x[:DIAGNOSTIC_IMAGES].astype(np.float32) / 255.0 - dataset.mean)
+             / dataset.std).astype(np.float32)
 
     # Epochs: train, score on validation, keep the best checkpoint.
     for epoch in range(progress.epoch, config.epochs):
@@ -370,6 +430,9 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
                   "train_accuracy": progress.accuracy_sum / seen,
                   "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
                   "val_balanced_accuracy": val["balanced_accuracy"]}
+        diagnostics = dynamic_diagnostics(state, initial, probe, tau)
+        if diagnostics:
+            record["dynamic_layers"] = diagnostics
         progress.history.append(record)
         improved = val["auc"] > progress.best_auc
         if improved:
@@ -411,6 +474,9 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     }
     _write_json(workdir / "results.json", results)
     plots.learning_curves(progress.history, workdir / "learning_curves.png")
+    if any("dynamic_layers" in h for h in progress.history):
+        plots.dynamic_diagnostics(progress.history, workdir / "dynamic_diagnostics.png",
+                                  f"{config.model} on {config.dataset}")
     classes = datasets.class_names(config.dataset)
     plots.roc(probs, test_y, workdir / "roc_test.png",
               f"{config.model} on {config.dataset} (test)", classes)

@@ -217,3 +217,116 @@ class ErrorTest(chex.TestCase):
             dynamic.dynamic_conv(x, layer.kernels[...], jnp.ones((4,)), jnp.ones((1, 4)), "p4")
         with pytest.raises(ValueError, match="kernels: expected"):
             dynamic.dynamic_conv(x, jnp.ones((4, 3, 3)), None, jnp.ones((1, 4)), "p4")
+
+
+class DynamicOptionsTest(chex.TestCase):
+    """Residual form, bank initialisation, descriptors, frozen banks, diagnostics."""
+
+    @parameterized.product(group=("p4", "p4m"), lifting=(True, False))
+    def test_residual_form_starts_as_the_static_convolution(self, group, lifting):
+        g = dg.get_group(group)
+        cls = dg.DynamicLiftingConv if lifting else dg.DynamicGroupConv
+        static_cls = dg.LiftingConv if lifting else dg.GroupConv
+        x = normal(20, 3, 7, 7, 3) if lifting else normal(20, 3, 7, 7, 3, g.order)
+        for attention, impls in (("invariant", DYNAMIC_IMPLS), ("equivariant", ("linear",))):
+            dyn = cls(3, 4, 3, group, attention=attention, parameterization="residual",
+                      rngs=nnx.Rngs(3))
+            dyn.att_w2[...] = dyn.att_w2[...] * 20.0  # weights far from uniform
+            np.testing.assert_array_equal(np.asarray(dyn.kernels[...]), 0.0)
+            static = static_cls(3, 4, 3, group, rngs=nnx.Rngs(0))
+            static.kernel[...] = dyn.kernel[...]
+            static.bias[...] = jnp.arange(4.0)
+            dyn.bias[...] = jnp.arange(4.0)
+            y_static = static(x)
+            scale = float(jnp.max(jnp.abs(y_static)))
+            for impl in impls:
+                dyn.impl = impl
+                error = float(jnp.max(jnp.abs(dyn(x, tau=0.3) - y_static))) / scale
+                assert error <= 1e-6, (attention, impl, error)
+
+    @parameterized.product(group=("p4", "p4m"), attention=("invariant", "equivariant"))
+    def test_residual_form_is_equivariant_after_training_moves_it(self, group, attention):
+        order = dg.get_group(group).order
+        lift = dg.DynamicLiftingConv(3, 4, 3, group, attention=attention,
+                                     parameterization="residual", delta_scale=0.5,
+                                     rngs=nnx.Rngs(1))
+        gconv = dg.DynamicGroupConv(4, 5, 3, group, attention=attention,
+                                    parameterization="residual", delta_scale=0.5,
+                                    rngs=nnx.Rngs(2))
+        for layer in (lift, gconv):
+            layer.biases[...] = jnp.asarray(normal(4, *layer.biases[...].shape))
+            layer.att_w2[...] = layer.att_w2[...] * 20.0
+            assert float(jnp.std(layer.kernels[...])) > 0.0
+        assert_equivariant(lambda x: lift(x, tau=0.5), group, normal(5, 2, 7, 7, 3), rtol=RTOL)
+        assert_equivariant(lambda x: gconv(x, tau=0.5), group, normal(6, 2, 8, 8, 4, order),
+                           input_kind="group", rtol=RTOL)
+
+    def test_initial_mixed_kernel_has_he_variance(self):
+        fan_in = 3 * 3 * 32 * 8
+        he = 2.0 / fan_in
+        for options, k in (({"bank_init": "mixture"}, 4), ({"bank_init": "mixture"}, 8),
+                           ({"parameterization": "residual"}, 4)):
+            layer = dg.DynamicGroupConv(32, 32, 3, "p4m", num_kernels=k, rngs=nnx.Rngs(0),
+                                        **options)
+            mixed = jnp.mean(layer.banks(), axis=0)  # uniform weights
+            assert abs(float(jnp.var(mixed)) / he - 1.0) < 0.05, (options, k)
+        per_bank = dg.DynamicGroupConv(32, 32, 3, "p4m", num_kernels=4, rngs=nnx.Rngs(0))
+        ratio = float(jnp.var(jnp.mean(per_bank.banks(), axis=0))) / he
+        assert abs(ratio - 0.25) < 0.02  # today's banks: 1/K of He variance
+
+    @parameterized.product(group=("p4", "p4m"), descriptor=("mean_max", "mean_std"))
+    def test_richer_descriptors_are_invariant(self, group, descriptor):
+        g = dg.get_group(group)
+        x = normal(7, 3, 8, 8, 4, g.order)
+        d = dynamic.invariant_descriptor(x, descriptor)
+        chex.assert_shape(d, (3, 8))
+        for h in range(g.order):
+            chex.assert_trees_all_close(
+                dynamic.invariant_descriptor(g.transform_feature_map(x, h), descriptor), d,
+                atol=1e-6, rtol=1e-6)
+        lift = dg.DynamicLiftingConv(3, 4, 3, group, descriptor=descriptor, rngs=nnx.Rngs(0))
+        gconv = dg.DynamicGroupConv(4, 5, 3, group, descriptor=descriptor, rngs=nnx.Rngs(1))
+        assert lift.att_w1[...].shape == (6, 4) and gconv.att_w1[...].shape == (8, 4)
+        for layer in (lift, gconv):
+            layer.att_w2[...] = layer.att_w2[...] * 20.0
+        assert_equivariant(lambda x: lift(x, tau=0.5), group, normal(8, 2, 7, 7, 3), rtol=RTOL)
+        assert_equivariant(lambda x: gconv(x, tau=0.5), group, normal(9, 2, 7, 7, 4, g.order),
+                           input_kind="group", rtol=RTOL)
+        w = gconv.attention_weights(x[:, :7, :7], tau=0.3)
+        for h in range(g.order):
+            chex.assert_trees_all_close(
+                gconv.attention_weights(g.transform_feature_map(x[:, :7, :7], h), tau=0.3), w,
+                atol=1e-6)
+
+    def test_frozen_banks_are_not_parameters(self):
+        layer = dg.DynamicGroupConv(3, 4, 3, "p4", freeze_banks=True, rngs=nnx.Rngs(0))
+        assert isinstance(layer.kernels, dg.nn.FrozenBank)
+        params = nnx.state(layer, nnx.Param)
+        assert "kernels" not in params and "att_w1" in params
+        grads = nnx.grad(lambda m: jnp.sum(m(normal(1, 2, 6, 6, 3, 4), tau=1.0) ** 2))(layer)
+        assert "kernels" not in grads
+
+    def test_diagnostics(self):
+        init = jnp.asarray(normal(10, 4, 3, 3, 2))
+        same = jnp.asarray(normal(11, 3, 3, 2))
+        assert float(dynamic.bank_common_share(init + same, init)) == pytest.approx(1.0)
+        opposite = jnp.stack([same, -same, same, -same])
+        assert float(dynamic.bank_common_share(init + opposite, init)) == pytest.approx(0.0)
+        assert np.isnan(float(dynamic.bank_common_share(init, init)))
+        uniform = jnp.full((5, 4), 0.25)
+        assert float(dynamic.attention_entropy(uniform)) == pytest.approx(np.log(4))
+        assert float(dynamic.attention_spread(uniform)) == 0.0
+        onehot = jnp.eye(4)
+        assert float(dynamic.attention_entropy(onehot)) == pytest.approx(0.0, abs=1e-6)
+        assert float(dynamic.attention_spread(onehot)) == pytest.approx(np.sqrt(3) / 4)
+
+    def test_option_errors(self):
+        for kwargs, match in (({"parameterization": "lora"}, "parameterization: expected"),
+                              ({"bank_init": "orthogonal"}, "bank_init: expected"),
+                              ({"descriptor": "median"}, "descriptor: expected"),
+                              ({"delta_scale": -1.0}, "delta_scale: expected a value >= 0")):
+            with pytest.raises(ValueError, match=match):
+                dg.DynamicGroupConv(2, 2, 3, "p4", rngs=nnx.Rngs(0), **kwargs)
+        with pytest.raises(ValueError, match="base_kernel: expected shape"):
+            dynamic.dynamic_conv(jnp.zeros((1, 5, 5, 2, 4)), jnp.zeros((2, 3, 3, 2, 4, 3)), None,
+                                 jnp.ones((1, 2)) / 2, "p4", base_kernel=jnp.zeros((3, 3, 2, 3)))

@@ -12,8 +12,12 @@ import time
 import numpy as np
 import pytest
 
+from flax import nnx
+
+import dgcnn_jax as dg
+from dgcnn_jax import models
 from experiments import evaluate, train
-from experiments.configs import get_config, override, validate
+from experiments.configs import get_config, model_kwargs, override, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A small, fast configuration: 2 epochs of p4_dgcnn on BreastMNIST.
@@ -376,3 +380,72 @@ def test_pbc_end_to_end_train_compare_evaluate(tmp_path, pbc_dir, monkeypatch):
     # a 3-channel model: the lifting kernel reads 3 channels
     assert json.loads((work / "config.json").read_text())["dataset"] == "pbc"
     assert results["num_params"] == 100_488 + 2 * 9 * 47 + 6 * 48  # 1 -> 3 channels, 2 -> 8
+
+
+def test_dynamic_layer_options_in_the_config():
+    base = override(get_config(), ["model=p4m_dgcnn"])
+    for sets, match in ((["model=p4m_gcnn", "parameterization=residual"],
+                         "parameterization: p4m_gcnn has no dynamic layers"),
+                        (["model=cnn", "static_stem=true", "freeze_banks=true"],
+                         "static_stem, freeze_banks: cnn has no dynamic layers"),
+                        (["model=p4m_ddensenet", "descriptor=mean_max"],
+                         "descriptor: only the 28 px models"),
+                        (["parameterization=lora"], "parameterization: expected one of"),
+                        (["descriptor=median"], "descriptor: expected one of"),
+                        (["bank_init=zeros"], "bank_init: expected one of"),
+                        (["delta_scale=-0.1"], "delta_scale: expected a value >= 0"),
+                        (["bank_weight_decay=-1"], "bank_weight_decay: expected"),
+                        (["tau_anneal_fraction=1.5"], "tau_anneal_fraction: expected")):
+        with pytest.raises(ValueError, match=match):
+            validate(override(base, sets))
+    config = override(base, ["parameterization=residual", "delta_scale=0.1",
+                             "descriptor=mean_std", "static_stem=true", "bank_weight_decay=none"])
+    validate(config)
+    kwargs = model_kwargs(config)
+    assert kwargs == {"dropout": 0.1, "parameterization": "residual", "delta_scale": 0.1,
+                      "descriptor": "mean_std", "static_stem": True}
+    model = models.create("p4m_dgcnn", num_classes=2, rngs=nnx.Rngs(0), **kwargs)
+    assert isinstance(model.convs[0], dg.LiftingConv)  # static stem
+    assert model.convs[1].parameterization == "residual"
+
+
+def test_temperature_over_a_fraction_of_training():
+    config = override(get_config(), ["epochs=20", "tau_anneal_fraction=0.25"])
+    taus = [float(train.temperature(config, e)) for e in (0, 2.5, 5, 10)]
+    np.testing.assert_allclose(taus, [30.0, 15.5, 1.0, 1.0], rtol=1e-6)
+    default = get_config()  # 30 -> 1 over tau_anneal_epochs = 10
+    assert float(train.temperature(default, 5)) == pytest.approx(15.5)
+
+
+def test_bank_weight_decay_acts_on_the_banks_only():
+    import jax
+    import jax.numpy as jnp
+
+    config = override(get_config(), ["model=p4_dgcnn", "bank_weight_decay=0.5",
+                                     "weight_decay=0.01", "warmup_epochs=0",
+                                     "grad_clip_norm=0"])
+    state = train.create_train_state(config, 2, 1, 10, train.make_mesh(config))
+    lr = float(optax_schedule_value(config, 10))
+    zeros = jax.tree.map(jnp.zeros_like, state.params)  # Adam's step is 0: decay alone
+    updates, _ = state.tx.update(zeros, state.opt_state, state.params)
+    flat = jax.tree_util.tree_leaves_with_path(updates)
+    params = dict(jax.tree_util.tree_leaves_with_path(state.params))
+    seen = set()
+    for path, update in flat:
+        p = np.asarray(params[path])
+        if not np.any(p):
+            continue
+        is_bank = any(getattr(k, "key", None) == "kernels" for k in path)
+        rate = 0.5 if is_bank else 0.01
+        np.testing.assert_allclose(np.asarray(update), -lr * rate * p, rtol=1e-5, atol=1e-12)
+        seen.add(is_bank)
+    assert seen == {True, False}
+
+
+def optax_schedule_value(config, steps_per_epoch):
+    """The learning rate of the first step (the schedule the optimizer uses)."""
+    import optax
+
+    total = config.epochs * steps_per_epoch
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=0,
+                                              decay_steps=total)(0)

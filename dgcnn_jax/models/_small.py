@@ -45,6 +45,9 @@ class SmallGCNN(nnx.Module):
       group: ``"z2"``, ``"p4"`` or ``"p4m"``.
       width: fields per layer (channels = width * |G|).
       dynamic: use dynamic convolutions with ``num_kernels`` kernels and ``attention``.
+      static_stem: keep the first (lifting) convolution static; dynamic from the second.
+      parameterization, bank_init, delta_scale, descriptor, freeze_banks: options of the
+        dynamic layers (see :class:`dgcnn_jax.DynamicGroupConv`).
       dropout: dropout rate before the head.
       readout: ``"invariant"`` (mean over space and group: logits invariant under the
         group) or ``"orientation"`` (mean over space only; the head sees ``width * |G|``
@@ -57,6 +60,9 @@ class SmallGCNN(nnx.Module):
 
     def __init__(self, in_channels: int, num_classes: int, group: Group | str, width: int, *,
                  dynamic: bool = False, num_kernels: int = 4, attention: str = "invariant",
+                 static_stem: bool = False, parameterization: str = "banks",
+                 bank_init: str = "per_bank", delta_scale: float = 0.0,
+                 descriptor: str = "mean", freeze_banks: bool = False,
                  dropout: float = 0.1, readout: str = "invariant", rngs: nnx.Rngs):
         check_choice(readout, "readout", READOUTS)
         self.group = get_group(group)
@@ -64,10 +70,15 @@ class SmallGCNN(nnx.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.dynamic = dynamic
-        extra = dict(num_kernels=num_kernels, attention=attention) if dynamic else {}
-        lift_cls = DynamicLiftingConv if dynamic else LiftingConv
+        extra = dict(num_kernels=num_kernels, attention=attention,
+                     parameterization=parameterization, bank_init=bank_init,
+                     delta_scale=delta_scale, descriptor=descriptor,
+                     freeze_banks=freeze_banks) if dynamic else {}
+        self.static_stem = bool(static_stem)
+        lift_cls = DynamicLiftingConv if dynamic and not static_stem else LiftingConv
         conv_cls = DynamicGroupConv if dynamic else GroupConv
-        convs = [lift_cls(in_channels, width, 3, self.group, use_bias=False, rngs=rngs, **extra)]
+        convs = [lift_cls(in_channels, width, 3, self.group, use_bias=False, rngs=rngs,
+                          **(extra if lift_cls is DynamicLiftingConv else {}))]
         convs += [conv_cls(width, width, 3, self.group, use_bias=False, rngs=rngs, **extra)
                   for _ in range(NUM_CONV - 1)]
         self.convs = nnx.List(convs)
@@ -104,7 +115,7 @@ class SmallGCNN(nnx.Module):
         self.check_input(x)
         y = x
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            if self.dynamic:
+            if isinstance(conv, (DynamicLiftingConv, DynamicGroupConv)):
                 if record is not None:
                     record["attention"].append(conv.attention_weights(y, tau))
                 y = conv(y, tau=tau)

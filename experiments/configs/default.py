@@ -26,6 +26,12 @@ class Config:
     # dynamic models only (ablations): 0 / "" keep the registered model's choice
     num_kernels: int = 0  # K kernel banks per layer
     attention: str = ""  # "invariant" or "equivariant"
+    parameterization: str = ""  # "banks" (K independent kernels) or "residual" (W0 + dW_k)
+    bank_init: str = ""  # banks form: "per_bank" (He each) or "mixture" (He uniform mixture)
+    delta_scale: float = 0.0  # residual form: dW_k start at this times He (0: static start)
+    descriptor: str = ""  # invariant attention: "mean", "mean_max" or "mean_std"
+    static_stem: bool = False  # keep the first (lifting) convolution static
+    freeze_banks: bool = False  # control: the banks keep their initial (random) values
     # optimisation
     epochs: int = 30
     batch_size: int = 32
@@ -34,12 +40,16 @@ class Config:
     learning_rate: float = 3e-3
     warmup_epochs: float = 1.0
     weight_decay: float = 1e-4
+    # decay of the dynamic layers' banks (None: weight_decay); decoupled as in AdamW:
+    # each step subtracts learning_rate(step) * decay * parameter
+    bank_weight_decay: float | None = None
     momentum: float = 0.9
     grad_clip_norm: float = 1.0
     # dynamic layers: attention temperature, linear from tau_initial to tau_final
     tau_initial: float = 30.0
     tau_final: float = 1.0
     tau_anneal_epochs: float = 10.0
+    tau_anneal_fraction: float = 0.0  # > 0: anneal over this fraction of the epochs instead
     # run
     seed: int = 0
     num_devices: int = 0  # 0: all local devices

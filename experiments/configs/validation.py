@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import jax
 
-from dgcnn_jax import models
+from dgcnn_jax import dynamic, models, nn
 
 from .default import Config
 
-__all__ = ["validate", "num_devices", "model_kwargs"]
+__all__ = ["validate", "num_devices", "model_kwargs", "DYNAMIC_FIELDS"]
+
+DYNAMIC_FIELDS = ("num_kernels", "attention", "parameterization", "bank_init", "delta_scale",
+                  "descriptor", "static_stem", "freeze_banks")
+"""Config fields that set options of the dynamic layers (only for dynamic models)."""
 
 
 def validate(config: Config) -> None:
@@ -38,10 +42,31 @@ def validate(config: Config) -> None:
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
     if config.optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
+    dynamic_fields = {name: getattr(config, name) for name in DYNAMIC_FIELDS
+                      if getattr(config, name) not in (0, 0.0, "", False, None)}
+    if dynamic_fields and not models.spec(config.model).dynamic:
+        raise ValueError(f"{', '.join(dynamic_fields)}: {config.model} has no dynamic layers; "
+                         f"leave {'it' if len(dynamic_fields) == 1 else 'them'} at the "
+                         f"default")
+    small_only = [n for n in DYNAMIC_FIELDS[2:] if n in dynamic_fields]
+    if small_only and models.spec(config.model).input_size != 28:
+        raise ValueError(f"{', '.join(small_only)}: only the 28 px models take these options, "
+                         f"not {config.model}")
+    for name, choices in (("parameterization", nn.PARAMETERIZATIONS),
+                          ("bank_init", nn.BANK_INITS),
+                          ("descriptor", tuple(dynamic.DESCRIPTORS))):
+        if getattr(config, name) and getattr(config, name) not in choices:
+            raise ValueError(f"{name}: expected one of {', '.join(choices)} ('': the model's "
+                             f"default), got {getattr(config, name)!r}")
+    if not config.delta_scale >= 0:
+        raise ValueError(f"delta_scale: expected a value >= 0, got {config.delta_scale!r}")
+    if config.bank_weight_decay is not None and not config.bank_weight_decay >= 0:
+        raise ValueError(f"bank_weight_decay: expected a value >= 0 (or none: weight_decay), "
+                         f"got {config.bank_weight_decay!r}")
+    if not 0 <= config.tau_anneal_fraction <= 1:
+        raise ValueError(f"tau_anneal_fraction: expected a fraction in [0, 1] (0: use "
+                         f"tau_anneal_epochs), got {config.tau_anneal_fraction!r}")
     if config.num_kernels or config.attention:
-        if not models.spec(config.model).dynamic:
-            raise ValueError(f"num_kernels, attention: {config.model} has no dynamic layers; "
-                             f"leave them at 0 and ''")
         if isinstance(config.num_kernels, bool) or not isinstance(config.num_kernels, int) \
                 or config.num_kernels < 0:
             raise ValueError(f"num_kernels: expected an int >= 1 (0: the model's default), "
@@ -83,4 +108,7 @@ def model_kwargs(config: Config) -> dict:
         kwargs["attention"] = config.attention
     if config.readout:
         kwargs["readout"] = config.readout
+    for name in DYNAMIC_FIELDS[2:]:  # set only when not the default
+        if getattr(config, name) not in (0.0, "", False):
+            kwargs[name] = getattr(config, name)
     return kwargs
