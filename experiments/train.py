@@ -241,14 +241,17 @@ def dynamic_diagnostics(state: TrainState, initial: TrainState, images: np.ndarr
                         tau) -> list[dict]:
     """Per dynamic layer: ``attention_entropy`` (mean over ``images``, nats),
     ``attention_spread`` (std over the images of the weights) and ``bank_common_share``
-    (the share of the banks' change since ``initial`` common to all K); ``images`` are
+    (the share of the change since ``initial`` of the K banks, ``W_k`` or the residual
+    form's ``dW_k``, that is common to all K); ``images`` are
     normalised and ``None`` (or a model without ``intermediates``) leaves the attention
     out. Empty for static models."""
     layers = _dynamic_layers(state.model())
     if not layers:
         return []
     first = _dynamic_layers(initial.model())
-    out = [{"bank_common_share": float(dynamic.bank_common_share(now.banks(), then.banks()))}
+    # the K banks proper: W_k, or the changes dW_k of the residual form (W_0 is shared)
+    out = [{"bank_common_share": float(dynamic.bank_common_share(now.kernels[...],
+                                                                 then.kernels[...]))}
            for now, then in zip(layers, first)]
     if images is not None and hasattr(state.model(), "intermediates"):
         for record, w in zip(out, _attention(state, jnp.asarray(images), tau)):
