@@ -315,6 +315,9 @@ def main(argv=None):
     args = parse_args(argv)
     plan = plan_of(args)
     base = override(get_config(), args.set)
+    if not base.score_test:
+        raise ValueError("score_test: the sweep reports test metrics; use experiments.select "
+                         "for validation-only runs")
     for dataset, name in plan:  # fail on bad names before any training
         validate(run_config(base, dataset, name, 0))
     out = pathlib.Path(args.workdir)

@@ -453,6 +453,9 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
         if config.max_steps and step >= config.max_steps:
             break
 
+    if not config.score_test:  # selection runs: validation only, the test split unread
+        return _finish_without_test(config, workdir, state, progress, num_params, run)
+
     # Test once: the best checkpoint on the test split.
     items, best = Checkpoints.restore(run.checkpoints.best, {"model": state.model_item()})
     best_state = jax.device_put(state.with_items(items["model"]),
@@ -489,6 +492,23 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     np.save(workdir / "test_labels.npy", np.asarray(test_y))
     print(f"test AUC {test['auc']:.4f}  acc {test['accuracy']:.4f}  (best epoch "
           f"{best['epoch']}; results in {workdir / 'results.json'})", flush=True)
+    return results
+
+
+def _finish_without_test(config, workdir, state, progress, num_params, run) -> dict:
+    _, best = Checkpoints.restore(run.checkpoints.best, {"model": state.model_item()})
+    results = {"model": config.model, "dataset": config.dataset, "seed": config.seed,
+               "num_params": num_params, "best_epoch": best["epoch"], "best_tau": best["tau"],
+               "val": best["val"], "test": None, "epochs_run": len(progress.history),
+               "steps": int(state.step), "train_seconds": progress.train_seconds,
+               "devices": num_devices(config), "backend": jax.default_backend()}
+    _write_json(workdir / "results.json", results)
+    plots.learning_curves(progress.history, workdir / "learning_curves.png")
+    if any("dynamic_layers" in h for h in progress.history):
+        plots.dynamic_diagnostics(progress.history, workdir / "dynamic_diagnostics.png",
+                                  f"{config.model} on {config.dataset}")
+    print(f"best val AUC {best['val']['auc']:.4f} at epoch {best['epoch']} (score_test=false: "
+          f"the test split was not read)", flush=True)
     return results
 
 

@@ -449,3 +449,23 @@ def optax_schedule_value(config, steps_per_epoch):
     total = config.epochs * steps_per_epoch
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps=0,
                                               decay_steps=total)(0)
+
+
+@pytest.mark.slow
+def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
+    from experiments import select
+
+    rows = select.main(["--workdir", str(tmp_path), "--dataset", "breastmnist", "--variants",
+                        "p4m_gcnn", "--seeds", "0", "--workers", "1",
+                        "--set", "epochs=1", "--set", "max_steps=2",
+                        "--set", f"data_dir={medmnist_dir}"])
+    work = tmp_path / "breastmnist" / "p4m_gcnn" / "seed0"
+    results = json.loads((work / "results.json").read_text())
+    assert results["test"] is None and not (work / "test_probs.npy").exists()
+    assert rows[0]["variant"] == "p4m_gcnn" and rows[0]["seeds"] == 1
+    assert rows[0]["val_auc_mean"] == pytest.approx(results["val"]["auc"])
+    assert (tmp_path / "selection_breastmnist.md").is_file()
+    with pytest.raises(ValueError, match="score_test: the sweep reports test metrics"):
+        from experiments import compare
+        compare.main(["--workdir", str(tmp_path), "--models", "cnn", "--set",
+                      "score_test=false"])

@@ -56,6 +56,9 @@ class Config:
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
     max_steps: int = 0  # > 0: stop after this many steps (smoke tests)
     progress: bool = True
+    # false: stop after the epochs without reading the test split (option selection on
+    # validation data; results.json then has no test metrics)
+    score_test: bool = True
 
 
 def get_config() -> Config:
