@@ -14,6 +14,12 @@ Each checkpoint holds three items, so that inference reads only what it needs:
 * ``meta``: JSON (the trainer's progress record, or the best epoch's metrics).
 
 PRNG keys are stored as their raw key data and wrapped again on restore.
+
+Kill safety: orbax writes each checkpoint into a temporary folder and renames it when
+complete; temporary folders left by a killed process are removed when the managers are
+opened, and a step that already exists (a ``best`` checkpoint saved just before a kill,
+then saved again by the resumed run) is replaced, not refused. A checkpoint that cannot
+be read raises :class:`CheckpointError`, one line naming the folder.
 """
 
 from __future__ import annotations
@@ -26,10 +32,14 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpoints", "ITEMS"]
+__all__ = ["Checkpoints", "CheckpointError", "ITEMS"]
 
 ITEMS = ("model", "train")
 """The array items of a checkpoint (besides the JSON ``meta``)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be restored (damaged or of another layout)."""
 
 
 def _keys_to_data(tree):
@@ -54,7 +64,8 @@ class Checkpoints:
 
     def __post_init__(self):
         self.workdir = pathlib.Path(self.workdir).absolute()  # orbax needs absolute paths
-        opts = dict(create=True, enable_async_checkpointing=False, max_to_keep=1)
+        opts = dict(create=True, enable_async_checkpointing=False, max_to_keep=1,
+                    cleanup_tmp_directories=True)
         root = self.workdir / "checkpoints"
         self.latest = ocp.CheckpointManager(root / "latest",
                                             options=ocp.CheckpointManagerOptions(**opts))
@@ -69,6 +80,8 @@ class Checkpoints:
         if unknown:
             raise ValueError(f"items: expected names among {ITEMS}, got {sorted(unknown)}")
         args = {name: ocp.args.StandardSave(_keys_to_data(tree)) for name, tree in items.items()}
+        if step in manager.all_steps():  # saved before a kill, and again after the resume
+            manager.delete(step)
         manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
                      force=True)
         manager.wait_until_finished()
@@ -86,7 +99,17 @@ class Checkpoints:
             raise FileNotFoundError(f"no checkpoint in {manager.directory}")
         args = {name: ocp.args.StandardRestore(_keys_to_data(tree))
                 for name, tree in like.items()}
-        restored = manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore(), **args))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore(), **args))
+        except Exception as err:  # orbax raises many kinds for a damaged folder
+            message = str(err).splitlines()[0][:300] if str(err) else ""
+            raise CheckpointError(
+                f"{manager.directory / str(step)}: the checkpoint cannot be restored "
+                f"({type(err).__name__}: {message}); delete that folder to start again from "
+                f"the previous checkpoint, or the work directory to start afresh") from None
+        if not isinstance(restored["meta"], dict):
+            raise CheckpointError(f"{manager.directory / str(step)}: the checkpoint has no "
+                                  f"metadata; delete that folder")
         items = {name: _data_to_keys(restored[name], tree) for name, tree in like.items()}
         return items, restored["meta"]

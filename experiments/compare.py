@@ -142,6 +142,11 @@ def run_one(base: Config, dataset: str, name: str, seed: int, workdir: pathlib.P
     work = workdir / dataset / name / f"seed{seed}"
     config = run_config(base, dataset, name, seed)
     if (work / "results.json").is_file():
+        changed = train.config_differences(json.loads((work / "config.json").read_text()),
+                                           config)
+        if changed:
+            raise ValueError(f"{work} was trained with another config ({'; '.join(changed)}): "
+                             f"use another --workdir for these settings, or delete the run")
         results = json.loads((work / "results.json").read_text())
     else:
         results = train.train_and_evaluate(config, work)

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -41,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from dgcnn_jax import data, dynamic, metrics, models
 from dgcnn_jax.dynamic import linear_temperature
 from experiments import datasets, plots
-from experiments.checkpoints import Checkpoints
+from experiments.checkpoints import CheckpointError, Checkpoints
 from experiments.configs import (
     CONFIGS,
     Config,
@@ -52,7 +53,8 @@ from experiments.configs import (
     validate,
 )
 
-__all__ = ["TrainingError", "TrainState", "Progress", "make_optimizer", "make_mesh",
+__all__ = ["TrainingError", "WorkdirError", "RESUMABLE_CHANGES", "config_differences",
+           "TrainState", "Progress", "make_optimizer", "make_mesh",
            "create_train_state", "train_step", "eval_step", "predict", "temperature",
            "dynamic_diagnostics", "train_and_evaluate", "main"]
 
@@ -61,6 +63,47 @@ DIAGNOSTIC_IMAGES = 256  # validation images whose attention the per-epoch diagn
 
 class TrainingError(RuntimeError):
     """Training stopped (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class WorkdirError(RuntimeError):
+    """The work directory cannot be used for this run (another config, another process)."""
+
+
+# Config fields that do not change what a run computes: a resumed run may differ in them.
+RESUMABLE_CHANGES = ("data_dir", "progress", "eval_batch_size", "checkpoint_every_steps",
+                     "num_devices", "max_steps", "score_test")
+
+
+def config_differences(stored: dict, config: Config) -> list[str]:
+    """``"field stored -> new"`` for every field that changes the run."""
+    new = dataclasses.asdict(config)
+    return [f"{k} {stored.get(k, '(absent)')!r} -> {new[k]!r}" for k in new
+            if k not in RESUMABLE_CHANGES and stored.get(k, new[k]) != new[k]]
+
+
+class _WorkdirLock:
+    """An exclusive lock on ``<workdir>/.lock`` for as long as a run uses the folder."""
+
+    def __init__(self, workdir: pathlib.Path):
+        import fcntl
+
+        self.path = workdir / ".lock"
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            owner = self.file.read().strip() or "another process"
+            self.file.close()
+            raise WorkdirError(f"{workdir} is in use by {owner}: wait for it to finish, or "
+                               f"choose another --workdir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()  # closing releases the lock
 
 
 # --------------------------------------------------------------------------- state
@@ -362,10 +405,14 @@ class _Run:
             step_metrics = jax.device_get(step_metrics)
             loss = float(step_metrics["loss"])
             if not (math.isfinite(loss) and step_metrics["finite"]):
+                saved = self.checkpoints.latest.latest_step()
+                kept = (f"the last good checkpoint (step {saved}) is kept in "
+                        f"{self.workdir / 'checkpoints' / 'latest'}" if saved is not None
+                        else "no checkpoint had been saved yet")
                 raise TrainingError(
-                    f"non-finite training loss {loss} at epoch {epoch}, step {step}: stopping; "
-                    f"the last good checkpoint is kept in "
-                    f"{self.workdir / 'checkpoints' / 'latest'} (try a lower learning_rate)")
+                    f"non-finite training loss or parameters (loss {loss:.4g}) at epoch "
+                    f"{epoch + 1}, step {step + 1}: stopping; {kept} (try a lower "
+                    f"learning_rate)")
             step += 1
             progress.loss_sum += loss
             progress.accuracy_sum += float(step_metrics["accuracy"])
@@ -402,6 +449,21 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     validate(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = _WorkdirLock(workdir)  # one process per work directory
+    try:
+        return _train_and_evaluate(config, workdir)
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
+    checkpoints = Checkpoints(workdir)
+    stored = workdir / "config.json"
+    if checkpoints.latest.latest_step() is not None and stored.is_file():
+        changed = config_differences(json.loads(stored.read_text()), config)
+        if changed:
+            raise WorkdirError(f"{workdir} holds a run with another config ({'; '.join(changed)})"
+                               f": resume it with the same settings, or use another --workdir")
     dataset = datasets.open_dataset(config.dataset, config.data_dir)
     steps = data.num_batches(dataset.num_train, config.batch_size, drop_remainder=True)
     if steps < 1:
@@ -414,7 +476,7 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     initial = jax.tree.map(jnp.copy, state.replace(opt_state=None, tx=None))
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
     _write_json(workdir / "config.json", dataclasses.asdict(config))
-    run = _Run(config, workdir, dataset, steps, mesh, Checkpoints(workdir))
+    run = _Run(config, workdir, dataset, steps, mesh, checkpoints)
     state, progress = run.resume(state)
     _write_history(workdir, progress.history)
     val_x, val_y = dataset.split("val")
@@ -534,7 +596,7 @@ def main(argv=None) -> dict:
         parser.error(str(err))
     try:
         return train_and_evaluate(config, args.workdir)
-    except TrainingError as err:
+    except (TrainingError, WorkdirError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1)
 

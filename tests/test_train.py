@@ -62,7 +62,13 @@ def test_bad_config_fails_before_training(tmp_path):
     base = get_config()
     for sets, match in ((["model=resnet"], "model: unknown model 'resnet'"),
                         (["dataset=mnist"], "unknown MedMNIST dataset 'mnist'"),
-                        (["learning_rate=-0.1"], "learning_rate: expected a value > 0"),
+                        (["learning_rate=-0.1"], "learning_rate: expected a finite value > 0"),
+                        (["learning_rate=inf"], "learning_rate: expected a finite value > 0"),
+                        (["weight_decay=nan"], "weight_decay: expected a finite value >= 0"),
+                        (["warmup_epochs=inf"], "warmup_epochs: expected a finite value"),
+                        (["grad_clip_norm=nan"], "grad_clip_norm: expected a finite value"),
+                        (["tau_initial=nan"], "tau_initial: the temperature must be a finite"),
+                        (["dropout=nan"], "dropout: expected a rate"),
                         (["batch_size=0"], "batch_size: expected a positive int"),
                         (["optimizer=rmsprop"], "optimizer"),
                         (["dropout=1.5"], "dropout"),
@@ -393,7 +399,7 @@ def test_dynamic_layer_options_in_the_config():
                         (["parameterization=lora"], "parameterization: expected one of"),
                         (["descriptor=median"], "descriptor: expected one of"),
                         (["bank_init=zeros"], "bank_init: expected one of"),
-                        (["delta_scale=-0.1"], "delta_scale: expected a value >= 0"),
+                        (["delta_scale=-0.1"], "delta_scale: expected a finite value >= 0"),
                         (["bank_weight_decay=-1"], "bank_weight_decay: expected"),
                         (["tau_anneal_fraction=1.5"], "tau_anneal_fraction: expected")):
         with pytest.raises(ValueError, match=match):
@@ -469,3 +475,46 @@ def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
         from experiments import compare
         compare.main(["--workdir", str(tmp_path), "--models", "cnn", "--set",
                       "score_test=false"])
+
+
+
+@pytest.mark.slow
+def test_work_directory_guards(tmp_path, medmnist_dir):
+    """A changed config, a second process, a missing latest and a damaged checkpoint."""
+    work = tmp_path / "run"
+    sets = FAST + ["epochs=1", "max_steps=3"]
+    first = _run(work, medmnist_dir, sets)
+    assert first.returncode == 0, first.stdout + first.stderr
+    expected = json.loads((work / "results.json").read_text())
+    stored = (work / "config.json").read_text()
+    # resuming with settings that change the run stops with one line and changes nothing
+    out = _run(work, medmnist_dir, FAST + ["epochs=3", "max_steps=3", "seed=1"])
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "holds a run with another config (epochs 1 -> 3; seed 0 -> 1)" in out.stderr
+    assert (work / "config.json").read_text() == stored
+    # a harmless change (progress bar, evaluation batch) resumes the finished run
+    out = _run(work, medmnist_dir, sets + ["eval_batch_size=64"])
+    assert out.returncode == 0, out.stderr
+    # a second process on the same folder is refused while the first holds it
+    lock = train._WorkdirLock(work)
+    try:
+        out = _run(work, medmnist_dir, sets)
+        assert out.returncode == 1 and "is in use by process" in out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        lock.release()
+    # best/N saved but latest gone (as after a kill between the two saves): the rerun
+    # saves best/N again and ends with the same results
+    shutil.rmtree(work / "checkpoints" / "latest")
+    out = _run(work, medmnist_dir, sets)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _assert_close(_comparable(json.loads((work / "results.json").read_text())),
+                  _comparable(expected))
+    # a damaged latest checkpoint: one line naming the folder, no traceback
+    step = next(p for p in (work / "checkpoints" / "latest").iterdir() if p.name.isdigit())
+    for f in (step / "model").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"")
+    out = _run(work, medmnist_dir, sets)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{step}: the checkpoint cannot be restored" in out.stderr

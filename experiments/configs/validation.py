@@ -8,6 +8,8 @@ the number of devices a run uses.
 
 from __future__ import annotations
 
+import math
+
 import jax
 
 from dgcnn_jax import dynamic, models, nn
@@ -33,12 +35,15 @@ def validate(config: Config) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    if not config.learning_rate > 0:
-        raise ValueError(f"learning_rate: expected a value > 0, got {config.learning_rate!r}")
-    for name in ("weight_decay", "warmup_epochs", "grad_clip_norm", "tau_anneal_epochs"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name}: expected a value >= 0, got {getattr(config, name)!r}")
-    if not 0 <= config.dropout < 1:
+    if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
+        raise ValueError(f"learning_rate: expected a finite value > 0, got "
+                         f"{config.learning_rate!r}")
+    for name in ("weight_decay", "warmup_epochs", "grad_clip_norm", "tau_anneal_epochs",
+                 "momentum", "delta_scale"):
+        value = getattr(config, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
+    if not 0 <= config.dropout < 1:  # (NaN fails too)
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
     if config.optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
@@ -58,12 +63,11 @@ def validate(config: Config) -> None:
         if getattr(config, name) and getattr(config, name) not in choices:
             raise ValueError(f"{name}: expected one of {', '.join(choices)} ('': the model's "
                              f"default), got {getattr(config, name)!r}")
-    if not config.delta_scale >= 0:
-        raise ValueError(f"delta_scale: expected a value >= 0, got {config.delta_scale!r}")
-    if config.bank_weight_decay is not None and not config.bank_weight_decay >= 0:
+    if config.bank_weight_decay is not None and not (
+            config.bank_weight_decay >= 0 and math.isfinite(config.bank_weight_decay)):
         raise ValueError(f"bank_weight_decay: expected a value >= 0 (or none: weight_decay), "
                          f"got {config.bank_weight_decay!r}")
-    if not 0 <= config.tau_anneal_fraction <= 1:
+    if not 0 <= config.tau_anneal_fraction <= 1:  # (NaN fails too)
         raise ValueError(f"tau_anneal_fraction: expected a fraction in [0, 1] (0: use "
                          f"tau_anneal_epochs), got {config.tau_anneal_fraction!r}")
     if config.num_kernels or config.attention:
@@ -81,8 +85,11 @@ def validate(config: Config) -> None:
         if config.readout not in models.READOUTS:
             raise ValueError(f"readout: expected one of {', '.join(models.READOUTS)} ('': the "
                              f"model's default), got {config.readout!r}")
-    if config.tau_initial <= 0 or config.tau_final <= 0:
-        raise ValueError("tau_initial, tau_final: temperatures must be > 0")
+    for name in ("tau_initial", "tau_final"):
+        value = getattr(config, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name}: the temperature must be a finite value > 0, got "
+                             f"{value!r}")
     devices = num_devices(config)
     for name in ("batch_size", "eval_batch_size"):
         if getattr(config, name) % devices:
