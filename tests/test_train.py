@@ -518,3 +518,43 @@ def test_work_directory_guards(tmp_path, medmnist_dir):
     out = _run(work, medmnist_dir, sets)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"{step}: the checkpoint cannot be restored" in out.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_kills_aimed_at_each_save_phase(tmp_path, medmnist_dir):
+    """The folders a kill leaves in each phase of an epoch's two saves (best, then
+    latest), made exactly: a half-written best; a finished best without its latest and a
+    half-written latest. Each resume ends with the uninterrupted run's results."""
+    full = _run(tmp_path / "full", medmnist_dir, FAST)
+    assert full.returncode == 0, full.stdout + full.stderr
+    expected = json.loads((tmp_path / "full" / "results.json").read_text())
+    work = tmp_path / "run"
+    ckpt = work / "checkpoints"
+    first = _run(work, medmnist_dir, FAST + ["max_steps=17"])  # epoch 1 of 2 (17 steps)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert sorted(p.name for p in (ckpt / "latest").iterdir()) == ["17"]
+    assert sorted(p.name for p in (ckpt / "best").iterdir()) == ["1"]
+    saved = tmp_path / "epoch1"
+    shutil.copytree(ckpt, saved)
+    # 1. killed while best/2 was being written: its temporary folder is left
+    shutil.copytree(ckpt / "best" / "1", ckpt / "best" / "2.orbax-checkpoint-tmp")
+    out = _run(work, medmnist_dir, FAST)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming from step 17" in out.stdout
+    _assert_close(_comparable(json.loads((work / "results.json").read_text())),
+                  _comparable(expected))
+    assert not any("tmp" in p.name for p in (ckpt / "best").iterdir())
+    # 2. killed after best/1 was saved, while latest/17 was being written: best/1 is
+    # complete, latest holds only a temporary folder; the rerun starts over and saves
+    # best/1 again (this used to stop with StepAlreadyExistsError)
+    fresh = tmp_path / "fresh"
+    shutil.copytree(saved / "best", fresh / "checkpoints" / "best")
+    shutil.copytree(saved / "latest" / "17",
+                    fresh / "checkpoints" / "latest" / "17.orbax-checkpoint-tmp")
+    shutil.copy(work / "config.json", fresh / "config.json")
+    out = _run(fresh, medmnist_dir, FAST)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming" not in out.stdout
+    _assert_close(_comparable(json.loads((fresh / "results.json").read_text())),
+                  _comparable(expected))
+    assert sorted(p.name for p in (fresh / "checkpoints" / "latest").iterdir()) == ["34"]
