@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
+
 from .groups import Group
 
 
@@ -24,6 +28,7 @@ def check_image(x, name: str = "x", channels: int | None = None) -> tuple[int, .
         raise ValueError(
             f"{name}: expected {channels} channels, shape [batch, height, width, {channels}], "
             f"got shape {shape}")
+    _check_batch_and_dtype(x, name, shape)
     return shape
 
 
@@ -44,13 +49,25 @@ def check_feature_map(x, group: Group, name: str = "x",
     if channels is not None and shape[-2] != channels:
         raise ValueError(
             f"{name}: expected {channels} channels, shape {expected}, got shape {shape}")
+    _check_batch_and_dtype(x, name, shape)
     return shape
 
 
+def _check_batch_and_dtype(x, name: str, shape: tuple[int, ...]) -> None:
+    if shape[0] < 1:
+        raise ValueError(f"{name}: the batch is empty (shape {shape}); pass at least one example")
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
+        raise ValueError(f"{name}: expected a floating-point array, got dtype {dtype} (scale "
+                         f"integer images to float first, e.g. x.astype('float32') / 255)")
+
+
 def check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` as an ``int`` if it is a positive integer (numpy integers too, not bools)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_choice(value, name: str, choices) -> str:

@@ -7,6 +7,8 @@ those of :mod:`dgcnn_jax.ops`. Kernels are initialised He-style with the group f
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -171,9 +173,10 @@ class _DynamicBase(nnx.Module):
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = check_positive_int(kernel_size, "kernel_size")
         self.dilation = check_positive_int(dilation, "dilation")
-        if isinstance(num_kernels, bool) or not isinstance(num_kernels, int) or num_kernels < 1:
+        if isinstance(num_kernels, bool) or not isinstance(num_kernels, numbers.Integral) \
+                or num_kernels < 1:
             raise ValueError(f"num_kernels: expected an int K >= 1, got {num_kernels!r}")
-        self.num_kernels = num_kernels
+        self.num_kernels = num_kernels = int(num_kernels)
         self.attention = check_choice(attention, "attention", dynamic.ATTENTION_MODES)
         execution.resolve(impl, "dynamic" if attention == "invariant" else "equivariant")
         self.impl = impl  # see dgcnn_jax.execution.IMPLS

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -71,6 +72,12 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Run:
     items, best = Checkpoints.restore(checkpoints.best, {"model": state.model_item()})
     state = jax.device_put(state.with_items(items["model"]),
                            NamedSharding(mesh, PartitionSpec()))
+    if not (workdir / "results.json").is_file():
+        done = sum(1 for _ in (workdir / "metrics.jsonl").open()) if (
+            workdir / "metrics.jsonl").is_file() else 0
+        print(f"warning: {workdir} has not finished training ({done} of {config.epochs} "
+              f"epochs): scoring its best checkpoint so far (epoch {best['epoch']})",
+              file=sys.stderr)
     if "tau" not in best:  # checkpoints written before the meta recorded it
         history = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
         best["tau"] = next(h["tau"] for h in history if h["epoch"] == best["epoch"])

@@ -343,8 +343,10 @@ class _ProgressBar:
         self.bar = None
         if config.progress:
             from tqdm.auto import tqdm
+            # disable=None: no bar where stderr is not a terminal (a file or a pipe would
+            # get one line per update); the epoch lines still print
             self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}",
-                            unit="step", leave=False, file=sys.stderr)
+                            unit="step", leave=False, file=sys.stderr, disable=None)
 
     def update(self, loss: float, images_per_second: float) -> None:
         if self.bar is not None:

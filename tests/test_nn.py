@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 import dgcnn_jax as dg
+from dgcnn_jax import models
 from dgcnn_jax.testing import assert_equivariant
 from tests.conftest import RTOL, normal
 
@@ -120,3 +121,18 @@ def test_module_errors():
         dg.GroupBatchNorm(3, rngs=nnx.Rngs(0))(jnp.zeros((1, 5, 5, 2, 8)))
     with pytest.raises(ValueError, match="kind"):
         dg.GroupPool("median")
+
+
+def test_numpy_integers_empty_batches_and_integer_images():
+    layer = dg.DynamicGroupConv(np.int64(2), np.int64(3), np.int64(3), "p4",
+                                num_kernels=np.int64(2), rngs=nnx.Rngs(0))
+    assert type(layer.in_channels) is int and layer.num_kernels == 2
+    model = models.create("cnn", num_classes=np.int64(8), in_channels=np.int64(3),
+                             rngs=nnx.Rngs(0))
+    assert model.num_classes == 8
+    with pytest.raises(ValueError, match=r"x: the batch is empty \(shape \(0, 5, 5, 2, 4\)\)"):
+        layer(jnp.zeros((0, 5, 5, 2, 4)))
+    with pytest.raises(ValueError, match="x: expected a floating-point array, got dtype uint8"):
+        dg.LiftingConv(1, 2, 3, "p4", rngs=nnx.Rngs(0))(jnp.zeros((1, 5, 5, 1), jnp.uint8))
+    with pytest.raises(ValueError, match="in_channels: expected a positive int, got True"):
+        dg.GroupConv(True, 2, 3, "p4", rngs=nnx.Rngs(0))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from flax import nnx
 
+from .._checks import check_positive_int
 from ._densenet import DenseGNet
 from ._small import SmallGCNN, count_params
 from ._flops import forward_flops
@@ -88,9 +89,8 @@ def create(name: str, *, num_classes: int, in_channels: int = 1, rngs: nnx.Rngs,
 
     Extra keyword arguments (e.g. ``dropout``, ``attention``) go to the model class.
     """
-    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg}: expected a positive int, got {value!r}")
+    num_classes = check_positive_int(num_classes, "num_classes")
+    in_channels = check_positive_int(in_channels, "in_channels")
     return spec(name).build(num_classes, in_channels, rngs, **kwargs)
 
 
