@@ -48,6 +48,9 @@ VARIANTS = {
     "dgcnn_wide_residual_all": Variant("p4m_dgcnn_wide", {
         **_RESIDUAL, "descriptor": "mean_max", "static_stem": True,
         "tau_anneal_fraction": 0.1}),
+    # the same three changes without the residual form (what the residual form adds)
+    "dgcnn_wide_banks_all": Variant("p4m_dgcnn_wide", {
+        "descriptor": "mean_max", "static_stem": True, "tau_anneal_fraction": 0.1}),
     "dgcnn_wide_k1": Variant("p4m_dgcnn_wide", {"num_kernels": 1}),
     "dgcnn_wide_frozen": Variant("p4m_dgcnn_wide", {"freeze_banks": True}),
 }
