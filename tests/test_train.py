@@ -171,16 +171,18 @@ def test_two_host_devices_match_one(tmp_path, medmnist_dir):
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, medmnist_dir):
+    # an absurd learning rate: the first step (warm-up rate 0) is good and saved, the
+    # second blows the parameters up; the run stops and keeps the good checkpoint
     work = tmp_path / "run"
-    first = _run(work, medmnist_dir, FAST + ["epochs=1"])
-    assert first.returncode == 0, first.stdout + first.stderr
-    good = sorted(p.name for p in (work / "checkpoints" / "latest").iterdir())
-    # continue for a second epoch with an absurd learning rate: the loss blows up
-    out = _run(work, medmnist_dir, FAST + ["learning_rate=1e30"])
-    assert out.returncode == 1
-    assert "non-finite training loss" in out.stderr and "last good checkpoint" in out.stderr
-    kept = sorted(p.name for p in (work / "checkpoints" / "latest").iterdir())
-    assert kept == good
+    sets = FAST + ["learning_rate=1e30", "checkpoint_every_steps=1"]
+    for _ in range(2):  # and resuming the same run stops the same way
+        out = _run(work, medmnist_dir, sets)
+        assert out.returncode == 1
+        assert "non-finite training loss" in out.stderr and "last good checkpoint" in out.stderr
+        assert "(step 1)" in out.stderr and "at epoch 1, step 2" in out.stderr
+        assert "Traceback" not in out.stderr
+        kept = sorted(p.name for p in (work / "checkpoints" / "latest").iterdir())
+        assert kept == ["1"]
 
 
 @pytest.mark.slow
@@ -255,6 +257,8 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     # kept (as packed by experiments/device_sweep.sh), is left out; with its D4 scores in
     seed2 = out / "breastmnist" / "cnn" / "seed2"
     shutil.copytree(out / "breastmnist" / "cnn" / "seed0", seed2)
+    stored = json.loads((seed2 / "config.json").read_text())
+    (seed2 / "config.json").write_text(json.dumps({**stored, "seed": 2}))  # as seed 2 had it
     shutil.rmtree(seed2 / "checkpoints")
     (seed2 / "checkpoints" / "best").mkdir(parents=True)  # empty: no checkpoint in it
     # what experiments/device_sweep.sh asks of a task line: every run trained and scored
@@ -266,12 +270,16 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     assert not compare.finished(seed2) and not compare.finished(seed2, scored=True)
     # the cnn runs only (no p4m_dgcnn run, so no figures: quicker)
     cnn_only = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
-                "--seeds", "0", "1", "2", "--no-train", "--set", f"data_dir={medmnist_dir}"]
+                "--seeds", "0", "1", "2", "--no-train", "--set", "epochs=1",
+                "--set", "max_steps=2", "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(cnn_only)
     assert [(r["model"], r["seeds"]) for r in rows] == [("cnn", 2)]
     shutil.copy(out / "breastmnist" / "cnn" / "seed0" / "eval_test.json", seed2)
     rows = compare.main(cnn_only)
     assert [(r["model"], r["seeds"]) for r in rows] == [("cnn", 3)]
+    # a finished run trained with other settings is refused, not reported under these
+    with pytest.raises(ValueError, match=r"seed0 was trained with another config \(epochs 1 -> 3"):
+        compare.main([*cnn_only, "--set", "epochs=3"])
     with pytest.raises(ValueError, match="unknown model"):
         compare.main(["--workdir", str(tmp_path), "--models", "vgg"])
     with pytest.raises(ValueError, match="unknown model"):
