@@ -267,13 +267,12 @@ def dynamic_conv(
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
     base = None if base_kernel is None else _bank_matrix(base_kernel, group, lifting)
     if impl == "linear":
+        mix = weights
         if base is not None:  # the static kernel as one more response, weight 1
             banks = jnp.concatenate([base[None], banks])
-            weights = jnp.concatenate([jnp.ones_like(weights[:, :1]), weights], axis=1)
+            mix = jnp.concatenate([jnp.ones_like(weights[:, :1]), weights], axis=1)
         y = _k_responses(xf, banks, group, pad, dilation, precision)
-        y = jnp.einsum("bhwkog,bk->bhwog", y, weights, precision=precision)
-        if base is not None:
-            weights = weights[:, 1:]
+        y = jnp.einsum("bhwkog,bk->bhwog", y, mix, precision=precision)
     else:
         # T(g) is linear, so mixing the K banks equals the bank of the mixed kernel.
         mats = aggregate(banks, weights)  # [B, k, k, cin, cout * G]

@@ -280,7 +280,7 @@ def _attention(state: TrainState, images: jax.Array, tau) -> list:
     return state.model(training=False).intermediates(images, tau=tau)["attention"]
 
 
-def dynamic_diagnostics(state: TrainState, initial: TrainState, images: np.ndarray | None,
+def dynamic_diagnostics(state: TrainState, initial: TrainState, images: jax.Array | None,
                         tau) -> list[dict]:
     """Per dynamic layer: ``attention_entropy`` (mean over ``images``, nats),
     ``attention_spread`` (std over the images of the weights) and ``bank_common_share``
@@ -288,7 +288,8 @@ def dynamic_diagnostics(state: TrainState, initial: TrainState, images: np.ndarr
     form's ``dW_k``, that is common to all K); ``images`` are
     normalised and ``None`` (or a model without ``intermediates``) leaves the attention
     out. Empty for static models."""
-    layers = _dynamic_layers(state.model())
+    model = state.model()
+    layers = _dynamic_layers(model)
     if not layers:
         return []
     first = _dynamic_layers(initial.model())
@@ -296,8 +297,8 @@ def dynamic_diagnostics(state: TrainState, initial: TrainState, images: np.ndarr
     out = [{"bank_common_share": float(dynamic.bank_common_share(now.kernels[...],
                                                                  then.kernels[...]))}
            for now, then in zip(layers, first)]
-    if images is not None and hasattr(state.model(), "intermediates"):
-        for record, w in zip(out, _attention(state, jnp.asarray(images), tau)):
+    if images is not None and hasattr(model, "intermediates"):
+        for record, w in zip(out, _attention(state, images, tau)):
             record["attention_entropy"] = float(dynamic.attention_entropy(w))
             record["attention_spread"] = float(dynamic.attention_spread(w))
     return out
@@ -482,8 +483,8 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
     state, progress = run.resume(state)
     _write_history(workdir, progress.history)
     val_x, val_y = dataset.split("val")
-    probe = ((val_x[:DIAGNOSTIC_IMAGES].astype(np.float32) / 255.0 - dataset.mean)
-             / dataset.std).astype(np.float32)
+    probe = jnp.asarray((val_x[:DIAGNOSTIC_IMAGES].astype(np.float32) / 255.0 - dataset.mean)
+                        / dataset.std, jnp.float32)  # on the device once, not every epoch
 
     # Epochs: train, score on validation, keep the best checkpoint.
     for epoch in range(progress.epoch, config.epochs):
