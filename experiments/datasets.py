@@ -76,12 +76,23 @@ class Dataset:
         return self._split(split)
 
 
-def open_dataset(name: str, data_dir=None) -> Dataset:
-    """Open ``name`` (see the module docstring) reading from ``data_dir``."""
+def open_dataset(name: str, data_dir=None, *, train_fraction: float = 1.0,
+                 data_seed: int = 0) -> Dataset:
+    """Open ``name`` (see the module docstring) reading from ``data_dir``.
+
+    ``train_fraction < 1`` keeps a class-stratified subset of the training split
+    (:func:`dgcnn_jax.data.stratified_subset` with ``data_seed``: the same images for every
+    model); its statistics are the subset's. Validation and test splits are untouched.
+    """
     num_classes, channels = dataset_facts(name)
     if name == "pcam":
+        if train_fraction != 1.0:
+            raise ValueError("train_fraction: subsets of pcam are not supported (use 1.0)")
         return _open_pcam(data_dir, num_classes, channels)
     train_x, train_y = data.load(name, "train", data_dir)
+    if train_fraction != 1.0:
+        keep = data.stratified_subset(train_y, train_fraction, data_seed)
+        train_x, train_y = train_x[keep], train_y[keep]
     mean, std = data.normalization_stats(train_x)
 
     def train_epoch(**kwargs):

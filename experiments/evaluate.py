@@ -66,7 +66,9 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Run:
     checkpoints = Checkpoints(workdir)
     if checkpoints.best.latest_step() is None:
         raise FileNotFoundError(f"no best checkpoint in {workdir / 'checkpoints' / 'best'}")
-    dataset = datasets.open_dataset(config.dataset, config.data_dir)
+    dataset = datasets.open_dataset(config.dataset, config.data_dir,
+                                    train_fraction=config.train_fraction,
+                                    data_seed=config.data_seed)
     mesh = train.make_mesh(config)
     state = train.create_train_state(config, dataset.num_classes, dataset.channels, None, mesh)
     items, best = Checkpoints.restore(checkpoints.best, {"model": state.model_item()})

@@ -467,7 +467,9 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
         if changed:
             raise WorkdirError(f"{workdir} holds a run with another config ({'; '.join(changed)})"
                                f": resume it with the same settings, or use another --workdir")
-    dataset = datasets.open_dataset(config.dataset, config.data_dir)
+    dataset = datasets.open_dataset(config.dataset, config.data_dir,
+                                    train_fraction=config.train_fraction,
+                                    data_seed=config.data_seed)
     steps = data.num_batches(dataset.num_train, config.batch_size, drop_remainder=True)
     if steps < 1:
         raise ValueError(f"batch_size: {config.batch_size} exceeds the {dataset.num_train} "
@@ -533,7 +535,8 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
     size = test_x.shape[1:]
     results = {
         "model": config.model, "dataset": config.dataset, "seed": config.seed,
-        "num_params": num_params,
+        "train_fraction": config.train_fraction, "data_seed": config.data_seed,
+        "num_train": dataset.num_train, "num_params": num_params,
         "forward_flops": models.forward_flops(state.model(), size),
         "best_epoch": best["epoch"], "best_tau": best["tau"],
         "val": best["val"], "test": test, "epochs_run": len(progress.history),
@@ -563,6 +566,8 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
 def _finish_without_test(config, workdir, state, progress, num_params, run) -> dict:
     _, best = Checkpoints.restore(run.checkpoints.best, {"model": state.model_item()})
     results = {"model": config.model, "dataset": config.dataset, "seed": config.seed,
+               "train_fraction": config.train_fraction, "data_seed": config.data_seed,
+               "num_train": run.dataset.num_train,
                "num_params": num_params, "best_epoch": best["epoch"], "best_tau": best["tau"],
                "val": best["val"], "test": None, "epochs_run": len(progress.history),
                "steps": int(state.step), "train_seconds": progress.train_seconds,

@@ -171,6 +171,24 @@ def test_iterator_state_restores_the_next_batch():
     np.testing.assert_array_equal(got["label"], expected["label"])
 
 
+def test_stratified_subset_is_seeded_nested_and_per_class():
+    labels = np.repeat(np.arange(4), [100, 40, 7, 1])
+    half = data.stratified_subset(labels, 0.5, seed=3)
+    assert np.array_equal(half, data.stratified_subset(labels, 0.5, seed=3))  # seeded
+    assert not np.array_equal(half, data.stratified_subset(labels, 0.5, seed=4))
+    assert np.array_equal(np.bincount(labels[half]), [50, 20, 4, 1])  # round, >= 1 per class
+    assert np.all(np.diff(half) > 0)  # sorted, no repeats
+    small = data.stratified_subset(labels, 0.1, seed=3)
+    assert np.array_equal(np.bincount(labels[small]), [10, 4, 1, 1])
+    assert set(small) <= set(half)  # one seed: a smaller fraction lies inside a larger one
+    assert np.array_equal(data.stratified_subset(labels, 1.0), np.arange(len(labels)))
+    for fraction in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fraction: expected a number in"):
+            data.stratified_subset(labels, fraction)
+    with pytest.raises(ValueError, match="labels: expected int"):
+        data.stratified_subset(labels.reshape(-1, 1), 0.5)
+
+
 def test_pipeline_errors():
     images, labels = _toy()
     with pytest.raises(ValueError, match="labels: expected 50 labels"):

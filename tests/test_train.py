@@ -76,6 +76,10 @@ def test_bad_config_fails_before_training(tmp_path):
                         (["num_kernels=-1"], "num_kernels: expected an int >= 1"),
                         (["attention=spatial"], "attention: expected 'invariant'"),
                         (["readout=max"], "readout: expected one of invariant, orientation"),
+                        (["train_fraction=0"], "train_fraction: expected a fraction in"),
+                        (["train_fraction=1.5"], "train_fraction: expected a fraction in"),
+                        (["train_fraction=nan"], "train_fraction: expected a fraction in"),
+                        (["data_seed=-1"], "data_seed: expected an int >= 0"),
                         (["model=p4m_densenet", "readout=orientation"],
                          "readout: only the 28 px models")):
         with pytest.raises(ValueError, match=match):

@@ -10,6 +10,7 @@ from ._pipeline import (
     num_batches,
     random_d4,
     source_dataset,
+    stratified_subset,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "normalization_stats",
     "num_batches",
     "random_d4",
+    "stratified_subset",
 ]

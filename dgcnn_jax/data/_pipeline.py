@@ -17,7 +17,7 @@ import numpy as np
 from ..groups import P4M
 
 __all__ = ["normalization_stats", "epoch_dataset", "source_dataset", "epoch_iterator",
-           "random_d4", "num_batches"]
+           "random_d4", "num_batches", "stratified_subset"]
 
 
 def normalization_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +26,30 @@ def normalization_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = x.mean(axis=(0, 1, 2))
     std = x.std(axis=(0, 1, 2))
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified ``fraction`` of ``labels`` (``int [N]``).
+
+    Each class keeps ``max(1, round(fraction * count))`` examples: the first ones of a
+    permutation seeded by ``(seed, class)``. So the subset depends only on
+    ``(labels, fraction, seed)`` (the same for every model), and for one seed a smaller
+    fraction is contained in a larger one. ``fraction=1`` returns every index.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels: expected int [N] (single-label), got shape {labels.shape}")
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction: expected a number in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return np.arange(len(labels))
+    keep = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        order = np.random.default_rng([int(seed), int(c)]).permutation(len(members))
+        keep.append(members[order[:max(1, round(fraction * len(members)))]])
+    return np.sort(np.concatenate(keep))
 
 
 def random_d4(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

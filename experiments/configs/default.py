@@ -17,6 +17,10 @@ class Config:
     # sources (pcam) the TFDS default, ~/tensorflow_datasets
     data_dir: str | None = None
     augment: bool = False  # random D4 transforms of training images
+    # < 1: train on a class-stratified subset of the training split, drawn with data_seed
+    # (the same images for every model and run seed; validation and test untouched)
+    train_fraction: float = 1.0
+    data_seed: int = 0
     # model
     model: str = "p4m_dgcnn"
     dropout: float = 0.1

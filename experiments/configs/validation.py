@@ -43,6 +43,14 @@ def validate(config: Config) -> None:
         value = getattr(config, name)
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
+    if not 0 < config.train_fraction <= 1:  # (NaN fails too)
+        raise ValueError(f"train_fraction: expected a fraction in (0, 1], got "
+                         f"{config.train_fraction!r}")
+    if config.train_fraction != 1 and config.dataset == "pcam":
+        raise ValueError("train_fraction: subsets are for the in-memory datasets, not pcam")
+    if isinstance(config.data_seed, bool) or not isinstance(config.data_seed, int) \
+            or config.data_seed < 0:
+        raise ValueError(f"data_seed: expected an int >= 0, got {config.data_seed!r}")
     if not 0 <= config.dropout < 1:  # (NaN fails too)
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
     if config.optimizer not in ("adamw", "sgd"):
