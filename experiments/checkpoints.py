@@ -19,17 +19,21 @@ Kill safety: orbax writes each checkpoint into a temporary folder and renames it
 complete; temporary folders left by a killed process are removed when the managers are
 opened, and a step that already exists (a ``best`` checkpoint saved just before a kill,
 then saved again by the resumed run) is replaced, not refused. A checkpoint that cannot
-be read raises :class:`CheckpointError`, one line naming the folder.
+be read raises :class:`CheckpointError`, one line naming the folder. So does one whose
+arrays do not match the SHA-256 digests saved with them in ``meta`` (damaged bytes in a
+data file that would otherwise load as wrong numbers).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = ["Checkpoints", "CheckpointError", "ITEMS"]
@@ -40,6 +44,21 @@ ITEMS = ("model", "train")
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored (damaged or of another layout)."""
+
+
+_DIGESTS = "_sha256"  # meta key: item name -> digest of its arrays
+
+
+def _digest(tree) -> str | None:
+    """SHA-256 over the dtype, shape and bytes of every leaf (``None``: not all on this host)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return None
+        arr = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+        h.update(f"{arr.dtype}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
 
 
 def _keys_to_data(tree):
@@ -79,7 +98,10 @@ class Checkpoints:
         unknown = set(items) - set(ITEMS)
         if unknown:
             raise ValueError(f"items: expected names among {ITEMS}, got {sorted(unknown)}")
-        args = {name: ocp.args.StandardSave(_keys_to_data(tree)) for name, tree in items.items()}
+        trees = {name: _keys_to_data(tree) for name, tree in items.items()}
+        digests = {name: _digest(tree) for name, tree in trees.items()}
+        meta = {**meta, _DIGESTS: {k: v for k, v in digests.items() if v is not None}}
+        args = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
         if step in manager.all_steps():  # saved before a kill, and again after the resume
             manager.delete(step)
         manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args),
@@ -111,5 +133,14 @@ class Checkpoints:
         if not isinstance(restored["meta"], dict):
             raise CheckpointError(f"{manager.directory / str(step)}: the checkpoint has no "
                                   f"metadata; delete that folder")
+        meta = dict(restored["meta"])
+        digests = meta.pop(_DIGESTS, {})
+        for name in like:
+            if name in digests and _digest(restored[name]) not in (None, digests[name]):
+                raise CheckpointError(
+                    f"{manager.directory / str(step)}: the arrays of item {name!r} do not match "
+                    f"the digest saved with them (damaged data files); delete that folder to "
+                    f"start again from the previous checkpoint, or the work directory to start "
+                    f"afresh")
         items = {name: _data_to_keys(restored[name], tree) for name, tree in like.items()}
-        return items, restored["meta"]
+        return items, meta

@@ -93,3 +93,39 @@ def test_save_restore_and_restore_for_inference(tmp_path):
         Checkpoints.save(ckpt.best, 1, {"optimizer": {}}, {})
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         Checkpoints.restore(ckpt.best, {"model": inference.model_item()})
+
+
+def test_damaged_bytes_are_caught_by_the_saved_digests(tmp_path):
+    """Bytes overwritten in a data file, or arrays that differ from the saved digest, stop
+    the restore with one CheckpointError naming the folder (never wrong numbers)."""
+    import json
+
+    from experiments.checkpoints import CheckpointError
+
+    _, _, state = _state()
+    ckpt = Checkpoints(tmp_path)
+    Checkpoints.save(ckpt.latest, 1, {"model": state.model_item()}, {"epoch": 1})
+    step_dir = tmp_path / "checkpoints" / "latest" / "1"
+    # a changed digest in the metadata: the arrays no longer match it
+    meta_file = next(p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "meta")
+    meta = json.loads(meta_file.read_text())
+    assert set(meta["_sha256"]) == {"model"}
+    meta["_sha256"]["model"] = "0" * 64
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"latest/1: the arrays of item 'model' do not "
+                                              r"match the digest"):
+        Checkpoints.restore(ckpt.latest, {"model": state.model_item()})
+    # 8 bytes of 0xFF inside the array data (the largest data file): these load without
+    # any error from orbax; the digest stops them
+    Checkpoints.save(ckpt.best, 1, {"model": state.model_item()}, {"epoch": 1})
+    data_files = [p for p in (tmp_path / "checkpoints" / "best" / "1" / "model").rglob("*")
+                  if p.is_file() and p.parent.name == "d"]
+    largest = max(data_files, key=lambda p: p.stat().st_size)
+    raw = bytearray(largest.read_bytes())
+    raw[len(raw) * 2 // 5:len(raw) * 2 // 5 + 8] = b"\xff" * 8
+    largest.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="best/1: the arrays of item 'model' do not match"):
+        Checkpoints.restore(ckpt.best, {"model": state.model_item()})
+    # the meta handed back to callers has no digest entry
+    Checkpoints.save(ckpt.best, 2, {"model": state.model_item()}, {"epoch": 2})
+    assert Checkpoints.restore(ckpt.best, {"model": state.model_item()})[1] == {"epoch": 2}
