@@ -88,12 +88,18 @@ def attention_param_shapes(mode: str, in_channels: int, hidden: int, num_kernels
     return {"w1": w1, "b1": (hid,), "w2": w2, "b2": (nk,)}
 
 
-def check_temperature(tau) -> None:
-    """Raise ``ValueError`` for a concrete temperature ``tau <= 0`` (traced values pass)."""
+def check_temperature(tau):
+    """The temperature to divide by: ``ValueError`` for a concrete ``tau <= 0`` or NaN.
+
+    A traced ``tau`` (under ``jax.jit``) cannot raise from compiled code: a value that is not
+    ``> 0`` becomes NaN, so the attention weights and every output that uses them are NaN,
+    never a finite but wrong mixture (a negative tau would silently invert the softmax).
+    """
     if isinstance(tau, jax.core.Tracer):
-        return
+        return jnp.where(tau > 0, tau, jnp.nan)
     if not np.all(np.asarray(tau) > 0):
         raise ValueError(f"tau: the attention temperature must be > 0, got {tau!r}")
+    return tau
 
 
 def invariant_descriptor(x: jax.Array, kind: str = "mean") -> jax.Array:
@@ -122,7 +128,7 @@ def invariant_attention(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Arra
       tau: temperature (> 0), a traced scalar is fine.
       descriptor: a key of :data:`DESCRIPTORS`.
     """
-    check_temperature(tau)
+    tau = check_temperature(tau)
     d = invariant_descriptor(x, descriptor)
     if shape_of(w1)[0] != d.shape[-1]:
         raise ValueError(f"w1: expected shape [{d.shape[-1]}, hidden], got {shape_of(w1)}")
@@ -145,7 +151,7 @@ def equivariant_attention(x: jax.Array, a1: jax.Array, b1: jax.Array, a2: jax.Ar
       tau: temperature (> 0).
     """
     group = get_group(group)
-    check_temperature(tau)
+    tau = check_temperature(tau)
     if x.ndim == 4:
         h = ops.lifting_conv(x, a1, group, padding=padding)
         d = jnp.mean(h, axis=(1, 2), keepdims=True)  # [B, 1, 1, hidden, G]

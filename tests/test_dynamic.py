@@ -209,6 +209,16 @@ class ErrorTest(chex.TestCase):
         for tau in (0.0, -1.0):
             with pytest.raises(ValueError, match="tau: the attention temperature must be > 0"):
                 layer(x, tau=tau)
+        # under jit a bad traced tau cannot raise: the output is NaN, never a finite wrong
+        # mixture (a negative tau would otherwise invert the softmax silently)
+        x = jnp.asarray(normal(3, 2, 5, 5, 2, 4))
+        forward = nnx.jit(lambda m, x, tau: m(x, tau=tau))
+        assert np.all(np.isfinite(np.asarray(forward(layer, x, jnp.float32(2.0)))))
+        for tau in (0.0, -1.0, np.nan):
+            assert np.all(np.isnan(np.asarray(forward(layer, x, jnp.float32(tau))))), tau
+        weights = jax.jit(lambda x, tau: dynamic.invariant_attention(
+            x, layer.att_w1[...], layer.att_b1[...], layer.att_w2[...], layer.att_b2[...], tau))
+        assert np.all(np.isnan(np.asarray(weights(x, jnp.float32(-2.0)))))
         with pytest.raises(ValueError, match=r"x: group axis \(last\) has size 8, expected 4"):
             layer(jnp.zeros((1, 5, 5, 2, 8)))
         with pytest.raises(ValueError, match="weights: expected invariant weights"):
