@@ -1,11 +1,13 @@
 """Evaluate a training run's best checkpoint on a split, optionally under D4 transforms.
 
     python -m experiments.evaluate --workdir runs/default [--split test] [--d4] [--tta]
+        [--out FILE]
 
 ``--d4`` reports the metrics on all 8 D4-transformed copies of the split (robustness:
 an invariant model scores identically on every copy); ``--tta`` averages the class
-probabilities over the 8 copies (test-time augmentation). Writes
-``eval_{split}.json`` into the work directory and prints a summary.
+probabilities over the 8 copies (test-time augmentation). Prints a summary and writes
+``eval_{split}.json`` into the work directory (or ``--out``: for a read-only work directory;
+a folder that cannot be written is reported before anything is computed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 
@@ -87,8 +90,14 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Run:
 
 
 def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = False,
-             data_dir: str | None = None) -> dict:
+             data_dir: str | None = None, out: str | os.PathLike | None = None) -> dict:
+    """Score the best checkpoint of ``workdir`` on ``split``; write the JSON to ``out``
+    (default ``<workdir>/eval_{split}.json``)."""
     run = load_run(workdir, data_dir)
+    out = pathlib.Path(workdir) / f"eval_{split}.json" if out is None else pathlib.Path(out)
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):  # before any compute
+        raise ValueError(f"out: cannot write {out} (its folder is missing or read-only); "
+                         f"pass --out with a writable path")
     config, best_meta = run.config, run.best
     images, labels = run.dataset.split(split)
     probs_of = run.predict
@@ -114,8 +123,6 @@ def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = Fals
                                 np.abs(p - copies[0]).max() for p in copies))}
         if tta:
             result["tta"] = metrics.classification_metrics(np.mean(copies, axis=0), labels)
-    out = pathlib.Path(workdir) / f"eval_{split}.json"
-    out.write_text(json.dumps(result, indent=2, sort_keys=True))
     m = result["metrics"]
     print(f"{config.model} on {config.dataset}/{split}: AUC {m['auc']:.4f}  accuracy "
           f"{m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  NLL "
@@ -128,6 +135,11 @@ def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = Fals
     if tta:
         print(f"  D4 test-time augmentation: AUC {result['tta']['auc']:.4f}  accuracy "
               f"{result['tta']['accuracy']:.4f}")
+    try:
+        out.write_text(json.dumps(result, indent=2, sort_keys=True))
+    except OSError as err:  # printed above: the numbers are not lost
+        raise ValueError(f"out: cannot write {out} ({err.strerror}); the metrics are printed "
+                         f"above; pass --out with a writable path") from None
     print(f"wrote {out}")
     return result
 
@@ -140,10 +152,12 @@ def main(argv=None):
     p.add_argument("--d4", action="store_true", help="metrics on all 8 D4 copies")
     p.add_argument("--tta", action="store_true", help="D4 test-time augmentation")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
+    p.add_argument("--out", default=None,
+                   help="where to write the JSON (default: WORKDIR/eval_SPLIT.json)")
     args = p.parse_args(argv)
     try:
         return evaluate(args.workdir, args.split, d4=args.d4, tta=args.tta,
-                        data_dir=args.data_dir)
+                        data_dir=args.data_dir, out=args.out)
     except (FileNotFoundError, ValueError) as err:
         p.error(str(err))
 

@@ -1,6 +1,6 @@
 """Train and evaluate a registered model on a MedMNIST dataset or PatchCamelyon.
 
-    python -m experiments.train --workdir runs/default [--config pcam] [--set key=value ...]
+    python -m experiments.train [--workdir runs/default] [--config pcam] [--set key=value ...]
 
 The default configuration (``experiments/configs/default.py``) trains the dynamic p4m
 G-CNN on BreastMNIST; ``--config pcam`` the P4M-DenseNet protocol on PatchCamelyon
@@ -56,7 +56,7 @@ from experiments.configs import (
 __all__ = ["TrainingError", "WorkdirError", "RESUMABLE_CHANGES", "config_differences",
            "TrainState", "Progress", "make_optimizer", "make_mesh",
            "create_train_state", "train_step", "eval_step", "predict", "temperature",
-           "dynamic_diagnostics", "train_and_evaluate", "main"]
+           "dynamic_diagnostics", "train_and_evaluate", "default_workdir", "main"]
 
 DIAGNOSTIC_IMAGES = 256  # validation images whose attention the per-epoch diagnostics use
 
@@ -582,11 +582,18 @@ def _finish_without_test(config, workdir, state, progress, num_params, run) -> d
     return results
 
 
+def default_workdir(config: Config) -> str:
+    """``runs/<model>-<dataset>-seed<seed>``: a run without ``--workdir`` does not land in
+    another model's folder (other changes to one of these are refused on resume)."""
+    return f"runs/{config.model}-{config.dataset}-seed{config.seed}"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/default",
-                        help="output and checkpoint folder (resumes if it has a checkpoint)")
+    parser.add_argument("--workdir", default=None,
+                        help="output and checkpoint folder (resumes if it has a checkpoint; "
+                             "default runs/MODEL-DATASET-seedSEED)")
     parser.add_argument("--config", default="default", choices=sorted(CONFIGS),
                         help="base configuration (experiments/configs/<name>.py)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -602,8 +609,11 @@ def main(argv=None) -> dict:
         validate(config)
     except ValueError as err:
         parser.error(str(err))
+    workdir = args.workdir or default_workdir(config)
+    if args.workdir is None:
+        print(f"work directory {workdir} (choose one with --workdir)", flush=True)
     try:
-        return train_and_evaluate(config, args.workdir)
+        return train_and_evaluate(config, workdir)
     except (TrainingError, WorkdirError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1)

@@ -96,6 +96,18 @@ def test_missing_file_without_network_says_where_to_put_it(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_read_only_data_directory_says_so(tmp_path, monkeypatch):
+    # (tests may run as root, for whom chmod does not make a folder read-only: the refusal
+    # to create a file there is simulated)
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(medmnist.tempfile, "mkstemp", refuse)
+    with pytest.raises(FileNotFoundError, match=r"is not writable \(Permission denied\): put "
+                                                r"the official breastmnist.npz"):
+        data.fetch("breastmnist", tmp_path, url="http://127.0.0.1:9/{name}.npz", timeout=5)
+
+
 def test_unknown_names_and_splits():
     with pytest.raises(ValueError, match="unknown MedMNIST dataset 'brainmnist'.*breastmnist"):
         data.load("brainmnist")

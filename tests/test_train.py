@@ -93,6 +93,12 @@ def test_bad_config_fails_before_training(tmp_path):
     assert not (tmp_path / "bad").exists()  # nothing was started
 
 
+def test_default_work_directory_names_model_dataset_and_seed():
+    config = override(get_config(), ["model=cnn", "dataset=pbc", "seed=3"])
+    assert train.default_workdir(config) == "runs/cnn-pbc-seed3"
+    assert train.default_workdir(get_config()) == "runs/p4m_dgcnn-breastmnist-seed0"
+
+
 def test_batch_not_divisible_by_devices(tmp_path):
     code = ("from experiments.configs import get_config, override, validate\n"
             "validate(override(get_config(), ['batch_size=33']))\n")
@@ -210,6 +216,15 @@ def test_evaluate_command_d4_robustness_and_tta(tmp_path, medmnist_dir):
             assert out["d4"]["max_prob_difference"] > 1e-4
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         evaluate.evaluate(tmp_path / "nothing")
+    # a place that cannot be written is reported before anything is computed; --out
+    # writes elsewhere (for a read-only work directory)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    with pytest.raises(ValueError, match=r"out: cannot write .*a_file/e.json \(its folder is "
+                                         r"missing or read-only\)"):
+        evaluate.evaluate(work, "val", out=blocked / "e.json")
+    out = evaluate.evaluate(work, "val", out=tmp_path / "cnn_val.json")
+    assert json.loads((tmp_path / "cnn_val.json").read_text())["metrics"] == out["metrics"]
 
 
 @pytest.mark.slow

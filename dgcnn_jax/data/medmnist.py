@@ -191,7 +191,11 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *, download: boo
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FileNotFoundError(f"cannot create data directory {folder} ({err}): {where}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    except OSError as err:  # e.g. a read-only data directory
+        raise FileNotFoundError(f"{path} not found and {folder} is not writable "
+                                f"({err.strerror}): {where}") from None
     tmp = pathlib.Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
