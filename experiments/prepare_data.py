@@ -47,7 +47,10 @@ def main(argv=None):
     if args.what == "pcam":
         tfds_sources.prepare_pcam(args.data_dir, args.manual_dir)
     elif args.what == "breakhis":
-        tfds_sources.prepare_breakhis(args.root, args.data_dir, args.seed)
+        try:
+            tfds_sources.prepare_breakhis(args.root, args.data_dir, args.seed)
+        except (OSError, ValueError) as err:
+            p.exit(2, f"{p.prog} breakhis: error: {err}\n")
     elif args.what == "pbc":
         try:
             return _prepare_pbc(args.root, args.data_dir, args.seed)

@@ -4,6 +4,7 @@ import gzip
 import io
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -145,3 +146,63 @@ def test_breakhis_errors(tmp_path):
         tfds_sources.breakhis_patient_splits(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="prepare_data breakhis --root"):
         tfds_sources.breakhis_source("train", tmp_path)
+
+
+def test_breakhis_folder_mistakes_are_refused(tmp_path):
+    """Cases that used to give a silent leak, a wrong split or a bare OSError."""
+    from dgcnn_jax.data import tfds_sources
+
+    root = tmp_path / "tree"
+    _write_breakhis_tree(root)
+    # upper-case extensions count as PNGs
+    png = next((root / "benign" / "b-00" / "40X").glob("*.png"))
+    png.rename(png.with_suffix(".PNG"))
+    splits = tfds_sources.breakhis_patient_splits(root)
+    assert sum(len(p) for p in splits.values()) == 14
+    # 3 to 5 patients: every split still gets each class (no empty validation split)
+    for n in (3, 4, 5):
+        small = tmp_path / f"small{n}"
+        for cls in ("benign", "malignant"):
+            for p in range(n):
+                folder = small / cls / f"p{p}" / "40X"
+                folder.mkdir(parents=True)
+                shutil.copy(png.with_suffix(".PNG"), folder / "a.png")
+        parts = tfds_sources.breakhis_patient_splits(small)
+        for split in ("train", "validation", "test"):
+            assert {c for c, _ in parts[split]} == {"benign", "malignant"}, (n, parts)
+    # a class with fewer patients than splits
+    shutil.rmtree(tmp_path / "small3" / "benign" / "p2")
+    shutil.rmtree(tmp_path / "small3" / "benign" / "p1")
+    with pytest.raises(ValueError, match="every class needs at least 3 patients .* benign has 1"):
+        tfds_sources.breakhis_patient_splits(tmp_path / "small3")
+    # a symbolic link to a patient folder: one patient counted twice
+    os.symlink(root / "benign" / "b-01", root / "benign" / "b-99")
+    with pytest.raises(ValueError, match="are the same folder"):
+        tfds_sources.breakhis_patient_splits(root)
+    os.remove(root / "benign" / "b-99")
+    # symbolic link loops (one entry, and two entries pointing at each other) are not
+    # folders: skipped, the split is the same
+    os.symlink(root / "benign" / "loop", root / "benign" / "loop")
+    os.symlink(root / "malignant" / "b", root / "malignant" / "a")
+    os.symlink(root / "malignant" / "a", root / "malignant" / "b")
+    os.symlink(root / "malignant", root / "malignant" / "m-00" / "40X" / "up")
+    assert tfds_sources.breakhis_patient_splits(root) == splits
+    # a text file named .png
+    (root / "malignant" / "m-00" / "40X" / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png is not a PNG image"):
+        tfds_sources.breakhis_patient_splits(root)
+
+
+def test_breakhis_prepared_with_another_seed_is_refused(tmp_path):
+    root = tmp_path / "tree"
+    _write_breakhis_tree(root)
+    code = ("import sys\n"
+            "from dgcnn_jax.data import tfds_sources\n"
+            "tfds_sources.prepare_breakhis(sys.argv[1], sys.argv[2], seed=0)\n"
+            "tfds_sources.prepare_breakhis(sys.argv[1], sys.argv[2], seed=0)  # no-op\n"
+            "try:\n"
+            "    tfds_sources.prepare_breakhis(sys.argv[1], sys.argv[2], seed=1)\n"
+            "except ValueError as err:\n"
+            "    print(err)\n")
+    out = _run(code, root, tmp_path / "tfds")
+    assert "seed: dgcnn_breakhis in" in out and "was prepared with seed 0, not 1" in out

@@ -144,20 +144,53 @@ def pcam_source(split: str, data_dir=None):
 BREAKHIS_SPLITS = ("train", "validation", "test")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _subdirs(folder: pathlib.Path) -> list[pathlib.Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir())
+    except OSError as err:  # e.g. a symbolic link that points to itself
+        raise ValueError(f"root: cannot read {folder} ({err.strerror or err}); remove or fix "
+                         f"that entry") from None
+
+
 def _breakhis_tree(root: pathlib.Path):
-    """``[(class, patient, magnification, path)]`` of every PNG under ``root``."""
-    items = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for patient_dir in sorted(p for p in class_dir.iterdir() if p.is_dir()):
-            for mag_dir in sorted(p for p in patient_dir.iterdir() if p.is_dir()):
-                for png in sorted(mag_dir.glob("*.png")):
+    """``[(class, patient, magnification, path)]`` of every PNG under ``root``.
+
+    Checks what would silently corrupt a patient split: a patient folder reached twice
+    (a symbolic link or copy path to the same folder would put one patient in two splits),
+    symbolic-link loops, and files named ``.png`` (any case) that are not PNG images.
+    """
+    items, seen = [], {}
+    for class_dir in _subdirs(root):
+        for patient_dir in _subdirs(class_dir):
+            try:
+                real = patient_dir.resolve(strict=True)
+            except (OSError, RuntimeError) as err:
+                raise ValueError(f"root: cannot resolve {patient_dir} ({err}); remove or fix "
+                                 f"that entry") from None
+            if real in seen:
+                raise ValueError(f"root: {patient_dir} and {seen[real]} are the same folder "
+                                 f"({real}): one patient would count twice and could land in "
+                                 f"two splits; remove one of them")
+            seen[real] = patient_dir
+            for mag_dir in _subdirs(patient_dir):
+                for png in sorted(p for p in mag_dir.iterdir()
+                                  if p.suffix.lower() == ".png" and p.is_file()):
+                    with png.open("rb") as f:
+                        if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                            raise ValueError(f"root: {png} is not a PNG image (no PNG "
+                                             f"signature); remove or replace it")
                     items.append((class_dir.name, patient_dir.name, mag_dir.name, png))
     return items
 
 
 def breakhis_patient_splits(root, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict:
     """Patients per split: each class's patients shuffled with ``seed`` and cut by
-    ``fractions``, so no patient is in two splits and every split gets every class."""
+    ``fractions`` (rounded; validation and test get at least one patient each), so no patient is in two
+    splits and every split gets every class. A class with fewer patients than splits is
+    refused (it cannot be in every split)."""
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"root: BreakHis folder {root} does not exist")
@@ -168,13 +201,19 @@ def breakhis_patient_splits(root, fractions=(0.7, 0.15, 0.15), seed: int = 0) ->
             by_class[cls].append(patient)
     if not by_class:
         raise FileNotFoundError(f"root: no <class>/<patient>/<magnification>/*.png under {root}")
+    few = {cls: len(p) for cls, p in sorted(by_class.items()) if len(p) < len(BREAKHIS_SPLITS)}
+    if few:
+        raise ValueError(f"root: every class needs at least {len(BREAKHIS_SPLITS)} patients "
+                         f"(one per split); "
+                         f"{', '.join(f'{c} has {n}' for c, n in few.items())}")
     splits = {s: [] for s in BREAKHIS_SPLITS}
     rng = np.random.default_rng(seed)
     for cls in sorted(by_class):
         patients = sorted(by_class[cls])
         order = [patients[i] for i in rng.permutation(len(patients))]
         n_train = int(round(fractions[0] * len(order)))
-        n_val = int(round(fractions[1] * len(order)))
+        n_val = max(1, int(round(fractions[1] * len(order))))
+        n_train = min(n_train, len(order) - n_val - 1)  # leaves >= 1 patient for test
         for split, part in zip(BREAKHIS_SPLITS, (order[:n_train], order[n_train:n_train + n_val],
                                                  order[n_train + n_val:])):
             splits[split] += [(cls, p) for p in part]
@@ -197,6 +236,7 @@ class DgcnnBreakhis(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="BreakHis-style histology PNGs split by patient.",
+            metadata=tfds.core.MetadataDict(seed=self._seed),  # the split's seed
             features=tfds.features.FeaturesDict({
                 "image_png": tfds.features.Tensor(shape=(), dtype=np.object_),
                 "label": tfds.features.Tensor(shape=(), dtype=np.int64),
@@ -225,8 +265,15 @@ class DgcnnBreakhis(tfds.core.GeneratorBasedBuilder):
 
 def prepare_breakhis(root, data_dir=None, seed: int = 0) -> None:
     """Prepare a BreakHis-style folder as ``dgcnn_breakhis`` array_record in ``data_dir``."""
-    builder = DgcnnBreakhis(root=root, seed=seed, data_dir=_default_tfds_dir(data_dir),
-                            file_format="array_record")
+    data_dir = _default_tfds_dir(data_dir)
+    builder = DgcnnBreakhis(root=root, seed=seed, data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+        stored = (builder.info.metadata or {}).get("seed")
+        if stored != seed:
+            raise ValueError(f"seed: dgcnn_breakhis in {data_dir} was prepared with seed "
+                             f"{stored}, not {seed}; delete {builder.data_dir} or pass another "
+                             f"--data-dir to prepare a new split")
+        return
     builder.download_and_prepare()
 
 
