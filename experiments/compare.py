@@ -354,4 +354,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from experiments.checkpoints import CheckpointError
+
+    try:
+        main()
+    except (ValueError, FileNotFoundError, CheckpointError, train.TrainingError,
+            train.WorkdirError) as err:  # user errors: one line, no traceback
+        raise SystemExit(f"error: {err}") from None

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from dgcnn_jax import P4M, data, metrics
 from experiments import datasets, train
-from experiments.checkpoints import Checkpoints
+from experiments.checkpoints import CheckpointError, Checkpoints
 from experiments.configs import Config, validate
 
 __all__ = ["Run", "load_run", "evaluate", "main"]
@@ -158,7 +158,7 @@ def main(argv=None):
     try:
         return evaluate(args.workdir, args.split, d4=args.d4, tta=args.tta,
                         data_dir=args.data_dir, out=args.out)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, CheckpointError) as err:
         p.error(str(err))
 
 

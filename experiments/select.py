@@ -8,8 +8,9 @@ Each run is ``python -m experiments.train`` with ``score_test=false`` (the test 
 not read) in ``<workdir>/<dataset>/<variant>/seed<N>``; finished runs are kept, so an
 interrupted selection continues. ``--workers`` runs go at once (one per CPU core here).
 Prints and writes ``selection_<dataset>.md`` and ``.json``: per variant, the best
-validation AUC and accuracy of each seed (mean +- sample std over seeds), the epoch it
-was reached, and for dynamic models the last epoch's ``bank_common_share`` and
+validation AUC of each seed and the accuracy at that epoch (the checkpoint the trainer
+keeps), the best accuracy of any epoch (mean +- sample std over seeds), the epoch of the
+best AUC, and for dynamic models the last epoch's ``bank_common_share`` and
 attention entropy averaged over the dynamic layers.
 """
 
@@ -67,6 +68,7 @@ def _summary(work: pathlib.Path) -> dict:
     history = [json.loads(line) for line in (work / "metrics.jsonl").open()]
     best = max(history, key=lambda h: h["val_auc"])
     out = {"val_auc": best["val_auc"], "val_accuracy": best["val_accuracy"],
+           "val_accuracy_max": max(h["val_accuracy"] for h in history),
            "best_epoch": best["epoch"], "epochs": len(history)}
     layers = history[-1].get("dynamic_layers")
     if layers:
@@ -74,6 +76,37 @@ def _summary(work: pathlib.Path) -> dict:
         out["attention_entropy"] = float(np.mean([d.get("attention_entropy", np.nan)
                                                   for d in layers]))
     return out
+
+
+def _paired_tests(rows: list[dict], reference: str) -> None:
+    """Add two-sided paired t-test p-values over the seeds both variants have (same seeds:
+    same initialisation stream and data order) against ``reference``, in place."""
+    from scipy import stats
+
+    ref = next((r for r in rows if r["variant"] == reference), None)
+    if ref is None:
+        return
+    by_seed = {run["seed"]: run for run in ref["runs"]}
+    for row in rows:
+        if row is ref:
+            continue
+        pairs = [(run, by_seed[run["seed"]]) for run in row["runs"] if run["seed"] in by_seed]
+        if len(pairs) < 2:
+            continue
+        row["paired_vs"], row["paired_seeds"] = reference, len(pairs)
+        for key in ("val_auc", "val_accuracy", "val_accuracy_max"):
+            a = np.array([x[key] for x, _ in pairs])
+            b = np.array([y[key] for _, y in pairs])
+            row[f"{key}_diff_mean"] = float(np.mean(a - b))
+            row[f"{key}_paired_p"] = (float(stats.ttest_rel(a, b).pvalue)
+                                      if np.any(a != b) else 1.0)
+
+
+def _fmt_p(row: dict) -> str:
+    if "paired_vs" not in row:
+        return "-"
+    return (f"{row['val_auc_paired_p']:.3f} / {row['val_accuracy_paired_p']:.3f} "
+            f"({row['paired_seeds']} seeds)")
 
 
 def main(argv=None) -> list[dict]:
@@ -85,7 +118,16 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reference", default="p4m_gcnn",
+                   help="variant the others are compared with (paired over seeds)")
     args = p.parse_args(argv)
+    from experiments.configs import get_config, override, validate
+
+    for name in args.variants:  # bad settings: one line now, not a failed run later
+        try:
+            validate(override(get_config(), _sets(VARIANTS[name], args.dataset, 0, args.set)))
+        except ValueError as err:
+            p.error(f"{name}: {err}")
     root = pathlib.Path(args.workdir) / args.dataset
     queue = [(name, seed) for name in args.variants for seed in args.seeds
              if not (root / name / f"seed{seed}" / "results.json").is_file()]
@@ -116,30 +158,34 @@ def main(argv=None) -> list[dict]:
                       flush=True)
     rows = []
     for name in args.variants:
-        runs = [_summary(root / name / f"seed{s}") for s in args.seeds
+        runs = [{"seed": s, **_summary(root / name / f"seed{s}")} for s in args.seeds
                 if (root / name / f"seed{s}" / "results.json").is_file()]
         if not runs:
             continue
         row = {"variant": name, "model": VARIANTS[name].model,
                "overrides": dict(VARIANTS[name].overrides), "seeds": len(runs), "runs": runs}
-        for key in ("val_auc", "val_accuracy", "bank_common_share", "attention_entropy"):
+        for key in ("val_auc", "val_accuracy", "val_accuracy_max", "bank_common_share",
+                    "attention_entropy"):
             values = [r[key] for r in runs if key in r]
             if values:
                 row[f"{key}_mean"] = float(np.mean(values))
                 row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         rows.append(row)
+    _paired_tests(rows, args.reference)
     lines = [f"selection on {args.dataset} validation ({' '.join(args.set) or 'default config'};"
              f" seeds {' '.join(map(str, args.seeds))})", "",
-             "| variant | seeds | val AUC | val accuracy | best epochs | bank common share (last "
-             "epoch) | attention entropy (nats) |", "|---|---|---|---|---|---|---|"]
+             "| variant | seeds | val AUC | val accuracy | best val accuracy (any epoch) | best "
+             "epochs | bank common share (last epoch) | attention entropy (nats) | paired p vs "
+             f"`{args.reference}` (AUC / accuracy) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         def fmt(key, r=r):
             if f"{key}_mean" not in r:
                 return "-"
             return f"{r[key + '_mean']:.3f} +- {r[key + '_std']:.3f}"
         lines.append(f"| `{r['variant']}` | {r['seeds']} | {fmt('val_auc')} | "
-                     f"{fmt('val_accuracy')} | {', '.join(str(x['best_epoch']) for x in r['runs'])}"
-                     f" | {fmt('bank_common_share')} | {fmt('attention_entropy')} |")
+                     f"{fmt('val_accuracy')} | {fmt('val_accuracy_max')} | {', '.join(str(x['best_epoch']) for x in r['runs'])}"
+                     f" | {fmt('bank_common_share')} | {fmt('attention_entropy')} | "
+                     f"{_fmt_p(r)} |")
     table = "\n".join(lines)
     out = pathlib.Path(args.workdir)
     (out / f"selection_{args.dataset}.md").write_text(table + "\n")

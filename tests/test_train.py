@@ -484,6 +484,26 @@ def optax_schedule_value(config, steps_per_epoch):
                                               decay_steps=total)(0)
 
 
+def test_select_paired_tests_pair_runs_by_seed():
+    from experiments import select
+
+    def runs(values, seeds=(0, 1, 2)):
+        return [{"seed": s, "val_auc": v, "val_accuracy": v, "val_accuracy_max": v}
+                for s, v in zip(seeds, values)]
+
+    ref = {"variant": "p4m_gcnn", "runs": runs([0.80, 0.85, 0.90])}
+    better = {"variant": "b", "runs": runs([0.92, 0.81, 0.82], seeds=(2, 0, 1))}
+    alone = {"variant": "c", "runs": runs([0.9], seeds=(7,))}
+    select._paired_tests([ref, better, alone], "p4m_gcnn")
+    d = np.array([0.81 - 0.80, 0.82 - 0.85, 0.92 - 0.90])  # paired by seed, not by position
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    from scipy import stats
+    assert better["paired_seeds"] == 3
+    assert better["val_auc_paired_p"] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
+    assert better["val_auc_diff_mean"] == pytest.approx(d.mean())
+    assert "paired_vs" not in alone and "paired_vs" not in ref
+
+
 @pytest.mark.slow
 def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
     from experiments import select
