@@ -118,7 +118,8 @@ def invariant_descriptor(x: jax.Array, kind: str = "mean") -> jax.Array:
 
 
 def invariant_attention(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array,
-                        b2: jax.Array, tau, descriptor: str = "mean") -> jax.Array:
+                        b2: jax.Array, tau, descriptor: str = "mean", *,
+                        precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION) -> jax.Array:
     """Invariant mixing weights ``softmax(Dense(ReLU(Dense(d(x)))) / tau)``: ``[B, K]``.
 
     Args:
@@ -127,18 +128,22 @@ def invariant_attention(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Arra
         w2, b2: ``[hidden, K]``, ``[K]``.
       tau: temperature (> 0), a traced scalar is fine.
       descriptor: a key of :data:`DESCRIPTORS`.
+      precision: of the two matrix products (:data:`dgcnn_jax.execution.PRECISIONS`).
     """
     tau = check_temperature(tau)
+    precision = execution.as_precision(precision)
     d = invariant_descriptor(x, descriptor)
     if shape_of(w1)[0] != d.shape[-1]:
         raise ValueError(f"w1: expected shape [{d.shape[-1]}, hidden], got {shape_of(w1)}")
-    z = jax.nn.relu(d @ w1 + b1) @ w2 + b2
+    h = jax.nn.relu(jnp.matmul(d, w1, precision=precision) + b1)
+    z = jnp.matmul(h, w2, precision=precision) + b2
     return jax.nn.softmax(z / tau, axis=-1)
 
 
 def equivariant_attention(x: jax.Array, a1: jax.Array, b1: jax.Array, a2: jax.Array,
                           b2: jax.Array, tau, group: Group | str, *,
-                          padding: ops.Padding = "SAME") -> jax.Array:
+                          padding: ops.Padding = "SAME",
+                          precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION) -> jax.Array:
     """Equivariant mixing weights ``pi_k(x, g)``: ``[B, K, |G|]``, softmax over ``K``.
 
     ``pi(L_h x, g) = pi(x, h^-1 g)``.
@@ -149,26 +154,30 @@ def equivariant_attention(x: jax.Array, a1: jax.Array, b1: jax.Array, a2: jax.Ar
         hidden]``, applied to the spatial mean).
       b1: ``[hidden]``; a2: ``[1, 1, hidden, |G|, K]``; b2: ``[K]``.
       tau: temperature (> 0).
+      precision: of the convolutions (:data:`dgcnn_jax.execution.PRECISIONS`).
     """
     group = get_group(group)
     tau = check_temperature(tau)
     if x.ndim == 4:
-        h = ops.lifting_conv(x, a1, group, padding=padding)
+        h = ops.lifting_conv(x, a1, group, padding=padding, precision=precision)
         d = jnp.mean(h, axis=(1, 2), keepdims=True)  # [B, 1, 1, hidden, G]
     else:
         d = jnp.mean(x, axis=(1, 2), keepdims=True)  # [B, 1, 1, C, G]
-        d = ops.group_conv(d, a1, group, padding="VALID")
+        d = ops.group_conv(d, a1, group, padding="VALID", precision=precision)
     d = jax.nn.relu(ops.add_bias(d, b1))
-    z = ops.add_bias(ops.group_conv(d, a2, group, padding="VALID"), b2)[:, 0, 0]  # [B, K, G]
+    z = ops.group_conv(d, a2, group, padding="VALID", precision=precision)
+    z = ops.add_bias(z, b2)[:, 0, 0]  # [B, K, G]
     return jax.nn.softmax(z / tau, axis=1)
 
 
-def aggregate(params: jax.Array, weights: jax.Array) -> jax.Array:
+def aggregate(params: jax.Array, weights: jax.Array, *,
+              precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION) -> jax.Array:
     """Per-example mixture ``sum_k weights[b, k] params[k]`` built with ``vmap``.
 
     ``params`` is ``[K, ...]`` and ``weights`` ``[B, K]``; returns ``[B, ...]``.
     """
-    return jax.vmap(lambda w: jnp.tensordot(w, params, axes=1))(weights)
+    precision = execution.as_precision(precision)
+    return jax.vmap(lambda w: jnp.tensordot(w, params, axes=1, precision=precision))(weights)
 
 
 def _bank_matrix(kernel, group, lifting):
@@ -242,7 +251,7 @@ def dynamic_conv(
     padding: ops.Padding = "SAME",
     dilation: int = 1,
     impl: str | None = "auto",
-    precision=None,
+    precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION,
     base_kernel: jax.Array | None = None,
     base_bias: jax.Array | None = None,
 ) -> jax.Array:
@@ -260,6 +269,7 @@ def dynamic_conv(
     """
     group = get_group(group)
     impl = execution.resolve(impl, "dynamic")
+    precision = execution.as_precision(precision)
     lifting, kshape = _check_dynamic_inputs(x, kernels, biases, group)
     num_k, k = kshape[0], kshape[1]
     if shape_of(weights) != (x.shape[0], num_k):
@@ -281,13 +291,14 @@ def dynamic_conv(
         y = jnp.einsum("bhwkog,bk->bhwog", y, mix, precision=precision)
     else:
         # T(g) is linear, so mixing the K banks equals the bank of the mixed kernel.
-        mats = aggregate(banks, weights)  # [B, k, k, cin, cout * G]
+        mats = aggregate(banks, weights, precision=precision)  # [B, k, k, cin, cout * G]
         if base is not None:
             mats = base[None] + mats
         y = execution.per_example_conv(xf, mats, pad, dilation, precision, impl)
         y = y.reshape(*y.shape[:3], cout, group.order)
     if biases is not None:
-        y = y + (weights @ biases)[:, None, None, :, None].astype(y.dtype)
+        y = y + jnp.matmul(weights, biases, precision=precision)[:, None, None, :, None].astype(
+            y.dtype)
     if base_bias is not None:
         y = y + base_bias[:, None].astype(y.dtype)
     return y
@@ -303,7 +314,7 @@ def dynamic_conv_equivariant(
     padding: ops.Padding = "SAME",
     dilation: int = 1,
     impl: str | None = "auto",
-    precision=None,
+    precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION,
     base_kernel: jax.Array | None = None,
     base_bias: jax.Array | None = None,
 ) -> jax.Array:
@@ -316,6 +327,7 @@ def dynamic_conv_equivariant(
     """
     group = get_group(group)
     execution.resolve(impl, "equivariant")
+    precision = execution.as_precision(precision)
     lifting, kshape = _check_dynamic_inputs(x, kernels, biases, group)
     num_k, k = kshape[0], kshape[1]
     if shape_of(weights) != (x.shape[0], num_k, group.order):

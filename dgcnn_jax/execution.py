@@ -40,6 +40,14 @@ gradients, accumulated over chunks of the batch to bound memory:
 input) and ``dz[b, y, x', (j, o)] = dy[b, y, x' - j d, o]`` (k column shifts of the
 output gradient, zero outside) give ``dW = rows^T dz`` with the contraction over
 ``b, y, x'``.
+
+Precision: every convolution and matrix product takes ``precision``, one of
+:data:`PRECISIONS` (or a ``jax.lax.Precision``). The default, ``"highest"``, computes in
+full float32 on every backend, which is what exact equivariance needs: GPUs otherwise
+run float32 convolutions on TF32 tensor cores (10-bit mantissa), and the rounding then
+depends on the orientation of the filter bank. ``"default"`` is the backend's own choice
+(TF32 on recent NVIDIA GPUs, bfloat16 passes on TPUs; on the CPU all settings compute
+the same).
 """
 
 from __future__ import annotations
@@ -51,8 +59,27 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["IMPLS", "KINDS", "Impl", "resolve", "conv2d", "per_example_conv",
-           "filter_gradient"]
+__all__ = ["IMPLS", "KINDS", "Impl", "resolve", "PRECISIONS", "DEFAULT_PRECISION",
+           "as_precision", "conv2d", "per_example_conv", "filter_gradient"]
+
+PRECISIONS = {"highest": lax.Precision.HIGHEST, "high": lax.Precision.HIGH,
+              "default": lax.Precision.DEFAULT}
+"""Precision names: ``"highest"`` (full float32), ``"high"`` (bfloat16_3x on TPU, TF32 on
+GPU), ``"default"`` (the backend's fastest)."""
+
+DEFAULT_PRECISION = "highest"
+
+
+def as_precision(precision: str | lax.Precision | None = DEFAULT_PRECISION) -> lax.Precision:
+    """A ``jax.lax.Precision`` from a name of :data:`PRECISIONS` (``None``: ``"default"``)."""
+    if precision is None:
+        return lax.Precision.DEFAULT
+    if isinstance(precision, lax.Precision):
+        return precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got "
+                         f"{precision!r}")
+    return PRECISIONS[precision]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +158,10 @@ def _xla_conv(x, w, padding, dilation, precision):
                                     dimension_numbers=_DIMS, precision=precision)
 
 
-def filter_gradient(x, dy, kernel_size: int, padding, dilation: int = 1, precision=None):
+def filter_gradient(x, dy, kernel_size: int, padding, dilation: int = 1,
+                    precision: str | lax.Precision | None = DEFAULT_PRECISION):
     """``dW [k, k, C, O]`` of a stride-1 cross-correlation, by chunked row-patch matmuls."""
+    precision = as_precision(precision)
     (plo, phi), (qlo, qhi) = padding
     b, h, w, c = x.shape
     oh, ow, o = dy.shape[1:]
@@ -211,14 +240,17 @@ def _fast_bwd(padding, dilation, precision, residuals, dy):
 _fast_conv.defvjp(_fast_fwd, _fast_bwd)
 
 
-def conv2d(x, w, padding, dilation: int = 1, precision=None, impl: str | None = "auto"):
+def conv2d(x, w, padding, dilation: int = 1,
+           precision: str | lax.Precision | None = DEFAULT_PRECISION,
+           impl: str | None = "auto"):
     """Stride-1 cross-correlation of ``x [B, H, W, C]`` with ``w [k, k, C, O]``.
 
     ``padding`` is explicit ``[(lo, hi), (lo, hi)]``; ``impl`` is a static entry of
     :data:`IMPLS` (``"auto"``, ``"fast"`` or ``"xla"``); all give the same values and
-    gradients. Returns ``[B, H', W', O]``.
+    gradients. ``precision``: see :data:`PRECISIONS`. Returns ``[B, H', W', O]``.
     """
     impl = resolve(impl, "static", x.size)
+    precision = as_precision(precision)
     if w.shape[0] != w.shape[1]:
         raise ValueError(f"w: expected a square kernel, got shape {w.shape}")
     padding = tuple(tuple(p) for p in padding)
@@ -286,16 +318,18 @@ def _patches_conv(x, w, padding, dilation, precision):
 _PER_EXAMPLE = {"xla": _grouped_conv, "fast": _per_example_conv, "patches": _patches_conv}
 
 
-def per_example_conv(x, w, padding, dilation: int = 1, precision=None,
+def per_example_conv(x, w, padding, dilation: int = 1,
+                     precision: str | lax.Precision | None = DEFAULT_PRECISION,
                      impl: str | None = "auto"):
     """Cross-correlate each example ``x [B, H, W, C]`` with its own kernel ``w [B, k, k, C, O]``.
 
     ``impl`` is a dynamic entry of :data:`IMPLS` other than ``"linear"`` (which needs the
     K banks, see :func:`dgcnn_jax.dynamic.dynamic_conv`): ``"xla"`` (grouped
     convolution), ``"fast"`` (one batch-1 convolution per example, custom VJP) or
-    ``"patches"`` (batched matmul); ``"auto"`` as :func:`resolve` says. Returns
-    ``[B, H', W', O]``.
+    ``"patches"`` (batched matmul); ``"auto"`` as :func:`resolve` says. ``precision``:
+    see :data:`PRECISIONS`. Returns ``[B, H', W', O]``.
     """
+    precision = as_precision(precision)
     if len(getattr(w, "shape", ())) != 5 or w.shape[0] != x.shape[0] or w.shape[1] != w.shape[2]:
         raise ValueError(f"w: expected per-example square kernels [{x.shape[0]}, k, k, "
                          f"{x.shape[-1]}, O], got shape {tuple(getattr(w, 'shape', ()))}")

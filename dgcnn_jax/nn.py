@@ -53,10 +53,12 @@ class _ConvBase(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  group: Group | str, *, padding: ops.Padding, dilation: int, use_bias: bool,
                  kernel_init, kernel_shape: tuple[int, ...], rngs: nnx.Rngs,
-                 impl: str = "auto"):
+                 impl: str = "auto", precision: str = execution.DEFAULT_PRECISION):
         self.group = get_group(group)
         execution.resolve(impl, "static")  # validates early
         self.impl = impl  # see dgcnn_jax.execution.IMPLS
+        execution.as_precision(precision)  # validates early
+        self.precision = precision  # see dgcnn_jax.execution.PRECISIONS
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = check_positive_int(kernel_size, "kernel_size")
@@ -79,15 +81,16 @@ class LiftingConv(_ConvBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
-                 impl: str = "auto", rngs: nnx.Rngs):
+                 impl: str = "auto", precision: str = execution.DEFAULT_PRECISION,
+                 rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, padding=padding,
                          dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
                          kernel_shape=(kernel_size, kernel_size, in_channels, out_channels),
-                         rngs=rngs, impl=impl)
+                         rngs=rngs, impl=impl, precision=precision)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = ops.lifting_conv(x, self.kernel[...], self.group, padding=self.padding,
-                             dilation=self.dilation, impl=self.impl)
+                             dilation=self.dilation, impl=self.impl, precision=self.precision)
         return self._finish(y)
 
 
@@ -100,17 +103,18 @@ class GroupConv(_ConvBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
-                 impl: str = "auto", rngs: nnx.Rngs):
+                 impl: str = "auto", precision: str = execution.DEFAULT_PRECISION,
+                 rngs: nnx.Rngs):
         order = get_group(group).order
         super().__init__(in_channels, out_channels, kernel_size, group, padding=padding,
                          dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
                          kernel_shape=(kernel_size, kernel_size, in_channels, order,
                                        out_channels),
-                         rngs=rngs, impl=impl)
+                         rngs=rngs, impl=impl, precision=precision)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = ops.group_conv(x, self.kernel[...], self.group, padding=self.padding,
-                           dilation=self.dilation, impl=self.impl)
+                           dilation=self.dilation, impl=self.impl, precision=self.precision)
         return self._finish(y)
 
 
@@ -167,8 +171,10 @@ class _DynamicBase(nnx.Module):
                  use_bias: bool, kernel_init, num_kernels: int, attention: str,
                  reduction: float, min_hidden: int, impl: str, parameterization: str,
                  bank_init: str, delta_scale: float, descriptor: str, freeze_banks: bool,
-                 rngs: nnx.Rngs):
+                 precision: str, rngs: nnx.Rngs):
         self.group = get_group(group)
+        execution.as_precision(precision)  # validates early
+        self.precision = precision  # see dgcnn_jax.execution.PRECISIONS
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = check_positive_int(kernel_size, "kernel_size")
@@ -220,8 +226,9 @@ class _DynamicBase(nnx.Module):
         self._check_input(x)
         args = (x, self.att_w1[...], self.att_b1[...], self.att_w2[...], self.att_b2[...], tau)
         if self.attention == "invariant":
-            return dynamic.invariant_attention(*args, self.descriptor)
-        return dynamic.equivariant_attention(*args, self.group, padding=self.padding)
+            return dynamic.invariant_attention(*args, self.descriptor, precision=self.precision)
+        return dynamic.equivariant_attention(*args, self.group, padding=self.padding,
+                                             precision=self.precision)
 
     def banks(self) -> jax.Array:
         """The K effective kernels ``[K, ...]``: ``W_k``, or ``W_0 + dW_k`` (residual form)."""
@@ -240,7 +247,8 @@ class _DynamicBase(nnx.Module):
         schedule can change it without recompiling)."""
         weights = self.attention_weights(x, tau)
         biases = self.biases[...] if self.biases is not None else None
-        common = dict(padding=self.padding, dilation=self.dilation, impl=self.impl)
+        common = dict(padding=self.padding, dilation=self.dilation, impl=self.impl,
+                      precision=self.precision)
         if self.parameterization == "residual":
             common["base_kernel"] = self.kernel[...]
             common["base_bias"] = self.bias[...] if self.bias is not None else None
@@ -265,9 +273,11 @@ class DynamicLiftingConv(_DynamicBase):
     makes ``kernels``/``biases`` the K changes, initialised at ``delta_scale`` times
     He-normal: 0, the default, starts as the static convolution exactly), ``bank_init``
     (:data:`BANK_INITS`), ``descriptor`` (the invariant attention's statistics, a key of
-    :data:`dgcnn_jax.dynamic.DESCRIPTORS`) and ``freeze_banks`` (keep ``kernels`` at
+    :data:`dgcnn_jax.dynamic.DESCRIPTORS`), ``freeze_banks`` (keep ``kernels`` at
     their initial values, a :class:`FrozenBank`: the control that mixes untrained
-    kernels).
+    kernels) and ``precision`` (of every convolution and matrix product, a name of
+    :data:`dgcnn_jax.execution.PRECISIONS`; ``"highest"``, the default, keeps exact
+    equivariance on GPUs and TPUs).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -276,15 +286,15 @@ class DynamicLiftingConv(_DynamicBase):
                  num_kernels: int = 4, attention: str = "invariant", reduction: float = 0.25,
                  min_hidden: int = 4, impl: str = "auto", parameterization: str = "banks",
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
-                 descriptor: str = "mean", freeze_banks: bool = False, rngs: nnx.Rngs):
+                 descriptor: str = "mean", freeze_banks: bool = False,
+                 precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=True,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
                          reduction=reduction, min_hidden=min_hidden, impl=impl,
                          parameterization=parameterization, bank_init=bank_init,
                          delta_scale=delta_scale, descriptor=descriptor,
-                         freeze_banks=freeze_banks,
-                         rngs=rngs)
+                         freeze_banks=freeze_banks, precision=precision, rngs=rngs)
 
 
 class DynamicGroupConv(_DynamicBase):
@@ -300,12 +310,12 @@ class DynamicGroupConv(_DynamicBase):
                  num_kernels: int = 4, attention: str = "invariant", reduction: float = 0.25,
                  min_hidden: int = 4, impl: str = "auto", parameterization: str = "banks",
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
-                 descriptor: str = "mean", freeze_banks: bool = False, rngs: nnx.Rngs):
+                 descriptor: str = "mean", freeze_banks: bool = False,
+                 precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=False,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
                          reduction=reduction, min_hidden=min_hidden, impl=impl,
                          parameterization=parameterization, bank_init=bank_init,
                          delta_scale=delta_scale, descriptor=descriptor,
-                         freeze_banks=freeze_banks,
-                         rngs=rngs)
+                         freeze_banks=freeze_banks, precision=precision, rngs=rngs)

@@ -79,7 +79,7 @@ def lifting_conv(
     *,
     padding: Padding = "SAME",
     dilation: int = 1,
-    precision=None,
+    precision: str | lax.Precision | None = execution.DEFAULT_PRECISION,
     impl: str | None = "auto",
 ) -> jax.Array:
     """Lifting convolution Z2 -> G (cross-correlation with every ``L_g kernel``).
@@ -90,6 +90,8 @@ def lifting_conv(
       group: the group or its name.
       padding: ``"SAME"`` (odd kernels), ``"VALID"`` or a symmetric int.
       dilation: kernel dilation (stride is always 1).
+      precision: a name of :data:`dgcnn_jax.execution.PRECISIONS` (default ``"highest"``:
+        full float32 on every backend, what exact equivariance needs).
       impl: how the convolution runs, a static entry of
         :data:`dgcnn_jax.execution.IMPLS`: ``"auto"`` (default), ``"fast"`` or ``"xla"``
         (the reference); same values and gradients.
@@ -118,7 +120,7 @@ def group_conv(
     *,
     padding: Padding = "SAME",
     dilation: int = 1,
-    precision=None,
+    precision: str | lax.Precision | None = execution.DEFAULT_PRECISION,
     impl: str | None = "auto",
 ) -> jax.Array:
     """Group convolution G -> G (cross-correlation with every ``T(g) kernel``).
@@ -129,6 +131,8 @@ def group_conv(
       group: the group or its name.
       padding: ``"SAME"`` (odd kernels), ``"VALID"`` or a symmetric int.
       dilation: kernel dilation (stride is always 1).
+      precision: a name of :data:`dgcnn_jax.execution.PRECISIONS` (default ``"highest"``:
+        full float32 on every backend, what exact equivariance needs).
       impl: how the convolution runs, a static entry of
         :data:`dgcnn_jax.execution.IMPLS`: ``"auto"`` (default), ``"fast"`` or ``"xla"``
         (the reference); same values and gradients.
@@ -148,7 +152,7 @@ def group_conv(
     bank = group_filter_bank(kernel, group)  # [k, k, Cin, G, Cout, G]
     k = bank.shape[0]
     y = execution.conv2d(x.reshape(b, h, w, c * n), bank.reshape(k, k, c * n, -1), pad, dilation,
-                precision, impl)
+                         precision, impl)
     return y.reshape(*y.shape[:3], kshape[4], group.order)
 
 

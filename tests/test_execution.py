@@ -125,3 +125,43 @@ class FastConvTest(chex.TestCase):
                                    ((1, 1), (1, 1)), impl="linear")
         with pytest.raises(ValueError, match="kind: expected one of"):
             _conv.resolve("auto", "lifting")
+
+
+def _precisions(fn, *args):
+    import re
+
+    text = jax.jit(fn).lower(*args).as_text()
+    lines = [ln for ln in text.splitlines()
+             if "stablehlo.convolution" in ln or "stablehlo.dot_general" in ln]
+    return {m.group(1) if (m := re.search(r"precision[ _a-z]*= \[#?(?:stablehlo<precision )?"
+                                          r"(\w+)", ln)) else "DEFAULT" for ln in lines}
+
+
+def test_core_functions_default_to_the_highest_precision():
+    """Without a ``precision`` argument every core function computes in full float32 (what
+    exact equivariance needs on GPUs and TPUs), forward and backward."""
+    from dgcnn_jax import dynamic, ops
+
+    x = jnp.asarray(normal(0, 2, 6, 6, 2, 4))
+    kern = jnp.asarray(normal(1, 3, 3, 2, 4, 3))
+    banks = jnp.asarray(normal(2, 2, 3, 3, 2, 4, 3))
+    weights = jax.nn.softmax(jnp.asarray(normal(3, 2, 2)))
+    w1, b1 = jnp.asarray(normal(4, 2, 4)), jnp.zeros(4)
+    w2, b2 = jnp.asarray(normal(5, 4, 2)), jnp.zeros(2)
+    for impl in ("xla", "fast"):
+        grad = jax.grad(lambda x, k: jnp.sum(ops.group_conv(x, k, "p4", impl=impl) ** 2),
+                        argnums=(0, 1))
+        assert _precisions(grad, x, kern) == {"HIGHEST"}, impl
+    for impl in ("xla", "fast", "patches", "linear"):
+        def loss(x, banks, impl=impl):
+            w = dynamic.invariant_attention(x, w1, b1, w2, b2, 2.0)
+            return jnp.sum(dynamic.dynamic_conv(x, banks, None, w, "p4", impl=impl) ** 2)
+        assert _precisions(jax.grad(loss, argnums=(0, 1)), x, banks) == {"HIGHEST"}, impl
+    assert _precisions(lambda x: dynamic.dynamic_conv_equivariant(
+        x, banks, None, jnp.repeat(weights[..., None], 4, -1), "p4"), x) == {"HIGHEST"}
+    assert _precisions(lambda x, k: ops.group_conv(x, k, "p4", precision="default"),
+                       x, kern) == {"DEFAULT"}
+    with pytest.raises(ValueError, match="precision: expected one of highest, high, default"):
+        ops.group_conv(x, kern, "p4", precision="tf32")
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        dg.GroupConv(2, 3, 3, "p4", precision="fast", rngs=nnx.Rngs(0))

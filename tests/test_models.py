@@ -198,3 +198,50 @@ def test_wide_dynamic_models_match_static_width_and_flops():
         ratio = models.forward_flops(a, (28, 28, 1)) / models.forward_flops(b, (28, 28, 1))
         assert 1.0 < ratio < 1.15, (dyn, ratio)  # the attention branch
         assert models.count_params(a) > 3.5 * models.count_params(b)
+
+
+def _conv_and_dot_precisions(model, precision, **sets):
+    """The precision of every convolution and matrix product in a compiled training step
+    (forward and backward, custom VJPs included), from the lowered StableHLO."""
+    import re
+
+    from experiments import train
+    from experiments.configs import get_config, override
+
+    config = override(get_config(), [f"model={model}", "batch_size=2", f"precision={precision}",
+                                     *(f"{k}={v}" for k, v in sets.items())])
+    mesh = train.make_mesh(config)
+    state = train.create_train_state(config, 2, 1, 3, mesh)
+    size = models.spec(model).input_size
+    batch = {"image": jnp.ones((2, size, size, 1)), "label": jnp.zeros((2,), jnp.int32)}
+    text = train.train_step.lower(state, batch, jnp.float32(2.0)).as_text()
+    ops = [line for line in text.splitlines()
+           if "stablehlo.convolution" in line or "stablehlo.dot_general" in line]
+    found = []
+    for line in ops:  # dot_general: precision = [A, B]; convolution: precision_config = [...]
+        m = (re.search(r"precision = \[(\w+), (\w+)\]", line) or
+             re.search(r"precision_config = \[#stablehlo<precision (\w+)>, "
+                       r"#stablehlo<precision (\w+)>\]", line))
+        found.append(m.groups() if m else ("DEFAULT", "DEFAULT"))  # absent: the default
+    return found
+
+
+@pytest.mark.slow
+# every model class (SmallGCNN, DenseGNet), static and dynamic, each group, each attention
+# and bank form
+@pytest.mark.parametrize("name,sets", [*((n, {}) for n in ("cnn", "p4_gcnn", "p4m_gcnn",
+                                                            "p4m_dgcnn", "densenet",
+                                                            "p4m_ddensenet")),
+                                       ("p4_dgcnn", {"attention": "equivariant"}),
+                                       ("p4m_dgcnn", {"parameterization": "residual",
+                                                      "descriptor": "mean_max"})])
+def test_every_conv_and_matmul_runs_at_the_configured_precision(name, sets):
+    """On GPUs and TPUs the default precision (TF32, bfloat16 passes) breaks exact
+    equivariance; "highest" must reach every convolution and matrix product, the
+    backward pass included. (The CPU computes the same for every setting, so this is
+    checked on the compiled program, not on numbers.)"""
+    highest = _conv_and_dot_precisions(name, "highest", **sets)
+    assert len(highest) >= 7 and set(highest) == {("HIGHEST", "HIGHEST")}, set(highest)
+    if name in ("cnn", "p4m_dgcnn"):  # the faster setting one option away
+        fast = _conv_and_dot_precisions(name, "default", **sets)
+        assert len(fast) == len(highest) and set(fast) == {("DEFAULT", "DEFAULT")}

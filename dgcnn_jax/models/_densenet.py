@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .. import ops
+from .. import execution, ops
 from .._checks import check_image
 from ..groups import Group, get_group
 from ..nn import DynamicGroupConv, DynamicLiftingConv, GroupBatchNorm, GroupConv, LiftingConv
@@ -33,18 +33,21 @@ class DenseGNet(nnx.Module):
       blocks: dense layers per block; a transition with 2x2 pooling follows every
         block but the last, so inputs need sides divisible by ``2 ** (len(blocks) - 1)``.
       dynamic: dynamic convolutions (``num_kernels`` banks, invariant attention).
+      precision: of every convolution and matrix product (a name of
+        :data:`dgcnn_jax.execution.PRECISIONS`).
     """
 
     def __init__(self, in_channels: int, num_classes: int, group: Group | str, growth: int, *,
                  blocks: tuple[int, ...] = (2, 2, 2, 2), dynamic: bool = False,
                  num_kernels: int = 4, attention: str = "invariant", dropout: float = 0.1,
-                 rngs: nnx.Rngs):
+                 precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
         self.group = get_group(group)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.dynamic = dynamic
         self.blocks = tuple(blocks)
         extra = dict(num_kernels=num_kernels, attention=attention) if dynamic else {}
+        extra["precision"] = precision
         lift_cls = DynamicLiftingConv if dynamic else LiftingConv
         conv_cls = DynamicGroupConv if dynamic else GroupConv
         width = 2 * growth
@@ -67,7 +70,8 @@ class DenseGNet(nnx.Module):
         self.transitions = nnx.List([nnx.List(pair) for pair in transitions])
         self.final_norm = GroupBatchNorm(width, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.head = nnx.Linear(width, num_classes, rngs=rngs)
+        self.head = nnx.Linear(width, num_classes, rngs=rngs,
+                               precision=execution.as_precision(precision))
 
     def check_input(self, x) -> None:
         """Raise ``ValueError`` before any compute if ``x`` does not fit the model."""

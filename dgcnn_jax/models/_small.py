@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .. import ops
+from .. import execution, ops
 from .._checks import check_choice, check_image
 from ..groups import Group, get_group
 from ..nn import DynamicGroupConv, DynamicLiftingConv, GroupBatchNorm, GroupConv, LiftingConv
@@ -49,6 +49,9 @@ class SmallGCNN(nnx.Module):
       parameterization, bank_init, delta_scale, descriptor, freeze_banks: options of the
         dynamic layers (see :class:`dgcnn_jax.DynamicGroupConv`).
       dropout: dropout rate before the head.
+      precision: of every convolution and matrix product, the head included (a name of
+        :data:`dgcnn_jax.execution.PRECISIONS`; ``"highest"`` keeps exact equivariance on
+        GPUs and TPUs).
       readout: ``"invariant"`` (mean over space and group: logits invariant under the
         group) or ``"orientation"`` (mean over space only; the head sees ``width * |G|``
         features and the logits are not invariant).
@@ -63,8 +66,10 @@ class SmallGCNN(nnx.Module):
                  static_stem: bool = False, parameterization: str = "banks",
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
                  descriptor: str = "mean", freeze_banks: bool = False,
-                 dropout: float = 0.1, readout: str = "invariant", rngs: nnx.Rngs):
+                 dropout: float = 0.1, readout: str = "invariant",
+                 precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
         check_choice(readout, "readout", READOUTS)
+        self.precision = precision
         self.group = get_group(group)
         self.readout = readout
         self.in_channels = in_channels
@@ -74,18 +79,21 @@ class SmallGCNN(nnx.Module):
                      parameterization=parameterization, bank_init=bank_init,
                      delta_scale=delta_scale, descriptor=descriptor,
                      freeze_banks=freeze_banks) if dynamic else {}
+        extra["precision"] = precision
         self.static_stem = bool(static_stem)
         lift_cls = DynamicLiftingConv if dynamic and not static_stem else LiftingConv
         conv_cls = DynamicGroupConv if dynamic else GroupConv
         convs = [lift_cls(in_channels, width, 3, self.group, use_bias=False, rngs=rngs,
-                          **(extra if lift_cls is DynamicLiftingConv else {}))]
+                          **(extra if lift_cls is DynamicLiftingConv else
+                             {"precision": precision}))]
         convs += [conv_cls(width, width, 3, self.group, use_bias=False, rngs=rngs, **extra)
                   for _ in range(NUM_CONV - 1)]
         self.convs = nnx.List(convs)
         self.norms = nnx.List([GroupBatchNorm(width, rngs=rngs) for _ in range(NUM_CONV)])
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         features = width if readout == "invariant" else width * self.group.order
-        self.head = nnx.Linear(features, num_classes, rngs=rngs)
+        self.head = nnx.Linear(features, num_classes, rngs=rngs,
+                               precision=execution.as_precision(precision))
 
     def check_input(self, x) -> None:
         """Raise ``ValueError`` before any compute if ``x`` does not fit the model."""

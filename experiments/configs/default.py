@@ -24,6 +24,10 @@ class Config:
     # model
     model: str = "p4m_dgcnn"
     dropout: float = 0.1
+    # of every convolution and matrix product (dgcnn_jax.execution.PRECISIONS): "highest"
+    # keeps exact equivariance on GPUs and TPUs; "default" lets them use TF32 / bfloat16
+    # passes (faster, equivariant only to about 1e-3); the CPU computes the same for all
+    precision: str = "highest"
     # 28 px models: "" or "invariant" (logits invariant under the group) or "orientation"
     # (the head sees every group element: equivariant layers, orientation-aware logits)
     readout: str = ""

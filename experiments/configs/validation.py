@@ -12,7 +12,7 @@ import math
 
 import jax
 
-from dgcnn_jax import dynamic, models, nn
+from dgcnn_jax import dynamic, execution, models, nn
 
 from .default import Config
 
@@ -53,6 +53,9 @@ def validate(config: Config) -> None:
         raise ValueError(f"data_seed: expected an int >= 0, got {config.data_seed!r}")
     if not 0 <= config.dropout < 1:  # (NaN fails too)
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
+    if config.precision not in execution.PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(execution.PRECISIONS)}, got "
+                         f"{config.precision!r}")
     if config.optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
     dynamic_fields = {name: getattr(config, name) for name in DYNAMIC_FIELDS
@@ -116,7 +119,7 @@ def num_devices(config: Config) -> int:
 
 def model_kwargs(config: Config) -> dict:
     """Keyword arguments for ``models.create`` from the config (dropout, ablation fields)."""
-    kwargs = {"dropout": config.dropout}
+    kwargs = {"dropout": config.dropout, "precision": config.precision}
     if config.num_kernels:
         kwargs["num_kernels"] = config.num_kernels
     if config.attention:
