@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from dgcnn_jax import P4M, data, metrics
 from experiments import datasets, train
 from experiments.checkpoints import CheckpointError, Checkpoints
-from experiments.configs import Config, validate
+from experiments.configs import Config, from_stored, validate
 
 __all__ = ["Run", "load_run", "evaluate", "main"]
 
@@ -64,7 +64,7 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Run:
     fields = json.loads(config_path.read_text())
     if data_dir is not None:
         fields["data_dir"] = data_dir
-    config = Config(**fields)
+    config = Config(**from_stored(fields))
     validate(config)
     checkpoints = Checkpoints(workdir)
     if checkpoints.best.latest_step() is None:

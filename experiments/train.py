@@ -45,7 +45,9 @@ from experiments import datasets, plots
 from experiments.checkpoints import CheckpointError, Checkpoints
 from experiments.configs import (
     CONFIGS,
+    DYNAMIC_FIELDS,
     Config,
+    from_stored,
     get_config,
     model_kwargs,
     num_devices,
@@ -75,10 +77,22 @@ RESUMABLE_CHANGES = ("data_dir", "progress", "eval_batch_size", "checkpoint_ever
 
 
 def config_differences(stored: dict, config: Config) -> list[str]:
-    """``"field stored -> new"`` for every field that changes the run."""
+    """``"field stored -> new"`` for every field that changes the run (fields the stored
+    config lacks take the values of the time it was written, ``configs.LEGACY_VALUES``)."""
+    stored = from_stored(stored)
     new = dataclasses.asdict(config)
     return [f"{k} {stored.get(k, '(absent)')!r} -> {new[k]!r}" for k in new
-            if k not in RESUMABLE_CHANGES and stored.get(k, new[k]) != new[k]]
+            if k not in RESUMABLE_CHANGES and k not in _unused_fields(config)
+            and stored.get(k, new[k]) != new[k]]
+
+
+def _unused_fields(config: Config) -> set[str]:
+    """Fields that do not reach ``config.model`` (a static model has no attention)."""
+    spec = models.spec(config.model)
+    if not spec.dynamic:
+        return {*DYNAMIC_FIELDS, "tau_initial", "tau_final", "tau_anneal_epochs",
+                "tau_anneal_fraction", "bank_weight_decay"}
+    return set(DYNAMIC_FIELDS[2:]) if spec.input_size != 28 else set()
 
 
 class _WorkdirLock:

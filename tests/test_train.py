@@ -1,5 +1,6 @@
 """The training runner: smoke run on real data, exact resume, data parallel, NaN, config."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -16,8 +17,8 @@ from flax import nnx
 
 import dgcnn_jax as dg
 from dgcnn_jax import models
-from experiments import evaluate, train
-from experiments.configs import get_config, model_kwargs, override, validate
+from experiments import configs, evaluate, train
+from experiments.configs import Config, get_config, model_kwargs, override, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A small, fast configuration: 2 epochs of p4_dgcnn on BreastMNIST.
@@ -110,8 +111,8 @@ def test_batch_not_divisible_by_devices(tmp_path):
 
 
 def test_smoke_default_config_on_real_data(tmp_path, medmnist_dir):
-    config = override(get_config(), ["epochs=1", "max_steps=3", "progress=false",
-                                     f"data_dir={medmnist_dir}"])
+    config = override(get_config(), ["max_steps=3", "progress=false",
+                                     f"data_dir={medmnist_dir}"])  # the 30-epoch schedule
     assert config.model == "p4m_dgcnn" and config.dataset == "breastmnist"
     results = train.train_and_evaluate(config, tmp_path)
     for name in ("config.json", "metrics.jsonl", "results.json", "learning_curves.png",
@@ -121,7 +122,7 @@ def test_smoke_default_config_on_real_data(tmp_path, medmnist_dir):
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     # the test split is scored with the temperature the best epoch was validated with
     assert results["best_tau"] == pytest.approx(history[results["best_epoch"] - 1]["tau"])
-    assert results["best_tau"] > 25.0  # still early in the 30 -> 1 annealing
+    assert results["best_tau"] > 25.0  # 3 steps into the 30 -> 1 annealing over 3 epochs
     assert 0.0 <= results["test"]["auc"] <= 1.0
     assert results["num_params"] > 50_000
     assert json.loads((tmp_path / "results.json").read_text())["test"] == results["test"]
@@ -419,9 +420,9 @@ def test_dynamic_layer_options_in_the_config():
     base = override(get_config(), ["model=p4m_dgcnn"])
     for sets, match in ((["model=p4m_gcnn", "parameterization=residual"],
                          "parameterization: p4m_gcnn has no dynamic layers"),
-                        (["model=cnn", "static_stem=true", "freeze_banks=true"],
+                        (["model=cnn", "static_stem=false", "freeze_banks=true"],
                          "static_stem, freeze_banks: cnn has no dynamic layers"),
-                        (["model=p4m_ddensenet", "descriptor=mean_max"],
+                        (["model=p4m_ddensenet", "descriptor=mean_std"],
                          "descriptor: only the 28 px models"),
                         (["parameterization=lora"], "parameterization: expected one of"),
                         (["descriptor=median"], "descriptor: expected one of"),
@@ -435,19 +436,51 @@ def test_dynamic_layer_options_in_the_config():
                              "descriptor=mean_std", "static_stem=true", "bank_weight_decay=none"])
     validate(config)
     kwargs = model_kwargs(config)
-    assert kwargs == {"dropout": 0.1, "parameterization": "residual", "delta_scale": 0.1,
-                      "descriptor": "mean_std", "static_stem": True}
+    assert kwargs == {"dropout": 0.1, "precision": "highest", "parameterization": "residual",
+                      "delta_scale": 0.1, "descriptor": "mean_std", "static_stem": True,
+                      "freeze_banks": False}
     model = models.create("p4m_dgcnn", num_classes=2, rngs=nnx.Rngs(0), **kwargs)
     assert isinstance(model.convs[0], dg.LiftingConv)  # static stem
     assert model.convs[1].parameterization == "residual"
+    # the defaults chosen on validation data reach the model; static models get none
+    chosen = models.create("p4m_dgcnn", num_classes=2, rngs=nnx.Rngs(0),
+                           **model_kwargs(get_config()))
+    assert isinstance(chosen.convs[0], dg.LiftingConv)
+    assert {c.descriptor for c in chosen.convs[1:]} == {"mean_max"}
+    assert model_kwargs(override(get_config(), ["model=p4m_gcnn"])) == {
+        "dropout": 0.1, "precision": "highest"}
+    # "" and a dynamic stem: the layer as it was before the selection
+    before = model_kwargs(override(base, ["descriptor=", "static_stem=false"]))
+    layer = models.create("p4m_dgcnn", num_classes=2, rngs=nnx.Rngs(0), **before).convs[0]
+    assert isinstance(layer, dg.DynamicLiftingConv) and layer.descriptor == "mean"
+
+
+def test_runs_stored_before_a_default_changed_keep_their_settings():
+    """A config.json written before a field existed (or before its default changed) is read
+    with the values of that time: resuming or evaluating such a run builds its model."""
+    stored = {k: v for k, v in dataclasses.asdict(get_config()).items()
+              if k not in ("descriptor", "static_stem", "tau_anneal_fraction", "precision")}
+    assert configs.from_stored(stored)["descriptor"] == ""
+    assert configs.from_stored(stored)["static_stem"] is False
+    old = Config(**configs.from_stored(stored))
+    assert train.config_differences(stored, old) == []
+    assert train.config_differences(stored, get_config()) == [
+        "descriptor '' -> 'mean_max'", "static_stem False -> True",
+        "tau_anneal_fraction 0.0 -> 0.1"]
+    # for a static model those fields do not matter
+    stored["model"] = "p4m_gcnn"
+    assert train.config_differences(stored, override(get_config(), ["model=p4m_gcnn"])) == []
 
 
 def test_temperature_over_a_fraction_of_training():
     config = override(get_config(), ["epochs=20", "tau_anneal_fraction=0.25"])
     taus = [float(train.temperature(config, e)) for e in (0, 2.5, 5, 10)]
     np.testing.assert_allclose(taus, [30.0, 15.5, 1.0, 1.0], rtol=1e-6)
-    default = get_config()  # 30 -> 1 over tau_anneal_epochs = 10
-    assert float(train.temperature(default, 5)) == pytest.approx(15.5)
+    default = get_config()  # 30 -> 1 over the first 10% of the 30 epochs
+    assert float(train.temperature(default, 1.5)) == pytest.approx(15.5)
+    assert float(train.temperature(default, 3)) == pytest.approx(1.0)
+    by_epochs = override(get_config(), ["tau_anneal_fraction=0"])  # tau_anneal_epochs = 10
+    assert float(train.temperature(by_epochs, 5)) == pytest.approx(15.5)
 
 
 def test_bank_weight_decay_acts_on_the_banks_only():

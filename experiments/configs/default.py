@@ -37,8 +37,11 @@ class Config:
     parameterization: str = ""  # "banks" (K independent kernels) or "residual" (W0 + dW_k)
     bank_init: str = ""  # banks form: "per_bank" (He each) or "mixture" (He uniform mixture)
     delta_scale: float = 0.0  # residual form: dW_k start at this times He (0: static start)
-    descriptor: str = ""  # invariant attention: "mean", "mean_max" or "mean_std"
-    static_stem: bool = False  # keep the first (lifting) convolution static
+    # invariant attention's statistics: "mean", "mean_max" or "mean_std" ("": the layer's
+    # own default, "mean"); mean_max and a static stem were chosen on validation data
+    # (README, "Options of the dynamic layers"); 28 px models only
+    descriptor: str = "mean_max"
+    static_stem: bool = True  # keep the first (lifting) convolution static
     freeze_banks: bool = False  # control: the banks keep their initial (random) values
     # optimisation
     epochs: int = 30
@@ -57,7 +60,8 @@ class Config:
     tau_initial: float = 30.0
     tau_final: float = 1.0
     tau_anneal_epochs: float = 10.0
-    tau_anneal_fraction: float = 0.0  # > 0: anneal over this fraction of the epochs instead
+    # > 0: anneal over this fraction of the epochs instead (0.1: chosen on validation data)
+    tau_anneal_fraction: float = 0.1
     # run
     seed: int = 0
     num_devices: int = 0  # 0: all local devices
@@ -71,6 +75,16 @@ class Config:
 
 def get_config() -> Config:
     return Config()
+
+
+# What the run did for fields that a stored config.json lacks (written before the field
+# existed or before its default changed): the behaviour of that time, not today's default.
+LEGACY_VALUES = {"descriptor": "", "static_stem": False, "tau_anneal_fraction": 0.0}
+
+
+def from_stored(fields: dict) -> dict:
+    """The fields of a stored ``config.json`` with :data:`LEGACY_VALUES` for absent ones."""
+    return {**LEGACY_VALUES, **fields}
 
 
 def _convert(text: str, kind):

@@ -58,8 +58,9 @@ def validate(config: Config) -> None:
                          f"{config.precision!r}")
     if config.optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
+    defaults = Config()  # a dynamic field counts as set where it differs from the default
     dynamic_fields = {name: getattr(config, name) for name in DYNAMIC_FIELDS
-                      if getattr(config, name) not in (0, 0.0, "", False, None)}
+                      if getattr(config, name) != getattr(defaults, name)}
     if dynamic_fields and not models.spec(config.model).dynamic:
         raise ValueError(f"{', '.join(dynamic_fields)}: {config.model} has no dynamic layers; "
                          f"leave {'it' if len(dynamic_fields) == 1 else 'them'} at the "
@@ -118,7 +119,8 @@ def num_devices(config: Config) -> int:
 
 
 def model_kwargs(config: Config) -> dict:
-    """Keyword arguments for ``models.create`` from the config (dropout, ablation fields)."""
+    """Keyword arguments for ``models.create`` from the config (dropout, precision, readout,
+    and the dynamic layers' options for dynamic models)."""
     kwargs = {"dropout": config.dropout, "precision": config.precision}
     if config.num_kernels:
         kwargs["num_kernels"] = config.num_kernels
@@ -126,7 +128,9 @@ def model_kwargs(config: Config) -> dict:
         kwargs["attention"] = config.attention
     if config.readout:
         kwargs["readout"] = config.readout
-    for name in DYNAMIC_FIELDS[2:]:  # set only when not the default
-        if getattr(config, name) not in (0.0, "", False):
-            kwargs[name] = getattr(config, name)
+    spec = models.spec(config.model)
+    if spec.dynamic and spec.input_size == 28:  # the options of the 28 px dynamic family
+        for name in DYNAMIC_FIELDS[2:]:
+            if getattr(config, name) != "":  # "": the layer's own default
+                kwargs[name] = getattr(config, name)
     return kwargs
