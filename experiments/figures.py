@@ -24,7 +24,7 @@ import numpy as np
 
 from dgcnn_jax import get_group
 from dgcnn_jax.testing import equivariance_errors
-from experiments import evaluate, plots
+from experiments import evaluate, plots, train
 
 __all__ = ["attention_figure", "equivariance_figure", "main"]
 
@@ -51,14 +51,15 @@ def attention_figure(workdir, out, data_dir=None) -> dict:
     weights = [w.mean(axis=-1) if w.ndim == 3 else w for w in weights]  # [N, K]
     classes = sorted(set(labels.tolist()))
     stats = {"workdir": str(workdir), "model": config.model, "tau": tau, "layers": []}
-    for w in weights:
-        stats["layers"].append({
+    names = train.dynamic_layer_names(model)  # a static stem has no attention
+    for name, w in zip(names, weights):
+        stats["layers"].append({"layer": name,
             "mean": w.mean(0).tolist(), "std": w.std(0).tolist(),
             "entropy_mean": float(-(w * np.log(np.maximum(w, 1e-12))).sum(1).mean()),
             "per_class_mean": {str(c): w[labels == c].mean(0).tolist() for c in classes}})
     out = pathlib.Path(out)
     plots.attention_boxes(weights, labels, out, f"{config.model} on {config.dataset}: "
-                          f"attention per layer (tau {tau:.2f})")
+                          f"attention per layer (tau {tau:.2f})", names)
     out.with_suffix(".json").write_text(json.dumps(stats, indent=2))
     return stats
 

@@ -73,7 +73,8 @@ def dynamic_diagnostics(history: Sequence[dict], path, title: str) -> None:
     for ax, (key, label) in zip(axes, keys):
         for i in range(layers):
             values = [h["dynamic_layers"][i].get(key, np.nan) for h in records]
-            ax.plot(epochs, values, label=f"layer {i + 1}")
+            ax.plot(epochs, values, label=records[-1]["dynamic_layers"][i].get(
+                "layer", f"layer {i + 1}"))
         ax.set(xlabel="epoch", ylabel=label)
         ax.grid(alpha=0.3)
     axes[2].axhline(0.9, color="k", lw=0.6, ls=":")
@@ -177,7 +178,7 @@ def roc_and_validation_curves(curves: Sequence[dict], path, title: str) -> None:
 
 
 def attention_boxes(weights: Sequence[np.ndarray], labels: np.ndarray, path,
-                    title: str) -> None:
+                    title: str, names: Sequence[str] | None = None) -> None:
     """Box plots of the mixing weights ``[N, K]`` of each layer, per kernel and class."""
     plt = _pyplot()
     classes = sorted(set(labels.tolist()))
@@ -193,7 +194,7 @@ def attention_boxes(weights: Sequence[np.ndarray], labels: np.ndarray, path,
             for patch in parts["boxes"]:
                 patch.set_facecolor(f"C{j}")
         ax.set_xticks(range(k), [f"k{n}" for n in range(k)])
-        ax.set_title(f"layer {i + 1}", fontsize=9)
+        ax.set_title(names[i] if names else f"layer {i + 1}", fontsize=9)
         ax.axhline(1.0 / k, color="k", lw=0.6, ls=":")
     axes[0].set_ylabel("attention weight (test images)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{j}") for j in range(len(classes))]

@@ -58,7 +58,8 @@ from experiments.configs import (
 __all__ = ["TrainingError", "WorkdirError", "RESUMABLE_CHANGES", "config_differences",
            "TrainState", "Progress", "make_optimizer", "make_mesh",
            "create_train_state", "train_step", "eval_step", "predict", "temperature",
-           "dynamic_diagnostics", "train_and_evaluate", "default_workdir", "main"]
+           "dynamic_diagnostics", "dynamic_layer_names", "train_and_evaluate",
+           "default_workdir", "main"]
 
 DIAGNOSTIC_IMAGES = 256  # validation images whose attention the per-epoch diagnostics use
 
@@ -284,9 +285,16 @@ def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
     return jax.nn.softmax(state.model(training=False)(images, tau=tau), axis=-1)
 
 
-def _dynamic_layers(model: nnx.Module) -> list:
-    return [node for _, node in nnx.iter_graph(model) if hasattr(node, "banks")
-            and hasattr(node, "attention_weights")]
+def _dynamic_layers(model: nnx.Module, names: bool = False) -> list:
+    found = [(path, node) for path, node in nnx.iter_graph(model)
+             if hasattr(node, "banks") and hasattr(node, "attention_weights")]
+    return ["/".join(map(str, path)) for path, _ in found] if names else [n for _, n in found]
+
+
+def dynamic_layer_names(model: nnx.Module) -> list[str]:
+    """Names (paths in the model, e.g. ``convs/1``) of the dynamic layers, in the order of
+    :func:`dynamic_diagnostics` and of ``model.intermediates(...)["attention"]``."""
+    return _dynamic_layers(model, names=True)
 
 
 @jax.jit
@@ -296,7 +304,7 @@ def _attention(state: TrainState, images: jax.Array, tau) -> list:
 
 def dynamic_diagnostics(state: TrainState, initial: TrainState, images: jax.Array | None,
                         tau) -> list[dict]:
-    """Per dynamic layer: ``attention_entropy`` (mean over ``images``, nats),
+    """Per dynamic layer: its ``layer`` name, ``attention_entropy`` (mean over ``images``, nats),
     ``attention_spread`` (std over the images of the weights) and ``bank_common_share``
     (the share of the change since ``initial`` of the K banks, ``W_k`` or the residual
     form's ``dW_k``, that is common to all K); ``images`` are
@@ -308,9 +316,10 @@ def dynamic_diagnostics(state: TrainState, initial: TrainState, images: jax.Arra
         return []
     first = _dynamic_layers(initial.model())
     # the K banks proper: W_k, or the changes dW_k of the residual form (W_0 is shared)
-    out = [{"bank_common_share": float(dynamic.bank_common_share(now.kernels[...],
+    out = [{"layer": name,
+            "bank_common_share": float(dynamic.bank_common_share(now.kernels[...],
                                                                  then.kernels[...]))}
-           for now, then in zip(layers, first)]
+           for name, now, then in zip(dynamic_layer_names(model), layers, first)]
     if images is not None and hasattr(model, "intermediates"):
         for record, w in zip(out, _attention(state, images, tau)):
             record["attention_entropy"] = float(dynamic.attention_entropy(w))
