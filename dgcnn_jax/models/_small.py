@@ -69,7 +69,6 @@ class SmallGCNN(nnx.Module):
                  dropout: float = 0.1, readout: str = "invariant",
                  precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
         check_choice(readout, "readout", READOUTS)
-        self.precision = precision
         self.group = get_group(group)
         self.readout = readout
         self.in_channels = in_channels
