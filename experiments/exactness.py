@@ -105,6 +105,8 @@ def main(argv=None) -> list[dict]:
             rows.append({**measure(name, precision, images, args.repeats), "backend": backend,
                          "device": jax.devices()[0].device_kind, "jax": jax.__version__})
             r = rows[-1]
+            if args.output:  # after every row: a run stopped at a time limit keeps its rows
+                pathlib.Path(args.output).write_text(json.dumps(rows, indent=2))
             print(f"{name:20s} {precision:8s} invariance error {r['invariance_error']:.2e} "
                   f"({'control' if r['exact'] is None else 'ok' if r['exact'] else 'NOT EXACT'})"
                   f"  fwd+bwd {r['fwd_bwd_ms']:8.2f} ms", flush=True)
@@ -120,8 +122,6 @@ def main(argv=None) -> list[dict]:
     claimed = [r for r in rows if r["exact"] is not None and r["precision"] == "highest"]
     print(f"\nat the default precision (highest): {sum(r['exact'] for r in claimed)} of "
           f"{len(claimed)} group models within {RTOL:g}")
-    if args.output:
-        pathlib.Path(args.output).write_text(json.dumps(rows, indent=2))
     return rows
 
 

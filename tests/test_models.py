@@ -245,3 +245,26 @@ def test_every_conv_and_matmul_runs_at_the_configured_precision(name, sets):
     if name in ("cnn", "p4m_dgcnn"):  # the faster setting one option away
         fast = _conv_and_dot_precisions(name, "default", **sets)
         assert len(fast) == len(highest) and set(fast) == {("DEFAULT", "DEFAULT")}
+
+
+@pytest.mark.slow
+def test_exactness_script_on_real_images(medmnist_dir, tmp_path):
+    """experiments.exactness (the accelerator check's second part): group models within the
+    promise at each precision, the plain CNN far outside it (negative control)."""
+    import json
+
+    from experiments import exactness
+
+    rows = exactness.main(["--data-dir", str(medmnist_dir), "--models", "cnn", "p4m_dgcnn",
+                           "--precisions", "highest", "default", "--images", "4",
+                           "--repeats", "1", "--output", str(tmp_path / "e.json")])
+    assert [(r["model"], r["precision"]) for r in rows] == [
+        ("cnn", "highest"), ("cnn", "default"), ("p4m_dgcnn", "highest"),
+        ("p4m_dgcnn", "default")]
+    by = {(r["model"], r["precision"]): r for r in rows}
+    assert by[("p4m_dgcnn", "highest")]["exact"] and by[("p4m_dgcnn", "highest")][
+        "invariance_error"] <= RTOL
+    assert by[("cnn", "highest")]["exact"] is None  # a control, not a claim
+    assert by[("cnn", "highest")]["invariance_error"] > 1e-3
+    assert all(r["fwd_bwd_ms"] > 0 for r in rows)
+    assert json.loads((tmp_path / "e.json").read_text()) == rows
