@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -52,12 +53,14 @@ from experiments.configs import (
     model_kwargs,
     num_devices,
     override,
+    pipeline,
     validate,
 )
 
 __all__ = ["TrainingError", "WorkdirError", "RESUMABLE_CHANGES", "config_differences",
            "TrainState", "Progress", "make_optimizer", "make_mesh",
            "create_train_state", "train_step", "eval_step", "predict", "temperature",
+           "train_epoch_on_device", "predict_on_device",
            "dynamic_diagnostics", "dynamic_layer_names", "train_and_evaluate",
            "default_workdir", "main"]
 
@@ -176,6 +179,7 @@ class Progress:
     best_auc: float = -1.0  # best validation AUC so far and its epoch
     best_epoch: int = -1
     train_seconds: float = 0.0
+    pipeline: str = "host"  # the input pipeline of the run (checkpoints before it: host)
 
     def start_epoch(self) -> None:
         self.loss_sum, self.accuracy_sum, self.seen = 0.0, 0.0, 0
@@ -276,7 +280,56 @@ def train_step(state: TrainState, batch: dict, tau) -> tuple[TrainState, dict]:
     return state, {"loss": loss, "accuracy": accuracy, "finite": finite.astype(jnp.float32)}
 
 
+_train_step = train_step
 train_step = jax.jit(train_step, donate_argnums=0)
+
+
+@functools.partial(jax.jit, donate_argnums=0,
+                   static_argnames=("config", "steps_per_epoch", "length", "batch_sharding"))
+def train_epoch_on_device(state: TrainState, images: jax.Array, labels: jax.Array, mean,
+                          std, epoch, *, config: Config, steps_per_epoch: int, length: int,
+                          batch_sharding: NamedSharding) -> tuple[TrainState, dict]:
+    """``length`` training steps of epoch ``epoch`` as one program (``lax.scan``).
+
+    ``images`` (uint8 ``[N, H, W, C]``) and ``labels`` are the training split on the
+    device; the order and the D4 augmentation (``config.augment``) are drawn on the device
+    from :func:`dgcnn_jax.data.epoch_key` ``(config.seed, epoch)``; each batch is
+    normalised by ``mean``/``std`` and laid out by ``batch_sharding``. The temperature
+    follows :func:`temperature` per step. Returns the state after the steps and the
+    per-step ``{"loss", "accuracy", "finite"}`` (arrays ``[length]``).
+    """
+    perm_key, augment_key = jax.random.split(data.epoch_key(config.seed, epoch))
+    order = data.epoch_batches(perm_key, images.shape[0], config.batch_size)
+
+    def step(state, i):
+        x, y = images[order[i]], labels[order[i]]
+        if config.augment:
+            x = data.random_d4_batch(jax.random.fold_in(augment_key, i), x)
+        batch = {"image": jax.lax.with_sharding_constraint(data.normalize(x, mean, std),
+                                                           batch_sharding),
+                 "label": jax.lax.with_sharding_constraint(y.astype(jnp.int32),
+                                                           batch_sharding)}
+        tau = temperature(config, state.step / steps_per_epoch)
+        return _train_step(state, batch, tau)
+
+    return jax.lax.scan(step, state, jnp.arange(length))
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "batch_sharding"))
+def predict_on_device(state: TrainState, images: jax.Array, mean, std, tau, *,
+                      batch_size: int, batch_sharding: NamedSharding) -> jax.Array:
+    """Class probabilities ``[N, C]`` of uint8 images already on the device (eval mode),
+    in batches of ``batch_size`` (the last one padded) as one program."""
+    n = images.shape[0]
+    batches = -(-n // batch_size)
+    x = jnp.pad(images, ((0, batches * batch_size - n),) + ((0, 0),) * (images.ndim - 1))
+    x = x.reshape(batches, batch_size, *images.shape[1:])
+
+    def one(xb):
+        xb = jax.lax.with_sharding_constraint(data.normalize(xb, mean, std), batch_sharding)
+        return jax.nn.softmax(state.model(training=False)(xb, tau=tau), axis=-1)
+
+    return jax.lax.map(one, x).reshape(batches * batch_size, -1)[:n]
 
 
 @jax.jit
@@ -329,7 +382,17 @@ def dynamic_diagnostics(state: TrainState, initial: TrainState, images: jax.Arra
 
 def predict(state: TrainState, images: np.ndarray, mean, std, tau, *, batch_size: int,
             mesh: jax.sharding.Mesh) -> np.ndarray:
-    """Class probabilities ``[N, C]`` of uint8 images (eval mode, every example)."""
+    """Class probabilities ``[N, C]`` of uint8 images (eval mode, every example).
+
+    In one process the images go to the devices and are scored as one program
+    (:func:`predict_on_device`; a no-op transfer for images already there); with several
+    processes batch by batch, each gathered from every process.
+    """
+    if jax.process_count() == 1:
+        images = jax.device_put(images, NamedSharding(mesh, PartitionSpec()))
+        return np.asarray(predict_on_device(
+            state, images, mean, std, tau, batch_size=batch_size,
+            batch_sharding=NamedSharding(mesh, PartitionSpec("data"))))
     ds = data.epoch_dataset(images, np.zeros(len(images), np.int32), batch_size=batch_size,
                             mean=mean, std=std, shuffle=False, drop_remainder=False)
     sharding = NamedSharding(mesh, PartitionSpec("data"))
@@ -394,6 +457,14 @@ class _Run:
     steps_per_epoch: int
     mesh: jax.sharding.Mesh
     checkpoints: Checkpoints
+    pipeline: str = "host"  # "device": the uint8 splits below live on the device
+    on_device: dict = dataclasses.field(default_factory=dict)  # split -> (images, labels)
+
+    def __post_init__(self):
+        if self.pipeline == "device":
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            self.on_device = {name: jax.device_put(self.dataset.split(name), replicated)
+                              for name in ("train", "val")}
 
     def save_latest(self, state: TrainState, progress: Progress) -> None:
         Checkpoints.save(self.checkpoints.latest, int(state.step),
@@ -407,13 +478,21 @@ class _Run:
             self.checkpoints.latest, {"model": state.model_item(), "train": state.train_item()})
         state = jax.device_put(state.with_items(**items),
                                NamedSharding(self.mesh, PartitionSpec()))
-        progress = Progress(**meta)
+        progress = Progress(**{"pipeline": "host", **meta})
+        if progress.pipeline != self.pipeline:
+            raise WorkdirError(f"{self.workdir} holds a run trained with the {progress.pipeline} "
+                               f"pipeline, this one would use the {self.pipeline} pipeline "
+                               f"(they draw different orders): resume it with "
+                               f"--set pipeline={progress.pipeline}")
         print(f"resuming from step {int(state.step)} (epoch {progress.epoch}, batch "
               f"{progress.batch}) in {self.workdir}", flush=True)
         return state, progress
 
     def train_epoch(self, state: TrainState, progress: Progress, epoch: int) -> TrainState:
-        """Train the rest of ``epoch`` from ``progress.batch``; save mid-epoch checkpoints."""
+        """Train the rest of ``epoch`` from ``progress.batch``; save mid-epoch checkpoints
+        (host pipeline) or train the whole epoch as one program (device pipeline)."""
+        if self.pipeline == "device":
+            return self._train_epoch_on_device(state, progress, epoch)
         config, steps = self.config, self.steps_per_epoch
         ds = self.dataset.train_epoch(batch_size=config.batch_size, epoch=epoch,
                                       seed=config.seed, augment=config.augment)
@@ -431,14 +510,7 @@ class _Run:
             step_metrics = jax.device_get(step_metrics)
             loss = float(step_metrics["loss"])
             if not (math.isfinite(loss) and step_metrics["finite"]):
-                saved = self.checkpoints.latest.latest_step()
-                kept = (f"the last good checkpoint (step {saved}) is kept in "
-                        f"{self.workdir / 'checkpoints' / 'latest'}" if saved is not None
-                        else "no checkpoint had been saved yet")
-                raise TrainingError(
-                    f"non-finite training loss or parameters (loss {loss:.4g}) at epoch "
-                    f"{epoch + 1}, step {step + 1}: stopping; {kept} (try a lower "
-                    f"learning_rate)")
+                raise self._non_finite(loss, epoch, step + 1)
             step += 1
             progress.loss_sum += loss
             progress.accuracy_sum += float(step_metrics["accuracy"])
@@ -461,7 +533,47 @@ class _Run:
         progress.train_seconds += time.perf_counter() - start
         return state
 
-    def predict(self, state: TrainState, images: np.ndarray, tau) -> np.ndarray:
+    def _non_finite(self, loss: float, epoch: int, step: int) -> TrainingError:
+        saved = self.checkpoints.latest.latest_step()
+        kept = (f"the last good checkpoint (step {saved}) is kept in "
+                f"{self.workdir / 'checkpoints' / 'latest'}" if saved is not None
+                else "no checkpoint had been saved yet")
+        return TrainingError(f"non-finite training loss or parameters (loss {loss:.4g}) at "
+                             f"epoch {epoch + 1}, step {step}: stopping; {kept} (try a lower "
+                             f"learning_rate)")
+
+    def _train_epoch_on_device(self, state: TrainState, progress: Progress,
+                               epoch: int) -> TrainState:
+        config, steps = self.config, self.steps_per_epoch
+        progress.start_epoch()
+        length = steps if not config.max_steps else min(steps,
+                                                        config.max_steps - int(state.step))
+        if length < 1:
+            return state
+        first_step = int(state.step)
+        images, labels = self.on_device["train"]
+        start = time.perf_counter()
+        state, step_metrics = train_epoch_on_device(
+            state, images, labels, self.dataset.mean, self.dataset.std, epoch, config=config,
+            steps_per_epoch=steps, length=length,
+            batch_sharding=NamedSharding(self.mesh, PartitionSpec("data")))
+        step_metrics = jax.device_get(step_metrics)
+        progress.train_seconds += time.perf_counter() - start
+        bad = np.flatnonzero(~(np.isfinite(step_metrics["loss"])
+                               & (step_metrics["finite"] > 0)))
+        if bad.size:
+            raise self._non_finite(float(step_metrics["loss"][bad[0]]), epoch,
+                                   first_step + int(bad[0]) + 1)
+        progress.loss_sum = float(np.sum(step_metrics["loss"], dtype=np.float64))
+        progress.accuracy_sum = float(np.sum(step_metrics["accuracy"], dtype=np.float64))
+        progress.seen = length
+        return state
+
+    def predict(self, state: TrainState, split: str, tau) -> np.ndarray:
+        """Class probabilities of the ``"val"`` or ``"test"`` split (the device pipeline
+        keeps the validation split on the device between epochs)."""
+        images = (self.on_device[split] if split in self.on_device
+                  else self.dataset.split(split))[0]
         return predict(state, images, self.dataset.mean, self.dataset.std, tau,
                        batch_size=self.config.eval_batch_size, mesh=self.mesh)
 
@@ -504,8 +616,9 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
     initial = jax.tree.map(jnp.copy, state.replace(opt_state=None, tx=None))
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
     _write_json(workdir / "config.json", dataclasses.asdict(config))
-    run = _Run(config, workdir, dataset, steps, mesh, checkpoints)
+    run = _Run(config, workdir, dataset, steps, mesh, checkpoints, pipeline(config))
     state, progress = run.resume(state)
+    progress.pipeline = run.pipeline
     _write_history(workdir, progress.history)
     val_x, val_y = dataset.split("val")
     probe = jnp.asarray((val_x[:DIAGNOSTIC_IMAGES].astype(np.float32) / 255.0 - dataset.mean)
@@ -516,7 +629,7 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
         state = run.train_epoch(state, progress, epoch)
         step = int(state.step)
         tau = temperature(config, step / steps)
-        val = metrics.classification_metrics(run.predict(state, val_x, tau), val_y)
+        val = metrics.classification_metrics(run.predict(state, "val", tau), val_y)
         seen = max(progress.seen, 1)
         record = {"epoch": epoch + 1, "step": step, "tau": float(tau),
                   "train_loss": progress.loss_sum / seen,
@@ -552,7 +665,7 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
                                 NamedSharding(mesh, PartitionSpec()))
     test_x, test_y = dataset.split("test")
     eval_start = time.perf_counter()
-    probs = run.predict(best_state, test_x, best["tau"])
+    probs = run.predict(best_state, "test", best["tau"])
     eval_seconds = time.perf_counter() - eval_start
     test = metrics.classification_metrics(probs, test_y)
     size = test_x.shape[1:]

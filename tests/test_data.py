@@ -223,3 +223,47 @@ def test_no_tensorflow_import(medmnist_dir):
                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_device_epoch_order_is_keyed_by_seed_and_epoch():
+    import jax
+
+    first = np.asarray(data.epoch_batches(data.epoch_key(0, 3), 103, 10))
+    assert first.shape == (10, 10) and first.dtype == np.int32
+    assert len(np.unique(first)) == 100 and first.min() >= 0 and first.max() < 103
+    np.testing.assert_array_equal(first, data.epoch_batches(data.epoch_key(0, 3), 103, 10))
+    assert not np.array_equal(first, data.epoch_batches(data.epoch_key(0, 4), 103, 10))
+    assert not np.array_equal(first, data.epoch_batches(data.epoch_key(1, 3), 103, 10))
+    traced = jax.jit(lambda s, e: data.epoch_batches(data.epoch_key(s, e), 103, 10))(0, 3)
+    np.testing.assert_array_equal(first, traced)
+    with pytest.raises(ValueError, match="batch_size: 200 exceeds the 103 examples"):
+        data.epoch_batches(data.epoch_key(0, 0), 103, 200)
+
+
+def test_device_augmentation_applies_each_d4_element():
+    import jax
+
+    from dgcnn_jax.groups import P4M
+
+    images = np.random.default_rng(0).integers(0, 256, (512, 5, 5, 2), dtype=np.uint8)
+    out = np.asarray(data.random_d4_batch(jax.random.key(0), images))
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    used = []
+    for x, y in zip(images, out):
+        matches = [g for g in range(P4M.order)
+                   if np.array_equal(P4M.transform_image(x, g, axes=(0, 1)), y)]
+        assert matches, "an output image is no D4 transform of its input"
+        used.append(matches[0])
+    counts = np.bincount(used, minlength=P4M.order)
+    assert counts.min() > 30, counts  # every element drawn (64 expected each)
+    with pytest.raises(ValueError, match="square images"):
+        data.random_d4_batch(jax.random.key(0), images[:, :4])
+
+
+def test_device_normalisation_equals_the_host_pipeline():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (16, 4, 4, 3), dtype=np.uint8)
+    mean, std = data.normalization_stats(images)
+    host = next(iter(data.epoch_dataset(images, np.zeros(16, np.int32), batch_size=16,
+                                        mean=mean, std=std, shuffle=False)))["image"]
+    np.testing.assert_array_equal(np.asarray(data.normalize(images, mean, std)), host)

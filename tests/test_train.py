@@ -82,7 +82,12 @@ def test_bad_config_fails_before_training(tmp_path):
                         (["train_fraction=nan"], "train_fraction: expected a fraction in"),
                         (["data_seed=-1"], "data_seed: expected an int >= 0"),
                         (["model=p4m_densenet", "readout=orientation"],
-                         "readout: only the 28 px models")):
+                         "readout: only the 28 px models"),
+                        (["pipeline=gpu"], "pipeline: expected one of auto, device, host"),
+                        (["dataset=pcam", "model=p4m_densenet", "pipeline=device"],
+                         "pipeline: pcam is read from disk"),
+                        (["pipeline=device", "checkpoint_every_steps=5"],
+                         "pipeline: the device pipeline saves at epoch boundaries")):
         with pytest.raises(ValueError, match=match):
             validate(override(base, sets))
     with pytest.raises(ValueError, match="unknown config field"):
@@ -203,6 +208,37 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, medmnist_dir):
         assert "Traceback" not in out.stderr
         kept = sorted(p.name for p in (work / "checkpoints" / "latest").iterdir())
         assert kept == ["1"]
+
+
+def test_auto_pipeline_is_the_device_one_where_the_split_fits():
+    assert configs.pipeline(get_config()) == "device"
+    assert configs.pipeline(override(get_config(), ["dataset=pbc"])) == "device"
+    assert configs.pipeline(get_config("pcam")) == "host"
+    assert configs.pipeline(override(get_config(), ["checkpoint_every_steps=5"])) == "host"
+    assert configs.pipeline(override(get_config(), ["pipeline=host"])) == "host"
+
+
+@pytest.mark.slow
+def test_device_pipeline_stops_on_nan_and_refuses_another_pipeline_on_resume(
+        tmp_path, medmnist_dir):
+    work = tmp_path / "nan"
+    out = _run(work, medmnist_dir, FAST + ["learning_rate=1e30"])
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    # step 1 (warm-up rate 0) is good, step 2 blows up; the epoch is one program, so
+    # nothing was saved yet
+    assert "non-finite training loss" in out.stderr and "at epoch 1, step 2" in out.stderr
+    assert "no checkpoint had been saved yet" in out.stderr
+    # "auto" resolves to the host pipeline with mid-epoch checkpoints (a change that may
+    # resume): a run trained on the device pipeline is not continued on the host one
+    work = tmp_path / "run"
+    first = _run(work, medmnist_dir, FAST + ["max_steps=17"])  # epoch 1 of 2
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = _run(work, medmnist_dir, FAST + ["checkpoint_every_steps=5"])
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "trained with the device pipeline, this one would use the host pipeline" \
+        in out.stderr
+    out = _run(work, medmnist_dir, FAST + ["pipeline=host"])
+    assert out.returncode == 1 and "pipeline 'auto' -> 'host'" in out.stderr
 
 
 @pytest.mark.slow
@@ -469,17 +505,22 @@ def test_runs_stored_before_a_default_changed_keep_their_settings():
     """A config.json written before a field existed (or before its default changed) is read
     with the values of that time: resuming or evaluating such a run builds its model."""
     stored = {k: v for k, v in dataclasses.asdict(get_config()).items()
-              if k not in ("descriptor", "static_stem", "tau_anneal_fraction", "precision")}
+              if k not in ("descriptor", "static_stem", "tau_anneal_fraction", "precision",
+                           "pipeline")}
     assert configs.from_stored(stored)["descriptor"] == ""
     assert configs.from_stored(stored)["static_stem"] is False
     old = Config(**configs.from_stored(stored))
     assert train.config_differences(stored, old) == []
     assert train.config_differences(stored, get_config()) == [
-        "descriptor '' -> 'mean_max'", "static_stem False -> True",
-        "tau_anneal_fraction 0.0 -> 0.1"]
-    # for a static model those fields do not matter
+        "pipeline 'host' -> 'auto'", "descriptor '' -> 'mean_max'",
+        "static_stem False -> True", "tau_anneal_fraction 0.0 -> 0.1"]
+    # for a static model the dynamic fields do not matter; the input pipeline does (the
+    # device one draws another order)
     stored["model"] = "p4m_gcnn"
-    assert train.config_differences(stored, override(get_config(), ["model=p4m_gcnn"])) == []
+    assert train.config_differences(stored, override(get_config(), ["model=p4m_gcnn"])) == [
+        "pipeline 'host' -> 'auto'"]
+    assert train.config_differences(
+        stored, override(get_config(), ["model=p4m_gcnn", "pipeline=host"])) == []
 
 
 def test_temperature_over_a_fraction_of_training():

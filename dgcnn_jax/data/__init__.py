@@ -1,8 +1,9 @@
-"""Data: 28 px archives (MedMNIST 2D, PBC blood cells), grain input pipelines; PCam and BreakHis builders live in
+"""Data: 28 px archives (MedMNIST 2D, PBC blood cells), grain input pipelines and on-device ones; PCam and BreakHis builders live in
 :mod:`dgcnn_jax.data.tfds_sources` (imported on demand: it loads TFDS)."""
 
 from . import medmnist, pbc
 from .medmnist import ChecksumError, DatasetInfo, default_data_dir, fetch, info, load
+from ._device import epoch_batches, epoch_key, normalize, random_d4_batch
 from ._pipeline import (
     epoch_dataset,
     epoch_iterator,
@@ -29,4 +30,8 @@ __all__ = [
     "num_batches",
     "random_d4",
     "stratified_subset",
+    "epoch_key",
+    "epoch_batches",
+    "random_d4_batch",
+    "normalize",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import default, pcam
 from .default import LEGACY_VALUES, Config, from_stored, override
-from .validation import DYNAMIC_FIELDS, model_kwargs, num_devices, validate
+from .validation import DYNAMIC_FIELDS, PIPELINES, model_kwargs, num_devices, pipeline, validate
 
 CONFIGS = {"default": default.get_config, "pcam": pcam.get_config}
 
@@ -23,4 +23,5 @@ def get_config(name: str = "default") -> Config:
 
 
 __all__ = ["CONFIGS", "Config", "get_config", "override", "validate", "num_devices",
-           "model_kwargs", "from_stored", "LEGACY_VALUES", "DYNAMIC_FIELDS"]
+           "model_kwargs", "from_stored", "LEGACY_VALUES", "DYNAMIC_FIELDS", "PIPELINES",
+           "pipeline"]

@@ -21,6 +21,12 @@ class Config:
     # (the same images for every model and run seed; validation and test untouched)
     train_fraction: float = 1.0
     data_seed: int = 0
+    # "device": the training split on the device and one compiled program per epoch
+    # (shuffling and augmentation there too); "host": a grain pipeline feeding one step at
+    # a time (needed for pcam and for mid-epoch checkpoints); "auto": "device" where the
+    # split is in memory (28 px datasets), the run is one process and
+    # checkpoint_every_steps is 0, else "host". The two draw different (seeded) orders.
+    pipeline: str = "auto"
     # model
     model: str = "p4m_dgcnn"
     dropout: float = 0.1
@@ -79,7 +85,8 @@ def get_config() -> Config:
 
 # What the run did for fields that a stored config.json lacks (written before the field
 # existed or before its default changed): the behaviour of that time, not today's default.
-LEGACY_VALUES = {"descriptor": "", "static_stem": False, "tau_anneal_fraction": 0.0}
+LEGACY_VALUES = {"descriptor": "", "static_stem": False, "tau_anneal_fraction": 0.0,
+                 "pipeline": "host"}
 
 
 def from_stored(fields: dict) -> dict:

@@ -16,7 +16,11 @@ from dgcnn_jax import dynamic, execution, models, nn
 
 from .default import Config
 
-__all__ = ["validate", "num_devices", "model_kwargs", "DYNAMIC_FIELDS"]
+__all__ = ["validate", "num_devices", "model_kwargs", "pipeline", "DYNAMIC_FIELDS",
+           "PIPELINES"]
+
+PIPELINES = ("auto", "device", "host")
+"""Values of ``Config.pipeline``."""
 
 DYNAMIC_FIELDS = ("num_kernels", "attention", "parameterization", "bank_init", "delta_scale",
                   "descriptor", "static_stem", "freeze_banks")
@@ -51,6 +55,19 @@ def validate(config: Config) -> None:
     if isinstance(config.data_seed, bool) or not isinstance(config.data_seed, int) \
             or config.data_seed < 0:
         raise ValueError(f"data_seed: expected an int >= 0, got {config.data_seed!r}")
+    if config.pipeline not in PIPELINES:
+        raise ValueError(f"pipeline: expected one of {', '.join(PIPELINES)}, got "
+                         f"{config.pipeline!r}")
+    if config.pipeline == "device":
+        if config.dataset in datasets.SOURCE_DATASETS:
+            raise ValueError(f"pipeline: {config.dataset} is read from disk by random access "
+                             f"and does not fit in memory; use 'host' or 'auto'")
+        if config.checkpoint_every_steps:
+            raise ValueError("pipeline: the device pipeline saves at epoch boundaries only; "
+                             "use 'host' (or 'auto') with checkpoint_every_steps")
+        if jax.process_count() > 1:
+            raise ValueError("pipeline: the device pipeline runs in one process; use 'host' "
+                             "(or 'auto') with jax.distributed")
     if not 0 <= config.dropout < 1:  # (NaN fails too)
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
     if config.precision not in execution.PRECISIONS:
@@ -107,6 +124,18 @@ def validate(config: Config) -> None:
         if getattr(config, name) % devices:
             raise ValueError(f"{name}: {getattr(config, name)} is not divisible by the number "
                              f"of devices ({devices})")
+
+
+def pipeline(config: Config) -> str:
+    """The input pipeline a run uses, ``"device"`` or ``"host"`` (``config.pipeline``
+    with ``"auto"`` resolved)."""
+    from experiments import datasets
+
+    if config.pipeline != "auto":
+        return config.pipeline
+    fits = config.dataset not in datasets.SOURCE_DATASETS
+    return "device" if (fits and jax.process_count() == 1
+                        and not config.checkpoint_every_steps) else "host"
 
 
 def num_devices(config: Config) -> int:
