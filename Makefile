@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench-dynamic clean
+.PHONY: install train test bench-dynamic device-wheels clean
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ test: $(STAMP)
 
 bench-dynamic: $(STAMP)
 	$(BIN)/python -m experiments.benchmark_dynamic --output benchmark_dynamic.json
+
+# Wheels of what an accelerator image lacks (grain and the packages it needs), for
+# Python 3.12 on x86-64 Linux, into .whl/: the device scripts install them there.
+device-wheels: $(STAMP)
+	$(BIN)/python -m pip download --quiet --only-binary=:all: --no-deps --python-version 3.12 \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  grain==0.2.18 array_record==0.8.6 etils==1.15.0 cloudpickle==3.1.3 portpicker==1.6.0 \
+	  tqdm==4.70.1 psutil==7.2.2
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,7 +7,8 @@ the group layer also through the reference ``impl="xla"`` path): one forward +
 backward pass (``jax.vjp`` with a fixed random cotangent: the output and the gradients
 for parameters and input) at batch 64, 96x96, 16 fields in
 and out, 3x3 (``--quick``: batch 16, 32x32). Models: one training step of every
-registered model at its input size. Each row gives the median time after a warm-up
+registered model at its input size. Main job: whole training epochs of the default
+config (p4m_dgcnn on BreastMNIST) with the host and the device input pipelines. Each row gives the median time after a warm-up
 (repeated runs in this process), images/s, FLOPs counted analytically (forward FLOPs
 x 3 for forward + backward), achieved FLOP/s and its ratio to a float32 matmul rate
 measured in the same process, compile time and the process's peak memory so far.
@@ -135,8 +136,48 @@ def model_rows(batch, repeats, peak, names):
     return rows
 
 
+def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device")):
+    """The main job (the default config: p4m_dgcnn on BreastMNIST) per input pipeline:
+    whole training epochs, timed one by one. ``compile_s`` is the first epoch's time
+    (tracing, compilation and the epoch), ``median_s`` the median of the ``epochs``
+    epochs after it; the device row gives its ratio to the host row."""
+    from experiments import datasets, train
+
+    rows, base = [], None
+    for pipeline in pipelines:
+        config = override(get_config(), [f"pipeline={pipeline}", "progress=false"])
+        dataset = datasets.open_dataset(config.dataset, data_dir)
+        steps = dataset.num_train // config.batch_size
+        mesh = train.make_mesh(config)
+        state = train.create_train_state(config, dataset.num_classes, dataset.channels, steps,
+                                         mesh)
+        run = train.Run(config, pathlib.Path("."), dataset, steps, mesh, None, pipeline)
+        times = []
+        for epoch in range(epochs + 1):
+            start = time.perf_counter()
+            state = run.train_epoch(state, train.Progress(), epoch)
+            jax.block_until_ready(state.params)
+            times.append(time.perf_counter() - start)
+        timing = {"median_s": float(np.median(times[1:])), "compile_s": times[0],
+                  "times_s": times[1:]}
+        size = (28, 28, dataset.channels)
+        images = steps * config.batch_size
+        flops = 3 * images * models.forward_flops(state.model(), size)
+        row = _row("main job", f"{config.model} {config.dataset} epoch ({pipeline})", timing,
+                   images, flops, peak)
+        if pipeline == "host":
+            base = timing["median_s"]
+        elif base is not None:
+            row["ratio_to_host"] = timing["median_s"] / base
+        rows.append(row)
+        print(_format(row), flush=True)
+    return rows
+
+
 def _format(row):
     extra = f"  x{row['ratio_to_group']:.2f} of group" if "ratio_to_group" in row else ""
+    if "ratio_to_host" in row:
+        extra = f"  x{row['ratio_to_host']:.2f} of host"
     return (f"{row['kind']:10s} {row['name']:28s} {row['median_s'] * 1e3:10.1f} ms "
             f"{row['images_per_s']:9.1f} img/s {row['flops_per_s'] / 1e9:7.1f} GFLOP/s "
             f"({100 * row['matmul_ratio']:5.1f}% of matmul)  compile {row['compile_s']:5.1f} s"
@@ -147,9 +188,10 @@ def markdown(results) -> str:
     lines = [f"matmul rate: {results['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
              f"({results['device']})", "",
              "| kind | name | median (ms) | images/s | GFLOP/s | % of matmul | compile (s) | "
-             "vs group |", "|---|---|---|---|---|---|---|---|"]
+             "vs baseline |", "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        ratio = f"{r['ratio_to_group']:.2f}" if "ratio_to_group" in r else ""
+        ratio = (f"{r['ratio_to_group']:.2f} of group" if "ratio_to_group" in r else
+                 f"{r['ratio_to_host']:.2f} of host" if "ratio_to_host" in r else "")
         lines.append(f"| {r['kind']} | {r['name']} | {r['median_s'] * 1e3:.1f} | "
                      f"{r['images_per_s']:.1f} | {r['flops_per_s'] / 1e9:.1f} | "
                      f"{100 * r['matmul_ratio']:.1f} | {r['compile_s']:.1f} | {ratio} |")
@@ -163,6 +205,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--models", nargs="*", default=None, help="default: every registered model")
     p.add_argument("--skip-models", action="store_true")
+    p.add_argument("--job-epochs", type=int, default=None,
+                   help="epochs of the main job timed per pipeline after the first "
+                        "(default 3, --quick 1; 0 skips the rows)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with breastmnist.npz for the main-job rows (default: "
+                        "$DGCNN_DATA_DIR or the download cache)")
     p.add_argument("--matmul-size", type=int, default=2048,
                    help="n of the n x n matmul that measures the reference rate (an "
                         "accelerator needs a larger one, e.g. 8192, to reach its rate)")
@@ -182,6 +230,9 @@ def main(argv=None):
             [n for n in models.available() if models.spec(n).input_size == 28]
             if args.quick else list(models.available()))
         results["rows"] += model_rows(8 if args.quick else 32, repeats, peak, names)
+        epochs = args.job_epochs if args.job_epochs is not None else (1 if args.quick else 3)
+        if epochs:
+            results["rows"] += job_rows(epochs, peak, args.data_dir)
     pathlib.Path(args.output).write_text(json.dumps(results, indent=2))
     print(markdown(results))
     print(f"wrote {args.output}")

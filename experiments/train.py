@@ -61,7 +61,7 @@ __all__ = ["TrainingError", "WorkdirError", "RESUMABLE_CHANGES", "config_differe
            "TrainState", "Progress", "make_optimizer", "make_mesh",
            "create_train_state", "train_step", "eval_step", "predict", "temperature",
            "train_epoch_on_device", "predict_on_device",
-           "dynamic_diagnostics", "dynamic_layer_names", "train_and_evaluate",
+           "dynamic_diagnostics", "dynamic_layer_names", "Run", "train_and_evaluate",
            "default_workdir", "main"]
 
 DIAGNOSTIC_IMAGES = 256  # validation images whose attention the per-epoch diagnostics use
@@ -448,8 +448,9 @@ class _ProgressBar:
 # --------------------------------------------------------------------------- the run
 
 @dataclasses.dataclass
-class _Run:
-    """What the epochs of one run share."""
+class Run:
+    """What the epochs of one run share: its data (on the device for the device
+    pipeline), mesh and checkpoints; trains an epoch, scores a split, saves and resumes."""
 
     config: Config
     workdir: pathlib.Path
@@ -616,7 +617,7 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
     initial = jax.tree.map(jnp.copy, state.replace(opt_state=None, tx=None))
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
     _write_json(workdir / "config.json", dataclasses.asdict(config))
-    run = _Run(config, workdir, dataset, steps, mesh, checkpoints, pipeline(config))
+    run = Run(config, workdir, dataset, steps, mesh, checkpoints, pipeline(config))
     state, progress = run.resume(state)
     progress.pipeline = run.pipeline
     _write_history(workdir, progress.history)

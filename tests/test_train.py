@@ -689,3 +689,18 @@ def test_resume_after_kills_aimed_at_each_save_phase(tmp_path, medmnist_dir):
     _assert_close(_comparable(json.loads((fresh / "results.json").read_text())),
                   _comparable(expected))
     assert sorted(p.name for p in (fresh / "checkpoints" / "latest").iterdir()) == ["34"]
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_main_job_per_pipeline(medmnist_dir):
+    from experiments import benchmark
+
+    rows = benchmark.job_rows(1, 1e10, medmnist_dir)
+    assert [r["name"] for r in rows] == ["p4m_dgcnn breastmnist epoch (host)",
+                                         "p4m_dgcnn breastmnist epoch (device)"]
+    for r in rows:  # 17 steps of 32 images per epoch, timed after a first (compiling) one
+        assert r["median_s"] > 0 and r["compile_s"] > 0
+        assert r["images_per_s"] == pytest.approx(17 * 32 / r["median_s"])
+    assert rows[1]["ratio_to_host"] == pytest.approx(rows[1]["median_s"] / rows[0]["median_s"])
+    assert "of host" in benchmark.markdown({"matmul_flops_per_s": 1e10, "device": "cpu",
+                                            "rows": rows})
