@@ -8,7 +8,8 @@ backward pass (``jax.vjp`` with a fixed random cotangent: the output and the gra
 for parameters and input) at batch 64, 96x96, 16 fields in
 and out, 3x3 (``--quick``: batch 16, 32x32). Models: one training step of every
 registered model at its input size. Main job: whole training epochs of the default
-config (p4m_dgcnn on BreastMNIST) with the host and the device input pipelines. Each row gives the median time after a warm-up
+config (p4m_dgcnn on BreastMNIST) with the host and the device input pipelines, and 4 seeds
+trained together. Each row gives the median time after a warm-up
 (repeated runs in this process), images/s, FLOPs counted analytically (forward FLOPs
 x 3 for forward + backward), achieved FLOP/s and its ratio to a float32 matmul rate
 measured in the same process, compile time and the process's peak memory so far.
@@ -17,6 +18,7 @@ measured in the same process, compile time and the process's peak memory so far.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import platform
@@ -136,39 +138,61 @@ def model_rows(batch, repeats, peak, names):
     return rows
 
 
-def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device")):
+def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4):
     """The main job (the default config: p4m_dgcnn on BreastMNIST) per input pipeline:
     whole training epochs, timed one by one. ``compile_s`` is the first epoch's time
     (tracing, compilation and the epoch), ``median_s`` the median of the ``epochs``
-    epochs after it; the device row gives its ratio to the host row."""
+    epochs after it; the device row gives its ratio to the host row. ``seeds > 1`` adds a
+    row for that many seeds trained together (``train.train_seeds_on_device``), whose
+    ratio is per seed: its epoch time divided by ``seeds``, over the host row's."""
     from experiments import datasets, train
 
     rows, base = [], None
-    for pipeline in pipelines:
-        config = override(get_config(), [f"pipeline={pipeline}", "progress=false"])
+    for pipeline in [*pipelines, *(["seeds"] if seeds > 1 else [])]:
+        on = "device" if pipeline == "seeds" else pipeline
+        config = override(get_config(), [f"pipeline={on}", "progress=false"])
         dataset = datasets.open_dataset(config.dataset, data_dir)
         steps = dataset.num_train // config.batch_size
         mesh = train.make_mesh(config)
-        state = train.create_train_state(config, dataset.num_classes, dataset.channels, steps,
-                                         mesh)
-        run = train.Run(config, pathlib.Path("."), dataset, steps, mesh, None, pipeline)
+        run = train.Run(config, pathlib.Path("."), dataset, steps, mesh, None,
+                        config.pipeline)
+        together = seeds if pipeline == "seeds" else 1
+        states = [train.create_train_state(dataclasses.replace(config, seed=s),
+                                           dataset.num_classes, dataset.channels, steps, mesh)
+                  for s in range(together)]
+        if pipeline == "seeds":
+            state = train.stack_states(states)
+            images, labels = run.on_device["train"]
+            sharding = NamedSharding(mesh, PartitionSpec("data"))
+
+            def epoch_of(state, epoch):
+                return train.train_seeds_on_device(
+                    state, images, labels, dataset.mean, dataset.std,
+                    jnp.arange(seeds, dtype=jnp.int32), epoch, config=config,
+                    steps_per_epoch=steps, length=steps, batch_sharding=sharding)[0]
+        else:
+            state = states[0]
+
+            def epoch_of(state, epoch):
+                return run.train_epoch(state, train.Progress(), epoch)
         times = []
         for epoch in range(epochs + 1):
             start = time.perf_counter()
-            state = run.train_epoch(state, train.Progress(), epoch)
+            state = epoch_of(state, epoch)
             jax.block_until_ready(state.params)
             times.append(time.perf_counter() - start)
         timing = {"median_s": float(np.median(times[1:])), "compile_s": times[0],
                   "times_s": times[1:]}
         size = (28, 28, dataset.channels)
-        images = steps * config.batch_size
-        flops = 3 * images * models.forward_flops(state.model(), size)
-        row = _row("main job", f"{config.model} {config.dataset} epoch ({pipeline})", timing,
-                   images, flops, peak)
+        images_per_epoch = together * steps * config.batch_size
+        flops = 3 * images_per_epoch * models.forward_flops(states[0].model(), size)
+        label = f"{seeds} seeds together" if pipeline == "seeds" else pipeline
+        row = _row("main job", f"{config.model} {config.dataset} epoch ({label})", timing,
+                   images_per_epoch, flops, peak)
         if pipeline == "host":
             base = timing["median_s"]
         elif base is not None:
-            row["ratio_to_host"] = timing["median_s"] / base
+            row["ratio_to_host"] = timing["median_s"] / together / base
         rows.append(row)
         print(_format(row), flush=True)
     return rows

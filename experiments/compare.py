@@ -8,7 +8,9 @@ Every run is a ``train_and_evaluate`` work directory ``<workdir>/<dataset>/<name
 (the best epoch is chosen on validation AUC, the test split is read once with the best
 checkpoint); a finished run is not trained again, so an interrupted sweep continues
 where it stopped. Each trained model is then scored on all 8 D4-transformed copies of
-the test split (robustness).
+the test split (robustness). With ``--seeds-together`` (by default on an accelerator)
+the unfinished seeds of a run train together as one program per epoch
+(:func:`experiments.train.train_seeds`, into the same ``seed<N>`` folders).
 
 The sweep is typed data: :data:`RUNS` maps each run name to a :class:`Run` (registered
 model, the config fields it overrides, applied with ``dataclasses.replace``, and its
@@ -41,10 +43,11 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from dgcnn_jax import models
-from experiments import evaluate, plots, train
+from experiments import configs, evaluate, plots, train
 from experiments.configs import Config, get_config, model_kwargs, override, validate
 
 __all__ = ["Family", "Run", "FAMILIES", "RUNS", "run_of", "run_config", "run_one", "finished",
@@ -168,6 +171,27 @@ def run_one(base: Config, dataset: str, name: str, seed: int, workdir: pathlib.P
             "val_auc_curve": [h["val_auc"] for h in history]}
 
 
+def train_together(base: Config, dataset: str, name: str, seeds: list[int],
+                   workdir: pathlib.Path, mode: str = "auto") -> None:
+    """Train the unfinished seeds of run ``name`` together (``train.train_seeds`` in
+    ``<workdir>/<dataset>/<name>``) where ``mode`` and the run's pipeline allow; first a
+    stored, unfinished seed set there. :func:`run_one` then finds the seeds trained."""
+    config = run_config(base, dataset, name, seeds[0])
+    if mode == "no" or (mode == "auto" and jax.default_backend() == "cpu") or \
+            configs.pipeline(config) != "device":
+        return
+    work = workdir / dataset / name
+    stored = train.stored_seeds(work)
+    if stored and not all(finished(work / f"seed{s}") for s in stored):
+        print(f"== {dataset} {name} seeds {','.join(map(str, stored))} (resuming together)",
+              flush=True)
+        train.train_seeds(dataclasses.replace(config, seeds=",".join(map(str, stored))), work)
+    todo = [s for s in seeds if not finished(work / f"seed{s}")]
+    if len(todo) > 1:
+        print(f"== {dataset} {name} seeds {','.join(map(str, todo))} (together)", flush=True)
+        train.train_seeds(dataclasses.replace(config, seeds=",".join(map(str, todo))), work)
+
+
 def finished(work: pathlib.Path, *, scored: bool = False) -> bool:
     """Trained and tested, and either D4-scored or with the checkpoint to score it
     (``scored``: D4-scored)."""
@@ -287,6 +311,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablation-dataset", default="breastmnist")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--set", action="append", default=["progress=false"], metavar="KEY=VALUE")
+    p.add_argument("--seeds-together", choices=("auto", "yes", "no"), default="auto",
+                   help="train a run's unfinished seeds together, one program per epoch "
+                        "(train.train_seeds; the device pipeline): auto = on an accelerator, "
+                        "not on the CPU, where it was measured slower than one by one")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: tables and plots from the finished runs only "
                         "(the missing ones are listed)")
@@ -320,6 +348,9 @@ def main(argv=None):
     args = parse_args(argv)
     plan = plan_of(args)
     base = override(get_config(), args.set)
+    if base.seeds:
+        raise ValueError("seeds: the sweep takes its seeds from --seeds (and trains them "
+                         "together with --seeds-together)")
     if not base.score_test:
         raise ValueError("score_test: the sweep reports test metrics; use experiments.select "
                          "for validation-only runs")
@@ -329,6 +360,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     runs, missing = [], []
     for dataset, name in plan:
+        if not args.no_train:
+            train_together(base, dataset, name, args.seeds, out, args.seeds_together)
         for seed in args.seeds:
             if args.no_train and not finished(out / dataset / name / f"seed{seed}"):
                 missing.append(f"{dataset}/{name}/seed{seed}")

@@ -60,7 +60,9 @@ from experiments.configs import (
 __all__ = ["TrainingError", "WorkdirError", "RESUMABLE_CHANGES", "config_differences",
            "TrainState", "Progress", "make_optimizer", "make_mesh",
            "create_train_state", "train_step", "eval_step", "predict", "temperature",
-           "train_epoch_on_device", "predict_on_device",
+           "train_epoch_on_device", "predict_on_device", "train_seeds_on_device",
+           "predict_seeds_on_device", "stack_states", "unstack_state", "train_seeds",
+           "seed_list", "stored_seeds",
            "dynamic_diagnostics", "dynamic_layer_names", "Run", "train_and_evaluate",
            "default_workdir", "main"]
 
@@ -284,21 +286,10 @@ _train_step = train_step
 train_step = jax.jit(train_step, donate_argnums=0)
 
 
-@functools.partial(jax.jit, donate_argnums=0,
-                   static_argnames=("config", "steps_per_epoch", "length", "batch_sharding"))
-def train_epoch_on_device(state: TrainState, images: jax.Array, labels: jax.Array, mean,
-                          std, epoch, *, config: Config, steps_per_epoch: int, length: int,
-                          batch_sharding: NamedSharding) -> tuple[TrainState, dict]:
-    """``length`` training steps of epoch ``epoch`` as one program (``lax.scan``).
-
-    ``images`` (uint8 ``[N, H, W, C]``) and ``labels`` are the training split on the
-    device; the order and the D4 augmentation (``config.augment``) are drawn on the device
-    from :func:`dgcnn_jax.data.epoch_key` ``(config.seed, epoch)``; each batch is
-    normalised by ``mean``/``std`` and laid out by ``batch_sharding``. The temperature
-    follows :func:`temperature` per step. Returns the state after the steps and the
-    per-step ``{"loss", "accuracy", "finite"}`` (arrays ``[length]``).
-    """
-    perm_key, augment_key = jax.random.split(data.epoch_key(config.seed, epoch))
+def _epoch_on_device(state: TrainState, images: jax.Array, labels: jax.Array, mean, std,
+                     seed, epoch, *, config: Config, steps_per_epoch: int, length: int,
+                     batch_sharding: NamedSharding) -> tuple[TrainState, dict]:
+    perm_key, augment_key = jax.random.split(data.epoch_key(seed, epoch))
     order = data.epoch_batches(perm_key, images.shape[0], config.batch_size)
 
     def step(state, i):
@@ -315,11 +306,45 @@ def train_epoch_on_device(state: TrainState, images: jax.Array, labels: jax.Arra
     return jax.lax.scan(step, state, jnp.arange(length))
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "batch_sharding"))
-def predict_on_device(state: TrainState, images: jax.Array, mean, std, tau, *,
-                      batch_size: int, batch_sharding: NamedSharding) -> jax.Array:
-    """Class probabilities ``[N, C]`` of uint8 images already on the device (eval mode),
-    in batches of ``batch_size`` (the last one padded) as one program."""
+_EPOCH_STATIC = ("config", "steps_per_epoch", "length", "batch_sharding")
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=_EPOCH_STATIC)
+def train_epoch_on_device(state: TrainState, images: jax.Array, labels: jax.Array, mean,
+                          std, seed, epoch, *, config: Config, steps_per_epoch: int,
+                          length: int, batch_sharding: NamedSharding
+                          ) -> tuple[TrainState, dict]:
+    """``length`` training steps of epoch ``epoch`` as one program (``lax.scan``).
+
+    ``images`` (uint8 ``[N, H, W, C]``) and ``labels`` are the training split on the
+    device; the order and the D4 augmentation (``config.augment``) are drawn on the device
+    from :func:`dgcnn_jax.data.epoch_key` ``(seed, epoch)``; each batch is normalised by
+    ``mean``/``std`` and laid out by ``batch_sharding``. The temperature follows
+    :func:`temperature` per step. Returns the state after the steps and the per-step
+    ``{"loss", "accuracy", "finite"}`` (arrays ``[length]``).
+    """
+    return _epoch_on_device(state, images, labels, mean, std, seed, epoch, config=config,
+                            steps_per_epoch=steps_per_epoch, length=length,
+                            batch_sharding=batch_sharding)
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=_EPOCH_STATIC)
+def train_seeds_on_device(states: TrainState, images: jax.Array, labels: jax.Array, mean,
+                          std, seeds: jax.Array, epoch, *, config: Config,
+                          steps_per_epoch: int, length: int, batch_sharding: NamedSharding
+                          ) -> tuple[TrainState, dict]:
+    """:func:`train_epoch_on_device` for S runs at once: ``states`` stacked along a leading
+    axis (:func:`stack_states`) and ``seeds`` ``int [S]`` (each run's order and
+    augmentation), ``vmap``-ped; metrics ``[S, length]``."""
+    def one(state, seed):
+        return _epoch_on_device(state, images, labels, mean, std, seed, epoch, config=config,
+                                steps_per_epoch=steps_per_epoch, length=length,
+                                batch_sharding=batch_sharding)
+
+    return jax.vmap(one)(states, seeds)
+
+
+def _predict_on_device(state, images, mean, std, tau, *, batch_size, batch_sharding):
     n = images.shape[0]
     batches = -(-n // batch_size)
     x = jnp.pad(images, ((0, batches * batch_size - n),) + ((0, 0),) * (images.ndim - 1))
@@ -332,10 +357,35 @@ def predict_on_device(state: TrainState, images: jax.Array, mean, std, tau, *,
     return jax.lax.map(one, x).reshape(batches * batch_size, -1)[:n]
 
 
-@jax.jit
-def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
-    """Class probabilities ``[B, C]`` of ``images`` in eval mode (no state change)."""
-    return jax.nn.softmax(state.model(training=False)(images, tau=tau), axis=-1)
+@functools.partial(jax.jit, static_argnames=("batch_size", "batch_sharding"))
+def predict_on_device(state: TrainState, images: jax.Array, mean, std, tau, *,
+                      batch_size: int, batch_sharding: NamedSharding) -> jax.Array:
+    """Class probabilities ``[N, C]`` of uint8 images already on the device (eval mode),
+    in batches of ``batch_size`` (the last one padded) as one program."""
+    return _predict_on_device(state, images, mean, std, tau, batch_size=batch_size,
+                              batch_sharding=batch_sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "batch_sharding"))
+def predict_seeds_on_device(states: TrainState, images: jax.Array, mean, std, taus, *,
+                            batch_size: int, batch_sharding: NamedSharding) -> jax.Array:
+    """:func:`predict_on_device` for stacked states and temperatures ``[S]``: ``[S, N, C]``."""
+    return jax.vmap(lambda state, tau: _predict_on_device(
+        state, images, mean, std, tau, batch_size=batch_size,
+        batch_sharding=batch_sharding))(states, taus)
+
+
+def stack_states(states: list[TrainState]) -> TrainState:
+    """Train states of one config (other seeds) stacked along a new leading axis (the
+    static parts, model structure and optimizer, are the first state's)."""
+    leaves = [jax.tree.leaves(s) for s in states]
+    return jax.tree.unflatten(jax.tree.structure(states[0]),
+                              [jnp.stack(xs) for xs in zip(*leaves)])
+
+
+def unstack_state(states: TrainState, index: int) -> TrainState:
+    """Run ``index`` of stacked states."""
+    return jax.tree.map(lambda x: x[index], states)
 
 
 def _dynamic_layers(model: nnx.Module, names: bool = False) -> list:
@@ -462,7 +512,8 @@ class Run:
     on_device: dict = dataclasses.field(default_factory=dict)  # split -> (images, labels)
 
     def __post_init__(self):
-        if self.pipeline == "device":
+        self.val_labels = self.dataset.split("val")[1]
+        if self.pipeline == "device" and not self.on_device:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             self.on_device = {name: jax.device_put(self.dataset.split(name), replicated)
                               for name in ("train", "val")}
@@ -555,7 +606,8 @@ class Run:
         images, labels = self.on_device["train"]
         start = time.perf_counter()
         state, step_metrics = train_epoch_on_device(
-            state, images, labels, self.dataset.mean, self.dataset.std, epoch, config=config,
+            state, images, labels, self.dataset.mean, self.dataset.std, config.seed, epoch,
+            config=config,
             steps_per_epoch=steps, length=length,
             batch_sharding=NamedSharding(self.mesh, PartitionSpec("data")))
         step_metrics = jax.device_get(step_metrics)
@@ -582,8 +634,12 @@ class Run:
 def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     """Train ``config.model`` on ``config.dataset``; resume if ``workdir`` has a checkpoint.
 
-    Returns the final results (also written to ``workdir/results.json``).
+    Returns the final results (also written to ``workdir/results.json``). With
+    ``config.seeds`` set, trains those seeds together (:func:`train_seeds`) and returns
+    ``{seed: results}``.
     """
+    if config.seeds:
+        return train_seeds(config, workdir)
     # Set up: data, model and optimizer state, checkpoints (resume where they are).
     validate(config)
     workdir = pathlib.Path(workdir)
@@ -595,14 +651,7 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
         lock.release()
 
 
-def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
-    checkpoints = Checkpoints(workdir)
-    stored = workdir / "config.json"
-    if checkpoints.latest.latest_step() is not None and stored.is_file():
-        changed = config_differences(json.loads(stored.read_text()), config)
-        if changed:
-            raise WorkdirError(f"{workdir} holds a run with another config ({'; '.join(changed)})"
-                               f": resume it with the same settings, or use another --workdir")
+def _open(config: Config) -> tuple[datasets.Dataset, int, jax.sharding.Mesh]:
     dataset = datasets.open_dataset(config.dataset, config.data_dir,
                                     train_fraction=config.train_fraction,
                                     data_seed=config.data_seed)
@@ -610,84 +659,127 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
     if steps < 1:
         raise ValueError(f"batch_size: {config.batch_size} exceeds the {dataset.num_train} "
                          f"training examples")
-    mesh = make_mesh(config)
+    return dataset, steps, make_mesh(config)
+
+
+def _check_stored_config(workdir: pathlib.Path, checkpoints: Checkpoints,
+                         config: Config) -> None:
+    stored = workdir / "config.json"
+    if checkpoints.latest.latest_step() is not None and stored.is_file():
+        changed = config_differences(json.loads(stored.read_text()), config)
+        if changed:
+            raise WorkdirError(f"{workdir} holds a run with another config ({'; '.join(changed)})"
+                               f": resume it with the same settings, or use another --workdir")
+
+
+def _initial_copy(state: TrainState) -> TrainState:
+    """The seeded initialisation, what bank changes are measured against (copied: the
+    training steps donate the state's buffers)."""
+    return jax.tree.map(jnp.copy, state.replace(opt_state=None, tx=None))
+
+
+def _diagnostic_images(dataset: datasets.Dataset) -> jax.Array:
+    val_x, _ = dataset.split("val")  # on the device once, not every epoch
+    return jnp.asarray((val_x[:DIAGNOSTIC_IMAGES].astype(np.float32) / 255.0 - dataset.mean)
+                       / dataset.std, jnp.float32)
+
+
+def _end_epoch(run: Run, state: TrainState, progress: Progress, epoch: int,
+               val_probs: np.ndarray, initial: TrainState, probe: jax.Array,
+               prefix: str = "") -> None:
+    """Score ``epoch`` on validation, add its record to the history (``metrics.jsonl``)
+    and save ``best`` when validation AUC improved (``latest`` is the caller's)."""
+    config = run.config
+    step = int(state.step)
+    tau = temperature(config, step / run.steps_per_epoch)
+    val = metrics.classification_metrics(val_probs, run.val_labels)
+    seen = max(progress.seen, 1)
+    record = {"epoch": epoch + 1, "step": step, "tau": float(tau),
+              "train_loss": progress.loss_sum / seen,
+              "train_accuracy": progress.accuracy_sum / seen,
+              "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
+              "val_balanced_accuracy": val["balanced_accuracy"]}
+    diagnostics = dynamic_diagnostics(state, initial, probe, tau)
+    if diagnostics:
+        record["dynamic_layers"] = diagnostics
+    progress.history.append(record)
+    improved = val["auc"] > progress.best_auc
+    if improved:
+        progress.best_auc, progress.best_epoch = val["auc"], epoch + 1
+    _write_history(run.workdir, progress.history)
+    print(f"{prefix}epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+          f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
+          f"{'  (best)' if improved else ''}", flush=True)
+    if improved:
+        # the temperature the checkpoint was selected with is the one it is tested with
+        Checkpoints.save(run.checkpoints.best, epoch + 1, {"model": state.model_item()},
+                         {"epoch": epoch + 1, "val": val, "tau": float(tau)})
+
+
+def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
+    checkpoints = Checkpoints(workdir)
+    _check_stored_config(workdir, checkpoints, config)
+    dataset, steps, mesh = _open(config)
     state = create_train_state(config, dataset.num_classes, dataset.channels, steps, mesh)
-    # the seeded initialisation, what bank changes are measured against (copied: the
-    # training steps donate the state's buffers)
-    initial = jax.tree.map(jnp.copy, state.replace(opt_state=None, tx=None))
+    initial = _initial_copy(state)
     num_params = int(sum(np.size(x) for x in jax.tree.leaves(state.params)))
     _write_json(workdir / "config.json", dataclasses.asdict(config))
     run = Run(config, workdir, dataset, steps, mesh, checkpoints, pipeline(config))
     state, progress = run.resume(state)
     progress.pipeline = run.pipeline
     _write_history(workdir, progress.history)
-    val_x, val_y = dataset.split("val")
-    probe = jnp.asarray((val_x[:DIAGNOSTIC_IMAGES].astype(np.float32) / 255.0 - dataset.mean)
-                        / dataset.std, jnp.float32)  # on the device once, not every epoch
+    probe = _diagnostic_images(dataset)
 
     # Epochs: train, score on validation, keep the best checkpoint.
     for epoch in range(progress.epoch, config.epochs):
         state = run.train_epoch(state, progress, epoch)
-        step = int(state.step)
-        tau = temperature(config, step / steps)
-        val = metrics.classification_metrics(run.predict(state, "val", tau), val_y)
-        seen = max(progress.seen, 1)
-        record = {"epoch": epoch + 1, "step": step, "tau": float(tau),
-                  "train_loss": progress.loss_sum / seen,
-                  "train_accuracy": progress.accuracy_sum / seen,
-                  "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
-                  "val_balanced_accuracy": val["balanced_accuracy"]}
-        diagnostics = dynamic_diagnostics(state, initial, probe, tau)
-        if diagnostics:
-            record["dynamic_layers"] = diagnostics
-        progress.history.append(record)
-        improved = val["auc"] > progress.best_auc
-        if improved:
-            progress.best_auc, progress.best_epoch = val["auc"], epoch + 1
-        _write_history(workdir, progress.history)
-        print(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-              f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
-              f"{'  (best)' if improved else ''}", flush=True)
-        if improved:
-            # the temperature the checkpoint was selected with is the one it is tested with
-            Checkpoints.save(run.checkpoints.best, epoch + 1, {"model": state.model_item()},
-                             {"epoch": epoch + 1, "val": val, "tau": float(tau)})
+        tau = temperature(config, int(state.step) / steps)
+        _end_epoch(run, state, progress, epoch, run.predict(state, "val", tau), initial, probe)
         progress.epoch, progress.batch, progress.iterator = epoch + 1, 0, None
         run.save_latest(state, progress)
-        if config.max_steps and step >= config.max_steps:
+        if config.max_steps and int(state.step) >= config.max_steps:
             break
+    return _finish(run, state, progress, num_params)
 
-    if not config.score_test:  # selection runs: validation only, the test split unread
-        return _finish_without_test(config, workdir, state, progress, num_params, run)
 
-    # Test once: the best checkpoint on the test split.
+def _finish(run: Run, state: TrainState, progress: Progress, num_params: int,
+            together: int = 1) -> dict:
+    """Test the best checkpoint once (unless ``score_test`` is false); write results.json,
+    plots and the test probabilities. ``together``: runs trained in the same program."""
+    config, workdir, mesh = run.config, run.workdir, run.mesh
     items, best = Checkpoints.restore(run.checkpoints.best, {"model": state.model_item()})
-    best_state = jax.device_put(state.with_items(items["model"]),
-                                NamedSharding(mesh, PartitionSpec()))
-    test_x, test_y = dataset.split("test")
-    eval_start = time.perf_counter()
-    probs = run.predict(best_state, "test", best["tau"])
-    eval_seconds = time.perf_counter() - eval_start
-    test = metrics.classification_metrics(probs, test_y)
-    size = test_x.shape[1:]
-    results = {
-        "model": config.model, "dataset": config.dataset, "seed": config.seed,
-        "train_fraction": config.train_fraction, "data_seed": config.data_seed,
-        "num_train": dataset.num_train, "num_params": num_params,
-        "forward_flops": models.forward_flops(state.model(), size),
-        "best_epoch": best["epoch"], "best_tau": best["tau"],
-        "val": best["val"], "test": test, "epochs_run": len(progress.history),
-        "steps": int(state.step), "train_seconds": progress.train_seconds,
-        "train_images_per_second": int(state.step) * config.batch_size
-        / max(progress.train_seconds, 1e-9),
-        "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9),
-        "devices": num_devices(config), "backend": jax.default_backend(),
-    }
-    _write_json(workdir / "results.json", results)
+    results = {"model": config.model, "dataset": config.dataset, "seed": config.seed,
+               "train_fraction": config.train_fraction, "data_seed": config.data_seed,
+               "num_train": run.dataset.num_train, "num_params": num_params,
+               "best_epoch": best["epoch"], "best_tau": best["tau"], "val": best["val"],
+               "test": None, "epochs_run": len(progress.history), "steps": int(state.step),
+               "train_seconds": progress.train_seconds, "pipeline": run.pipeline,
+               "seeds_trained_together": together,
+               "devices": num_devices(config), "backend": jax.default_backend()}
     plots.learning_curves(progress.history, workdir / "learning_curves.png")
     if any("dynamic_layers" in h for h in progress.history):
         plots.dynamic_diagnostics(progress.history, workdir / "dynamic_diagnostics.png",
                                   f"{config.model} on {config.dataset}")
+    if not config.score_test:  # selection runs: validation only, the test split unread
+        _write_json(workdir / "results.json", results)
+        print(f"best val AUC {best['val']['auc']:.4f} at epoch {best['epoch']} (score_test="
+              f"false: the test split was not read)", flush=True)
+        return results
+
+    # Test once: the best checkpoint on the test split.
+    best_state = jax.device_put(state.with_items(items["model"]),
+                                NamedSharding(mesh, PartitionSpec()))
+    test_x, test_y = run.dataset.split("test")
+    eval_start = time.perf_counter()
+    probs = run.predict(best_state, "test", best["tau"])
+    eval_seconds = time.perf_counter() - eval_start
+    test = metrics.classification_metrics(probs, test_y)
+    results.update({
+        "test": test, "forward_flops": models.forward_flops(state.model(), test_x.shape[1:]),
+        "train_images_per_second": int(state.step) * config.batch_size * together
+        / max(progress.train_seconds, 1e-9),
+        "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9)})
+    _write_json(workdir / "results.json", results)
     classes = datasets.class_names(config.dataset)
     plots.roc(probs, test_y, workdir / "roc_test.png",
               f"{config.model} on {config.dataset} (test)", classes)
@@ -700,28 +792,152 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
     return results
 
 
-def _finish_without_test(config, workdir, state, progress, num_params, run) -> dict:
-    _, best = Checkpoints.restore(run.checkpoints.best, {"model": state.model_item()})
-    results = {"model": config.model, "dataset": config.dataset, "seed": config.seed,
-               "train_fraction": config.train_fraction, "data_seed": config.data_seed,
-               "num_train": run.dataset.num_train,
-               "num_params": num_params, "best_epoch": best["epoch"], "best_tau": best["tau"],
-               "val": best["val"], "test": None, "epochs_run": len(progress.history),
-               "steps": int(state.step), "train_seconds": progress.train_seconds,
-               "devices": num_devices(config), "backend": jax.default_backend()}
-    _write_json(workdir / "results.json", results)
-    plots.learning_curves(progress.history, workdir / "learning_curves.png")
-    if any("dynamic_layers" in h for h in progress.history):
-        plots.dynamic_diagnostics(progress.history, workdir / "dynamic_diagnostics.png",
-                                  f"{config.model} on {config.dataset}")
-    print(f"best val AUC {best['val']['auc']:.4f} at epoch {best['epoch']} (score_test=false: "
-          f"the test split was not read)", flush=True)
+# --------------------------------------------------------------------------- several seeds
+
+def seed_list(config: Config) -> list[int]:
+    """The seeds of ``config.seeds`` (``"0,1,2"``), or ``[config.seed]`` when it is empty."""
+    if not config.seeds:
+        return [config.seed]
+    return [int(x) for x in config.seeds.split(",")]
+
+
+def stored_seeds(workdir: str | pathlib.Path) -> list[int] | None:
+    """The seeds of the several-seed run whose stacked state ``workdir`` holds (``None``:
+    none)."""
+    workdir = pathlib.Path(workdir)
+    latest = workdir / "checkpoints" / "latest"
+    stored = workdir / "config.json"
+    if not (stored.is_file() and latest.is_dir()
+            and any(p.name.isdigit() for p in latest.iterdir())):
+        return None
+    seeds = json.loads(stored.read_text()).get("seeds", "")
+    return [int(x) for x in seeds.split(",")] if seeds else None
+
+
+def _trained(workdir: pathlib.Path, epochs: int) -> bool:
+    """Whether the run in ``workdir`` has results after all ``epochs`` epochs."""
+    results = workdir / "results.json"
+    return results.is_file() and json.loads(results.read_text())["epochs_run"] >= epochs
+
+
+def train_seeds(config: Config, workdir: str | pathlib.Path) -> dict[int, dict]:
+    """Train ``config`` for every seed of ``config.seeds`` together, as one program per
+    epoch (states stacked and ``vmap``-ped; the device pipeline), each seed selected on
+    its own validation scores and tested once with its own best checkpoint.
+
+    ``<workdir>/seed<N>`` receives what a single run with ``seed=N`` writes (its
+    ``config.json``, ``metrics.jsonl``, ``checkpoints/best``, ``results.json``, plots);
+    ``<workdir>/checkpoints/latest`` holds the stacked state for resuming at epoch
+    boundaries (running the command again resumes, or tests again once finished). A
+    different seed list may start in the same folder once every seed of the stored one
+    has its results after all epochs (their stacked state is then deleted). Returns
+    ``{seed: results}``.
+    """
+    validate(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = _WorkdirLock(workdir)
+    try:
+        return _train_seeds(config, workdir)
+    finally:
+        lock.release()
+
+
+def _train_seeds(config: Config, workdir: pathlib.Path) -> dict[int, dict]:
+    seeds = seed_list(config)
+    singles = {s: dataclasses.replace(config, seed=s, seeds="") for s in seeds}
+    checkpoints = Checkpoints(workdir)
+    stored = stored_seeds(workdir)
+    if stored is not None and stored != seeds:
+        epochs = json.loads((workdir / "config.json").read_text())["epochs"]
+        if not all(_trained(workdir / f"seed{s}", epochs) for s in stored):
+            raise WorkdirError(f"{workdir} holds an unfinished run of seeds "
+                               f"{','.join(map(str, stored))}: resume it with --set seeds="
+                               f"{','.join(map(str, stored))}, or use another --workdir")
+        # every seed of the stored run has trained all its epochs: its stacked state is spent
+        for step in checkpoints.latest.all_steps():
+            checkpoints.latest.delete(step)
+    _check_stored_config(workdir, checkpoints, config)
+    dataset, steps, mesh = _open(config)
+    states = [create_train_state(singles[s], dataset.num_classes, dataset.channels, steps,
+                                 mesh) for s in seeds]
+    initials = [_initial_copy(s) for s in states]
+    num_params = int(sum(np.size(x) for x in jax.tree.leaves(states[0].params)))
+    state = jax.device_put(stack_states(states), NamedSharding(mesh, PartitionSpec()))
+    del states
+    _write_json(workdir / "config.json", dataclasses.asdict(config))
+    shared = Run(config, workdir, dataset, steps, mesh, checkpoints, "device")
+    runs = []
+    for s in seeds:
+        (workdir / f"seed{s}").mkdir(exist_ok=True)
+        runs.append(Run(singles[s], workdir / f"seed{s}", dataset, steps, mesh,
+                        Checkpoints(workdir / f"seed{s}"), "device", shared.on_device))
+        _write_json(runs[-1].workdir / "config.json", dataclasses.asdict(singles[s]))
+    progresses = [Progress(pipeline="device") for _ in seeds]
+    if checkpoints.latest.latest_step() is not None:
+        items, meta = Checkpoints.restore(
+            checkpoints.latest, {"model": state.model_item(), "train": state.train_item()})
+        state = jax.device_put(state.with_items(**items), NamedSharding(mesh, PartitionSpec()))
+        progresses = [Progress(**p) for p in meta["progress"]]
+        print(f"resuming {len(seeds)} seeds from epoch {progresses[0].epoch} in {workdir}",
+              flush=True)
+    for run, progress in zip(runs, progresses):
+        _write_history(run.workdir, progress.history)
+    probe = _diagnostic_images(dataset)
+    seeds_array = jnp.asarray(seeds, jnp.int32)
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    images, labels = shared.on_device["train"]
+
+    for epoch in range(progresses[0].epoch, config.epochs):
+        step = int(state.step[0])
+        length = steps if not config.max_steps else min(steps, config.max_steps - step)
+        if length < 1:
+            break
+        start = time.perf_counter()
+        state, step_metrics = train_seeds_on_device(
+            state, images, labels, dataset.mean, dataset.std, seeds_array, epoch,
+            config=config, steps_per_epoch=steps, length=length, batch_sharding=batch_sharding)
+        step_metrics = jax.device_get(step_metrics)
+        seconds = time.perf_counter() - start
+        for i, (run, progress) in enumerate(zip(runs, progresses)):
+            bad = np.flatnonzero(~(np.isfinite(step_metrics["loss"][i])
+                                   & (step_metrics["finite"][i] > 0)))
+            if bad.size:
+                raise run._non_finite(float(step_metrics["loss"][i][bad[0]]), epoch,
+                                      step + int(bad[0]) + 1)
+            progress.start_epoch()
+            progress.loss_sum = float(np.sum(step_metrics["loss"][i], dtype=np.float64))
+            progress.accuracy_sum = float(np.sum(step_metrics["accuracy"][i],
+                                                 dtype=np.float64))
+            progress.seen = length
+            progress.train_seconds += seconds
+        taus = jnp.full((len(seeds),), temperature(config, int(state.step[0]) / steps))
+        val_probs = np.asarray(predict_seeds_on_device(
+            state, shared.on_device["val"][0], dataset.mean, dataset.std, taus,
+            batch_size=config.eval_batch_size, batch_sharding=batch_sharding))
+        for i, (run, progress) in enumerate(zip(runs, progresses)):
+            _end_epoch(run, unstack_state(state, i), progress, epoch, val_probs[i],
+                       initials[i], probe, prefix=f"seed {seeds[i]}: ")
+            progress.epoch = epoch + 1
+        Checkpoints.save(checkpoints.latest, int(state.step[0]),
+                         {"model": state.model_item(), "train": state.train_item()},
+                         {"seeds": seeds, "progress": [dataclasses.asdict(p)
+                                                      for p in progresses]})
+        if config.max_steps and int(state.step[0]) >= config.max_steps:
+            break
+
+    results = {}
+    for i, (run, progress) in enumerate(zip(runs, progresses)):
+        results[seeds[i]] = _finish(run, unstack_state(state, i), progress, num_params,
+                                   together=len(seeds))
     return results
 
 
 def default_workdir(config: Config) -> str:
     """``runs/<model>-<dataset>-seed<seed>``: a run without ``--workdir`` does not land in
     another model's folder (other changes to one of these are refused on resume)."""
+    if config.seeds:
+        return f"runs/{config.model}-{config.dataset}-seeds{config.seeds.replace(',', '-')}"
     return f"runs/{config.model}-{config.dataset}-seed{config.seed}"
 
 

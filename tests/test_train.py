@@ -87,7 +87,11 @@ def test_bad_config_fails_before_training(tmp_path):
                         (["dataset=pcam", "model=p4m_densenet", "pipeline=device"],
                          "pipeline: pcam is read from disk"),
                         (["pipeline=device", "checkpoint_every_steps=5"],
-                         "pipeline: the device pipeline saves at epoch boundaries")):
+                         "pipeline: the device pipeline saves at epoch boundaries"),
+                        (["seeds=0,x"], "seeds: expected distinct ints >= 0"),
+                        (["seeds=1,1"], "seeds: expected distinct ints >= 0"),
+                        (["seeds=-1"], "seeds: expected distinct ints >= 0"),
+                        (["seeds=0,1", "pipeline=host"], "seeds: several seeds train together")):
         with pytest.raises(ValueError, match=match):
             validate(override(base, sets))
     with pytest.raises(ValueError, match="unknown config field"):
@@ -281,7 +285,7 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     out = tmp_path / "sweep"
     argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
             "p4m_dgcnn", "--ablations", "p4m_dgcnn_k1", "--seeds", "0", "1",
-            "--set", "epochs=1", "--set", "max_steps=2",
+            "--seeds-together", "yes", "--set", "epochs=1", "--set", "max_steps=2",
             "--set", "progress=false", "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(argv)
     assert [(r["model"], r["seeds"]) for r in rows] == [
@@ -291,6 +295,10 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
         assert (out / name).is_file(), name
     summary = json.loads((out / "results.json").read_text())
     runs = {(r["model"], r["seed"]): r for r in summary["runs"]}
+    for model in ("cnn", "p4m_dgcnn", "p4m_dgcnn_k1"):  # both seeds in one program
+        results = json.loads((out / "breastmnist" / model / "seed1" / "results.json")
+                             .read_text())
+        assert results["seeds_trained_together"] == 2
     # the equivariant model scores the same on every D4 copy of the test split
     assert runs[("p4m_dgcnn", 0)]["d4_auc_max"] - runs[("p4m_dgcnn", 0)]["d4_auc_min"] < 1e-9
     # the ablation is the same net with one kernel bank: fewer parameters, own directory
@@ -695,12 +703,76 @@ def test_resume_after_kills_aimed_at_each_save_phase(tmp_path, medmnist_dir):
 def test_benchmark_times_the_main_job_per_pipeline(medmnist_dir):
     from experiments import benchmark
 
-    rows = benchmark.job_rows(1, 1e10, medmnist_dir)
+    rows = benchmark.job_rows(1, 1e10, medmnist_dir, seeds=2)
     assert [r["name"] for r in rows] == ["p4m_dgcnn breastmnist epoch (host)",
-                                         "p4m_dgcnn breastmnist epoch (device)"]
-    for r in rows:  # 17 steps of 32 images per epoch, timed after a first (compiling) one
-        assert r["median_s"] > 0 and r["compile_s"] > 0
-        assert r["images_per_s"] == pytest.approx(17 * 32 / r["median_s"])
+                                         "p4m_dgcnn breastmnist epoch (device)",
+                                         "p4m_dgcnn breastmnist epoch (2 seeds together)"]
+    for r, seeds in zip(rows, (1, 1, 2)):  # 17 steps of 32 images per epoch and seed,
+        assert r["median_s"] > 0 and r["compile_s"] > 0  # timed after a compiling one
+        assert r["images_per_s"] == pytest.approx(seeds * 17 * 32 / r["median_s"])
     assert rows[1]["ratio_to_host"] == pytest.approx(rows[1]["median_s"] / rows[0]["median_s"])
+    assert rows[2]["ratio_to_host"] == pytest.approx(rows[2]["median_s"] / 2
+                                                     / rows[0]["median_s"])
     assert "of host" in benchmark.markdown({"matmul_flops_per_s": 1e10, "device": "cpu",
                                             "rows": rows})
+
+
+@pytest.mark.slow
+def test_several_seeds_together_equal_the_seeds_one_by_one(tmp_path, medmnist_dir):
+    sets = FAST + ["epochs=1", "max_steps=8"]
+    out = _run(tmp_path / "together", medmnist_dir, sets + ["seeds=0,1"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    for seed in (0, 1):
+        alone = _run(tmp_path / f"alone{seed}", medmnist_dir, sets + [f"seed={seed}"])
+        assert alone.returncode == 0, alone.stdout + alone.stderr
+        work = tmp_path / "together" / f"seed{seed}"
+        # each seed's folder is what a run of that seed alone writes
+        stored = json.loads((work / "config.json").read_text())
+        assert stored["seed"] == seed and stored["seeds"] == ""
+        assert train.config_differences(
+            stored, override(get_config(), sets + [f"seed={seed}"])) == []
+        for name in ("metrics.jsonl", "results.json", "learning_curves.png", "roc_test.png",
+                     "test_probs.npy"):
+            assert (work / name).is_file(), name
+        got = json.loads((work / "results.json").read_text())
+        want = json.loads((tmp_path / f"alone{seed}" / "results.json").read_text())
+        assert got["seeds_trained_together"] == 2 and want["seeds_trained_together"] == 1
+        assert got["best_epoch"] == want["best_epoch"] and got["steps"] == want["steps"] == 8
+        # The same computation but for rounding: the stacked (vmapped) convolutions sum in
+        # another order (measured over these 8 steps: train loss 5e-5, val NLL 8e-5
+        # relative), as the data-parallel runs do.
+        a = json.loads((work / "metrics.jsonl").read_text())
+        b = json.loads((tmp_path / f"alone{seed}" / "metrics.jsonl").read_text())
+        assert a["train_accuracy"] == b["train_accuracy"]
+        np.testing.assert_allclose(a["train_loss"], b["train_loss"], rtol=2e-4)
+        np.testing.assert_allclose(a["val_nll"], b["val_nll"], rtol=5e-4)
+        np.testing.assert_allclose(got["test"]["nll"], want["test"]["nll"], rtol=5e-4)
+        # and it is evaluated like one
+        scored = evaluate.evaluate(work, "test")
+        assert scored["metrics"]["auc"] == pytest.approx(got["test"]["auc"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_several_seeds_resume_at_an_epoch_boundary(tmp_path, medmnist_dir):
+    sets = FAST + ["seeds=0,1", "batch_size=64"]  # 8 steps per epoch
+    full = _run(tmp_path / "full", medmnist_dir, sets)
+    assert full.returncode == 0, full.stdout + full.stderr
+    work = tmp_path / "run"
+    first = _run(work, medmnist_dir, sets + ["max_steps=8"])  # epoch 1 of 2
+    assert first.returncode == 0, first.stdout + first.stderr
+    # another seed list is refused while this one is unfinished
+    other = _run(work, medmnist_dir, FAST + ["seeds=0,2", "batch_size=64"])
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "holds an unfinished run of seeds 0,1: resume it with --set seeds=0,1" \
+        in other.stderr
+    resumed = _run(work, medmnist_dir, sets)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming 2 seeds from epoch 1" in resumed.stdout
+    for seed in (0, 1):
+        got = json.loads((work / f"seed{seed}" / "results.json").read_text())
+        want = json.loads((tmp_path / "full" / f"seed{seed}" / "results.json").read_text())
+        _assert_close(_comparable(got), _comparable(want), tol=1e-6)
+    # once both have results, another seed list may use the folder
+    more = _run(work, medmnist_dir, FAST + ["seeds=2", "batch_size=64", "max_steps=2"])
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert (work / "seed2" / "results.json").is_file()

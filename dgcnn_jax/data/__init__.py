@@ -1,4 +1,5 @@
-"""Data: 28 px archives (MedMNIST 2D, PBC blood cells), grain input pipelines and on-device ones; PCam and BreakHis builders live in
+"""Data: 28 px archives (MedMNIST 2D, PBC blood cells), grain input pipelines and
+on-device ones (:mod:`._device`); PCam and BreakHis builders live in
 :mod:`dgcnn_jax.data.tfds_sources` (imported on demand: it loads TFDS)."""
 
 from . import medmnist, pbc

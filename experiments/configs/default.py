@@ -70,6 +70,9 @@ class Config:
     tau_anneal_fraction: float = 0.1
     # run
     seed: int = 0
+    # "0,1,2,3,4": train these seeds together as one program per epoch (the device
+    # pipeline), each into <workdir>/seed<N> as if run alone with seed=N; "": seed alone
+    seeds: str = ""
     num_devices: int = 0  # 0: all local devices
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
     max_steps: int = 0  # > 0: stop after this many steps (smoke tests)

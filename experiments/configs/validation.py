@@ -68,6 +68,17 @@ def validate(config: Config) -> None:
         if jax.process_count() > 1:
             raise ValueError("pipeline: the device pipeline runs in one process; use 'host' "
                              "(or 'auto') with jax.distributed")
+    if config.seeds:
+        try:
+            seeds = [int(x) for x in str(config.seeds).split(",")]
+        except ValueError:
+            seeds = [-1]
+        if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds: expected distinct ints >= 0 separated by commas, e.g. "
+                             f"0,1,2, got {config.seeds!r}")
+        if pipeline(config) != "device":
+            raise ValueError("seeds: several seeds train together on the device pipeline "
+                             "only (a 28 px dataset, one process, checkpoint_every_steps=0)")
     if not 0 <= config.dropout < 1:  # (NaN fails too)
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
     if config.precision not in execution.PRECISIONS:
