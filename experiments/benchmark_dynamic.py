@@ -2,11 +2,13 @@
 
     python -m experiments.benchmark_dynamic [--batch 64 --size 32 --fields 16 ...]
 
-For each group and each dynamic ``impl`` (:data:`dgcnn_jax.execution.IMPLS`), prints
-the median time of one forward +
+For each group, precision (``--precisions``; :data:`dgcnn_jax.execution.PRECISIONS`) and
+dynamic ``impl`` (:data:`dgcnn_jax.execution.IMPLS`), prints the median time of one
+forward +
 backward pass (``jax.vjp`` with a fixed cotangent: the output and the gradients with
 respect to the parameters and the input) over repeated runs in this process, and the
-ratio dynamic / static; writes the numbers as JSON.
+ratio dynamic / static (the static layer at the same precision); writes the numbers as
+JSON.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def fwd_bwd(module, x, tau=None):
 
 
 def run(batch: int, size: int, fields: int, kernels: int, repeats: int, groups, impls,
-        kernel_size: int = 3) -> dict:
+        kernel_size: int = 3, precisions=("highest",)) -> dict:
     results = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
                "machine": platform.processor() or platform.machine(), "batch": batch,
                "size": size, "fields": fields, "num_kernels": kernels,
@@ -65,34 +67,39 @@ def run(batch: int, size: int, fields: int, kernels: int, repeats: int, groups, 
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal((batch, size, size, fields, group.order)),
                         jnp.float32)
-        static = dg.GroupConv(fields, fields, kernel_size, group, rngs=nnx.Rngs(0))
-        base = time_call(fwd_bwd(static, x), repeats=repeats)
-        results["rows"].append({"group": name, "layer": "GroupConv", "impl": "-",
-                                **base, "ratio": 1.0})
-        print(f"{name:4s} {'GroupConv':17s} {'-':8s} median {base['median_s'] * 1e3:9.1f} ms"
-              f"  (compile {base['compile_s']:.1f} s)", flush=True)
-        for impl in impls:
-            layer = dg.DynamicGroupConv(fields, fields, kernel_size, group,
-                                        num_kernels=kernels, impl=impl, rngs=nnx.Rngs(1))
-            t = time_call(fwd_bwd(layer, x, tau=jnp.float32(1.0)), repeats=repeats)
-            ratio = t["median_s"] / base["median_s"]
-            results["rows"].append({"group": name, "layer": "DynamicGroupConv",
-                                    "impl": impl, **t, "ratio": ratio})
-            print(f"{name:4s} {'DynamicGroupConv':17s} {impl:8s} median "
-                  f"{t['median_s'] * 1e3:9.1f} ms  ratio {ratio:5.2f}"
-                  f"{'  (default)' if impl == _default() else ''}",
+        for precision in precisions:
+            static = dg.GroupConv(fields, fields, kernel_size, group, precision=precision,
+                                  rngs=nnx.Rngs(0))
+            base = time_call(fwd_bwd(static, x), repeats=repeats)
+            results["rows"].append({"group": name, "precision": precision,
+                                    "layer": "GroupConv", "impl": "-", **base, "ratio": 1.0})
+            print(f"{name:4s} {precision:8s} {'GroupConv':17s} {'-':8s} median "
+                  f"{base['median_s'] * 1e3:9.2f} ms  (compile {base['compile_s']:.1f} s)",
                   flush=True)
+            for impl in impls:
+                layer = dg.DynamicGroupConv(fields, fields, kernel_size, group,
+                                            num_kernels=kernels, impl=impl,
+                                            precision=precision, rngs=nnx.Rngs(1))
+                t = time_call(fwd_bwd(layer, x, tau=jnp.float32(1.0)), repeats=repeats)
+                ratio = t["median_s"] / base["median_s"]
+                results["rows"].append({"group": name, "precision": precision,
+                                        "layer": "DynamicGroupConv", "impl": impl, **t,
+                                        "ratio": ratio})
+                print(f"{name:4s} {precision:8s} {'DynamicGroupConv':17s} {impl:8s} median "
+                      f"{t['median_s'] * 1e3:9.2f} ms  ratio {ratio:5.2f}"
+                      f"{'  (default)' if impl == _default() else ''}", flush=True)
     return results
 
 
 def markdown_table(results: dict) -> str:
     """The measured rows as a Markdown table."""
-    lines = ["| group | layer | impl | median fwd+bwd (ms) | dynamic / static |",
-             "|---|---|---|---|---|"]
+    lines = ["| group | precision | layer | impl | median fwd+bwd (ms) | dynamic / static |",
+             "|---|---|---|---|---|---|"]
     for row in results["rows"]:
         default = " (default)" if row["impl"] == _default() else ""
-        lines.append(f"| {row['group']} | {row['layer']} | {row['impl']}{default} | "
-                     f"{row['median_s'] * 1e3:.1f} | {row['ratio']:.2f} |")
+        lines.append(f"| {row['group']} | {row.get('precision', 'highest')} | {row['layer']} "
+                     f"| {row['impl']}{default} | {row['median_s'] * 1e3:.2f} | "
+                     f"{row['ratio']:.2f} |")
     return "\n".join(lines)
 
 
@@ -106,10 +113,14 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--groups", nargs="+", default=["p4", "p4m"])
     p.add_argument("--impls", nargs="+", choices=DYNAMIC_IMPLS, default=list(DYNAMIC_IMPLS))
+    p.add_argument("--precisions", nargs="+", choices=list(dg.execution.PRECISIONS),
+                   default=["highest"],
+                   help="precisions of every convolution (the static baseline too); on a GPU "
+                        "measure highest and default")
     p.add_argument("--output", default="benchmark_dynamic.json")
     args = p.parse_args(argv)
     results = run(args.batch, args.size, args.fields, args.kernels, args.repeats, args.groups,
-                  args.impls)
+                  args.impls, precisions=args.precisions)
     out = pathlib.Path(args.output)
     out.write_text(json.dumps(results, indent=2))
     print(markdown_table(results))

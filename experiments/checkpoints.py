@@ -50,11 +50,14 @@ _DIGESTS = "_sha256"  # meta key: item name -> digest of its arrays
 
 
 def _digest(tree) -> str | None:
-    """SHA-256 over the dtype, shape and bytes of every leaf (``None``: not all on this host)."""
+    """SHA-256 over the dtype, shape and bytes of every leaf (``None``: a leaf is split
+    over processes; a replicated one is read from this process's copy)."""
     h = hashlib.sha256()
     for leaf in jax.tree.leaves(tree):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            return None
+            if not leaf.is_fully_replicated:
+                return None
+            leaf = leaf.addressable_data(0)
         arr = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
         h.update(f"{arr.dtype}{arr.shape}".encode())
         h.update(arr.tobytes())

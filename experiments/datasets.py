@@ -63,11 +63,13 @@ class Dataset:
     _train_epoch: Callable[..., grain.MapDataset]
     _split: Callable[[str], tuple[np.ndarray, np.ndarray]]
 
-    def train_epoch(self, *, batch_size: int, epoch: int, seed: int,
-                    augment: bool) -> grain.MapDataset:
-        """Shuffled (seed, epoch), normalised, full batches of the training split."""
+    def train_epoch(self, *, batch_size: int, epoch: int, seed: int, augment: bool,
+                    shard: tuple[int, int] | None = None) -> grain.MapDataset:
+        """Shuffled (seed, epoch), normalised, full batches of the training split
+        (``shard=(index, count)``: this process's rows of each, see
+        :func:`dgcnn_jax.data.epoch_dataset`)."""
         return self._train_epoch(batch_size=batch_size, mean=self.mean, std=self.std,
-                                 epoch=epoch, seed=seed, augment=augment)
+                                 epoch=epoch, seed=seed, augment=augment, shard=shard)
 
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """``(uint8 images [N, H, W, C], int labels [N])`` of ``"val"`` or ``"test"``."""

@@ -59,11 +59,13 @@ from experiments.configs import (
 
 __all__ = ["TrainingError", "WorkdirError", "RESUMABLE_CHANGES", "config_differences",
            "TrainState", "Progress", "make_optimizer", "make_mesh",
-           "create_train_state", "train_step", "eval_step", "predict", "temperature",
+           "create_train_state", "replicate", "train_step", "eval_step", "predict",
+           "temperature",
            "train_epoch_on_device", "predict_on_device", "train_seeds_on_device",
            "predict_seeds_on_device", "stack_states", "unstack_state", "train_seeds",
            "seed_list", "stored_seeds",
            "dynamic_diagnostics", "dynamic_layer_names", "Run", "train_and_evaluate",
+           "initialize_distributed",
            "default_workdir", "main"]
 
 DIAGNOSTIC_IMAGES = 256  # validation images whose attention the per-epoch diagnostics use
@@ -227,6 +229,26 @@ def make_mesh(config: Config) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(jax.devices()[:num_devices(config)]), ("data",))
 
 
+def replicate(tree, mesh: jax.sharding.Mesh):
+    """``tree`` replicated over ``mesh`` (with several processes, from each process's own
+    identical copy; arrays that are already global are kept)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.jit(lambda d: jax.random.wrap_key_data(d, impl=impl),
+                           out_shardings=sharding)(one(jax.random.key_data(x)))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
+
+
 def create_train_state(config: Config, num_classes: int, in_channels: int,
                        steps_per_epoch: int | None, mesh: jax.sharding.Mesh) -> TrainState:
     """A freshly initialised state (seeded by ``config.seed``), replicated over ``mesh``.
@@ -241,7 +263,7 @@ def create_train_state(config: Config, num_classes: int, in_channels: int,
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                        rngs=rngs, opt_state=None if tx is None else tx.init(params),
                        graphdef=graphdef, tx=tx)
-    return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
+    return replicate(state, mesh)
 
 
 def temperature(config: Config, epoch: float):
@@ -284,6 +306,12 @@ def train_step(state: TrainState, batch: dict, tau) -> tuple[TrainState, dict]:
 
 _train_step = train_step
 train_step = jax.jit(train_step, donate_argnums=0)
+
+
+@jax.jit
+def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
+    """Class probabilities ``[B, C]`` of ``images`` in eval mode (no state change)."""
+    return jax.nn.softmax(state.model(training=False)(images, tau=tau), axis=-1)
 
 
 def _epoch_on_device(state: TrainState, images: jax.Array, labels: jax.Array, mean, std,
@@ -452,22 +480,50 @@ def predict(state: TrainState, images: np.ndarray, mean, std, tau, *, batch_size
         n = len(x)
         if n % batch_size:  # pad the last batch to a full (shardable) one; no retrace
             x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
-        probs = eval_step(state, jax.device_put(x, sharding), tau)
+        probs = eval_step(state, _from_host(x, sharding), tau)
         if jax.process_count() > 1:  # gather the batch shards of every process
             probs = multihost_utils.process_allgather(probs, tiled=True)
         out.append(np.asarray(probs)[:n])
     return np.concatenate(out)
 
 
+def _global_batch(local: dict, sharding: NamedSharding) -> dict:
+    """A batch sharded over the mesh from this process's rows (all of them in one process)."""
+    if jax.process_count() == 1:
+        return jax.device_put(local, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def _from_host(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array that every process holds whole."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 # --------------------------------------------------------------------------- outputs
 
+def _primary() -> bool:
+    """Whether this is the process that writes a run's files (process 0)."""
+    return jax.process_index() == 0
+
+
 def _write_json(path: pathlib.Path, obj) -> None:
+    if not _primary():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
     tmp.replace(path)
 
 
+def _print(*args) -> None:
+    if _primary():
+        print(*args, flush=True)
+
+
 def _write_history(workdir: pathlib.Path, history: list[dict]) -> None:
+    if not _primary():
+        return
     tmp = workdir / "metrics.jsonl.tmp"
     tmp.write_text("".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
     tmp.replace(workdir / "metrics.jsonl")
@@ -528,16 +584,15 @@ class Run:
             return state, Progress()
         items, meta = Checkpoints.restore(
             self.checkpoints.latest, {"model": state.model_item(), "train": state.train_item()})
-        state = jax.device_put(state.with_items(**items),
-                               NamedSharding(self.mesh, PartitionSpec()))
+        state = replicate(state.with_items(**items), self.mesh)
         progress = Progress(**{"pipeline": "host", **meta})
         if progress.pipeline != self.pipeline:
             raise WorkdirError(f"{self.workdir} holds a run trained with the {progress.pipeline} "
                                f"pipeline, this one would use the {self.pipeline} pipeline "
                                f"(they draw different orders): resume it with "
                                f"--set pipeline={progress.pipeline}")
-        print(f"resuming from step {int(state.step)} (epoch {progress.epoch}, batch "
-              f"{progress.batch}) in {self.workdir}", flush=True)
+        _print(f"resuming from step {int(state.step)} (epoch {progress.epoch}, batch "
+               f"{progress.batch}) in {self.workdir}")
         return state, progress
 
     def train_epoch(self, state: TrainState, progress: Progress, epoch: int) -> TrainState:
@@ -546,8 +601,10 @@ class Run:
         if self.pipeline == "device":
             return self._train_epoch_on_device(state, progress, epoch)
         config, steps = self.config, self.steps_per_epoch
-        ds = self.dataset.train_epoch(batch_size=config.batch_size, epoch=epoch,
-                                      seed=config.seed, augment=config.augment)
+        processes = jax.process_count()  # each process reads its rows of every batch
+        ds = self.dataset.train_epoch(
+            batch_size=config.batch_size, epoch=epoch, seed=config.seed, augment=config.augment,
+            shard=(jax.process_index(), processes) if processes > 1 else None)
         first = progress.batch
         it = data.epoch_iterator(ds, progress.iterator if first else None)
         if not first:  # a fresh epoch (a resumed one keeps its running sums)
@@ -557,7 +614,7 @@ class Run:
         start = epoch_start = time.perf_counter()
         bar = _ProgressBar(config, epoch, steps, first)
         for batch_index in range(first, steps):
-            batch = jax.device_put(next(it), sharding)
+            batch = _global_batch(next(it), sharding)
             state, step_metrics = train_step(state, batch, temperature(config, step / steps))
             step_metrics = jax.device_get(step_metrics)
             loss = float(step_metrics["loss"])
@@ -644,11 +701,13 @@ def train_and_evaluate(config: Config, workdir: str | pathlib.Path) -> dict:
     validate(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    lock = _WorkdirLock(workdir)  # one process per work directory
+    # one run per work directory (its process 0 holds the lock)
+    lock = _WorkdirLock(workdir) if _primary() else None
     try:
         return _train_and_evaluate(config, workdir)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _open(config: Config) -> tuple[datasets.Dataset, int, jax.sharding.Mesh]:
@@ -707,9 +766,9 @@ def _end_epoch(run: Run, state: TrainState, progress: Progress, epoch: int,
     if improved:
         progress.best_auc, progress.best_epoch = val["auc"], epoch + 1
     _write_history(run.workdir, progress.history)
-    print(f"{prefix}epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
-          f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
-          f"{'  (best)' if improved else ''}", flush=True)
+    _print(f"{prefix}epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+           f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
+           f"{'  (best)' if improved else ''}")
     if improved:
         # the temperature the checkpoint was selected with is the one it is tested with
         Checkpoints.save(run.checkpoints.best, epoch + 1, {"model": state.model_item()},
@@ -756,19 +815,19 @@ def _finish(run: Run, state: TrainState, progress: Progress, num_params: int,
                "train_seconds": progress.train_seconds, "pipeline": run.pipeline,
                "seeds_trained_together": together,
                "devices": num_devices(config), "backend": jax.default_backend()}
-    plots.learning_curves(progress.history, workdir / "learning_curves.png")
-    if any("dynamic_layers" in h for h in progress.history):
-        plots.dynamic_diagnostics(progress.history, workdir / "dynamic_diagnostics.png",
-                                  f"{config.model} on {config.dataset}")
+    if _primary():
+        plots.learning_curves(progress.history, workdir / "learning_curves.png")
+        if any("dynamic_layers" in h for h in progress.history):
+            plots.dynamic_diagnostics(progress.history, workdir / "dynamic_diagnostics.png",
+                                      f"{config.model} on {config.dataset}")
     if not config.score_test:  # selection runs: validation only, the test split unread
         _write_json(workdir / "results.json", results)
-        print(f"best val AUC {best['val']['auc']:.4f} at epoch {best['epoch']} (score_test="
-              f"false: the test split was not read)", flush=True)
+        _print(f"best val AUC {best['val']['auc']:.4f} at epoch {best['epoch']} (score_test="
+               f"false: the test split was not read)")
         return results
 
     # Test once: the best checkpoint on the test split.
-    best_state = jax.device_put(state.with_items(items["model"]),
-                                NamedSharding(mesh, PartitionSpec()))
+    best_state = replicate(state.with_items(items["model"]), mesh)
     test_x, test_y = run.dataset.split("test")
     eval_start = time.perf_counter()
     probs = run.predict(best_state, "test", best["tau"])
@@ -780,15 +839,16 @@ def _finish(run: Run, state: TrainState, progress: Progress, num_params: int,
         / max(progress.train_seconds, 1e-9),
         "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9)})
     _write_json(workdir / "results.json", results)
-    classes = datasets.class_names(config.dataset)
-    plots.roc(probs, test_y, workdir / "roc_test.png",
-              f"{config.model} on {config.dataset} (test)", classes)
-    plots.confusion(test["confusion_matrix"], workdir / "confusion_test.png",
-                    f"{config.model} on {config.dataset} (test)", classes)
-    np.save(workdir / "test_probs.npy", probs)
-    np.save(workdir / "test_labels.npy", np.asarray(test_y))
-    print(f"test AUC {test['auc']:.4f}  acc {test['accuracy']:.4f}  (best epoch "
-          f"{best['epoch']}; results in {workdir / 'results.json'})", flush=True)
+    if _primary():
+        classes = datasets.class_names(config.dataset)
+        plots.roc(probs, test_y, workdir / "roc_test.png",
+                  f"{config.model} on {config.dataset} (test)", classes)
+        plots.confusion(test["confusion_matrix"], workdir / "confusion_test.png",
+                        f"{config.model} on {config.dataset} (test)", classes)
+        np.save(workdir / "test_probs.npy", probs)
+        np.save(workdir / "test_labels.npy", np.asarray(test_y))
+    _print(f"test AUC {test['auc']:.4f}  acc {test['accuracy']:.4f}  (best epoch "
+           f"{best['epoch']}; results in {workdir / 'results.json'})")
     return results
 
 
@@ -952,11 +1012,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set epochs=5")
     parser.add_argument("--distributed", action="store_true",
-                        help="multi-host: call jax.distributed.initialize() first (it reads "
-                             "the coordinator and process ids from the cluster environment)")
+                        help="several processes (hosts, or GPUs of one host): call "
+                             "jax.distributed.initialize() first; the coordinator and process "
+                             "ids come from the options below, else from the cluster "
+                             "environment (SLURM, Open MPI, ...; JAX_COORDINATOR_ADDRESS)")
+    parser.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                        help="with --distributed: process 0's address, the same for all")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
+    parser.add_argument("--heartbeat-timeout", type=int, default=60, metavar="SECONDS",
+                        help="with --distributed: a process that stops answering for this "
+                             "long is taken for dead, and the others stop (default 60)")
     args = parser.parse_args(argv)
     if args.distributed:
-        jax.distributed.initialize()
+        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
+                               args.heartbeat_timeout)
     try:
         config = override(get_config(args.config), args.set)
         validate(config)
@@ -969,7 +1039,36 @@ def main(argv=None) -> dict:
         return train_and_evaluate(config, workdir)
     except (TrainingError, WorkdirError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1)
+        _exit(1)
+    except Exception as err:
+        if jax.process_count() == 1:
+            raise
+        # a collective with a process that died fails here; leave at once rather than
+        # wait in JAX's shutdown barrier for the process that will not come
+        first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        print(f"error: process {jax.process_index()} of {jax.process_count()} stopped: "
+              f"{type(err).__name__}: {first} (another process of this run may have died; "
+              f"the last checkpoint is kept: launch every process again to resume)",
+              file=sys.stderr, flush=True)
+        _exit(1)
+
+
+def _exit(code: int):
+    if jax.process_count() > 1:  # skip the shutdown barrier with processes that are gone
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None,
+                           heartbeat_timeout: int = 60) -> None:
+    """``jax.distributed.initialize`` for a run of several processes; values left ``None``
+    come from the cluster environment. On CPUs the collectives run over gloo (TCP)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
 
 
 if __name__ == "__main__":

@@ -267,3 +267,20 @@ def test_device_normalisation_equals_the_host_pipeline():
     host = next(iter(data.epoch_dataset(images, np.zeros(16, np.int32), batch_size=16,
                                         mean=mean, std=std, shuffle=False)))["image"]
     np.testing.assert_array_equal(np.asarray(data.normalize(images, mean, std)), host)
+
+
+def test_a_shard_holds_its_rows_of_every_batch():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (70, 4, 4, 1), dtype=np.uint8)
+    labels = np.arange(70, dtype=np.int32)
+    mean, std = data.normalization_stats(images)
+    kwargs = dict(batch_size=8, mean=mean, std=std, epoch=3, seed=5, augment=True)
+    whole = list(data.epoch_dataset(images, labels, **kwargs))
+    parts = [list(data.epoch_dataset(images, labels, shard=(i, 2), **kwargs)) for i in (0, 1)]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 8
+    for b, (p0, p1) in zip(whole, zip(*parts)):  # same examples, order and augmentation
+        np.testing.assert_array_equal(np.concatenate([p0["label"], p1["label"]]), b["label"])
+        np.testing.assert_array_equal(np.concatenate([p0["image"], p1["image"]]), b["image"])
+    for bad in ((2, 2), (0, 3)):
+        with pytest.raises(ValueError, match="shard: expected"):
+            data.epoch_dataset(images, labels, shard=bad, **kwargs)

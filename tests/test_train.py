@@ -285,7 +285,7 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     out = tmp_path / "sweep"
     argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
             "p4m_dgcnn", "--ablations", "p4m_dgcnn_k1", "--seeds", "0", "1",
-            "--seeds-together", "yes", "--set", "epochs=1", "--set", "max_steps=2",
+            "--set", "epochs=1", "--set", "max_steps=2",
             "--set", "progress=false", "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(argv)
     assert [(r["model"], r["seeds"]) for r in rows] == [
@@ -295,10 +295,10 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
         assert (out / name).is_file(), name
     summary = json.loads((out / "results.json").read_text())
     runs = {(r["model"], r["seed"]): r for r in summary["runs"]}
-    for model in ("cnn", "p4m_dgcnn", "p4m_dgcnn_k1"):  # both seeds in one program
+    for model in ("cnn", "p4m_dgcnn", "p4m_dgcnn_k1"):  # one by one on the CPU ("auto")
         results = json.loads((out / "breastmnist" / model / "seed1" / "results.json")
                              .read_text())
-        assert results["seeds_trained_together"] == 2
+        assert results["seeds_trained_together"] == 1
     # the equivariant model scores the same on every D4 copy of the test split
     assert runs[("p4m_dgcnn", 0)]["d4_auc_max"] - runs[("p4m_dgcnn", 0)]["d4_auc_min"] < 1e-9
     # the ablation is the same net with one kernel bank: fewer parameters, own directory
@@ -750,6 +750,27 @@ def test_several_seeds_together_equal_the_seeds_one_by_one(tmp_path, medmnist_di
         # and it is evaluated like one
         scored = evaluate.evaluate(work, "test")
         assert scored["metrics"]["auc"] == pytest.approx(got["test"]["auc"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_compare_trains_the_seeds_of_a_run_together(tmp_path, medmnist_dir, monkeypatch):
+    from experiments import compare
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn", "--seeds",
+            "0", "1", "--seeds-together", "yes", "--set", "epochs=1", "--set", "max_steps=2",
+            "--set", f"data_dir={medmnist_dir}"]
+    rows = compare.main(argv)
+    assert [(r["model"], r["seeds"]) for r in rows] == [("cnn", 2)]
+    run = tmp_path / "sweep" / "breastmnist" / "cnn"
+    for seed in (0, 1):
+        results = json.loads((run / f"seed{seed}" / "results.json").read_text())
+        assert results["seeds_trained_together"] == 2 and results["seed"] == seed
+    first = (run / "seed0" / "results.json").stat().st_mtime_ns
+    compare.main(argv)  # finished seeds are not trained again
+    assert (run / "seed0" / "results.json").stat().st_mtime_ns == first
+    with pytest.raises(ValueError, match="seeds: the sweep takes its seeds from --seeds"):
+        compare.main(argv + ["--set", "seeds=0,1"])
 
 
 @pytest.mark.slow

@@ -68,7 +68,8 @@ def num_batches(num_examples: int, batch_size: int, drop_remainder: bool) -> int
 
 def epoch_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std,
                   epoch: int = 0, seed: int = 0, shuffle: bool = True,
-                  drop_remainder: bool = True, augment: bool = False) -> grain.MapDataset:
+                  drop_remainder: bool = True, augment: bool = False,
+                  shard: tuple[int, int] | None = None) -> grain.MapDataset:
     """The batches of one epoch of in-memory arrays as a ``grain.MapDataset``.
 
     Args:
@@ -78,6 +79,10 @@ def epoch_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, me
       mean, std: per-channel normalisation (see :func:`normalization_stats`).
       epoch, seed: the shuffle order and augmentation depend on these only.
       augment: a random D4 transform per example (for non-equivariant baselines).
+      shard: ``(index, count)``: only rows ``[index * b, (index + 1) * b)`` of every batch,
+        ``b = batch_size / count`` (one process's part of a global batch: the same
+        examples, order and augmentation as the whole batch has there). Needs
+        ``drop_remainder``.
     """
     if images.ndim != 4:
         raise ValueError(f"images: expected [N, H, W, C], got shape {images.shape}")
@@ -86,23 +91,32 @@ def epoch_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, me
     source = grain.MapDataset.range(len(images)).map(
         lambda i: {"image": images[i], "label": labels[i]})
     return _batches(source, batch_size=batch_size, mean=mean, std=std, epoch=epoch, seed=seed,
-                    shuffle=shuffle, drop_remainder=drop_remainder, augment=augment)
+                    shuffle=shuffle, drop_remainder=drop_remainder, augment=augment,
+                    shard=shard)
 
 
 def source_dataset(source, *, batch_size: int, mean, std, epoch: int = 0, seed: int = 0,
                    shuffle: bool = True, drop_remainder: bool = True,
-                   augment: bool = False) -> grain.MapDataset:
+                   augment: bool = False,
+                   shard: tuple[int, int] | None = None) -> grain.MapDataset:
     """Like :func:`epoch_dataset` for a random-access source of ``{"image", "label"}``
-    records, e.g. ``tfds.data_source(...)`` (PatchCamelyon)."""
+    records, e.g. ``tfds.data_source(...)`` (PatchCamelyon): with ``shard`` only this
+    process's records are read."""
     return _batches(grain.MapDataset.source(source), batch_size=batch_size, mean=mean,
                     std=std, epoch=epoch, seed=seed, shuffle=shuffle,
-                    drop_remainder=drop_remainder, augment=augment)
+                    drop_remainder=drop_remainder, augment=augment, shard=shard)
 
 
 def _batches(ds: grain.MapDataset, *, batch_size, mean, std, epoch, seed, shuffle,
-             drop_remainder, augment) -> grain.MapDataset:
+             drop_remainder, augment, shard=None) -> grain.MapDataset:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count or batch_size % count or not drop_remainder:
+            raise ValueError(f"shard: expected (index, count) with 0 <= index < count, count "
+                             f"dividing batch_size ({batch_size}) and drop_remainder, got "
+                             f"{shard!r}")
     mean = np.asarray(mean, np.float32)
     scale = (1.0 / (255.0 * np.asarray(std, np.float32))).astype(np.float32)
     offset = (-mean / np.asarray(std, np.float32)).astype(np.float32)
@@ -113,6 +127,11 @@ def _batches(ds: grain.MapDataset, *, batch_size, mean, std, epoch, seed, shuffl
     if augment:
         ds = ds.seed(epoch_seed).random_map(
             lambda ex, rng: {"image": random_d4(ex["image"], rng), "label": ex["label"]})
+    if shard is not None:  # this shard's rows of every batch, read by random access
+        examples, local, whole = ds, batch_size // count, batch_size
+        ds = grain.MapDataset.range(len(examples) // whole * local).map(
+            lambda j: examples[j // local * whole + index * local + j % local])
+        batch_size = local
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.map(lambda b: {"image": b["image"].astype(np.float32) * scale + offset,
                              "label": np.asarray(b["label"], np.int32)})
