@@ -566,13 +566,16 @@ class Run:
     checkpoints: Checkpoints
     pipeline: str = "host"  # "device": the uint8 splits below live on the device
     on_device: dict = dataclasses.field(default_factory=dict)  # split -> (images, labels)
+    val: tuple | None = None  # the validation split on the host, read once
 
     def __post_init__(self):
-        self.val_labels = self.dataset.split("val")[1]
+        if self.val is None:
+            self.val = self.dataset.split("val")
+        self.val_labels = self.val[1]
         if self.pipeline == "device" and not self.on_device:
             replicated = NamedSharding(self.mesh, PartitionSpec())
-            self.on_device = {name: jax.device_put(self.dataset.split(name), replicated)
-                              for name in ("train", "val")}
+            self.on_device = {"train": jax.device_put(self.dataset.split("train"), replicated),
+                              "val": jax.device_put(self.val, replicated)}
 
     def save_latest(self, state: TrainState, progress: Progress) -> None:
         Checkpoints.save(self.checkpoints.latest, int(state.step),
@@ -679,11 +682,16 @@ class Run:
         progress.seen = length
         return state
 
-    def predict(self, state: TrainState, split: str, tau) -> np.ndarray:
-        """Class probabilities of the ``"val"`` or ``"test"`` split (the device pipeline
-        keeps the validation split on the device between epochs)."""
-        images = (self.on_device[split] if split in self.on_device
-                  else self.dataset.split(split))[0]
+    def predict(self, state: TrainState, split: str | np.ndarray, tau) -> np.ndarray:
+        """Class probabilities of the ``"val"`` split (kept on the device between epochs by
+        the device pipeline) or of uint8 images ``[N, H, W, C]``."""
+        if not isinstance(split, str):
+            images = split
+        elif split != "val":
+            raise ValueError(f"split: expected 'val' or images, got {split!r}")
+        else:
+            images = (self.on_device.get("val") if self.pipeline == "device"
+                      else self.val)[0]
         return predict(state, images, self.dataset.mean, self.dataset.std, tau,
                        batch_size=self.config.eval_batch_size, mesh=self.mesh)
 
@@ -737,8 +745,10 @@ def _initial_copy(state: TrainState) -> TrainState:
     return jax.tree.map(jnp.copy, state.replace(opt_state=None, tx=None))
 
 
-def _diagnostic_images(dataset: datasets.Dataset) -> jax.Array:
-    val_x, _ = dataset.split("val")  # on the device once, not every epoch
+def _diagnostic_images(run: Run) -> jax.Array:
+    """The normalised validation images of the per-epoch diagnostics (on the device once,
+    not every epoch)."""
+    val_x, dataset = run.val[0], run.dataset
     return jnp.asarray((val_x[:DIAGNOSTIC_IMAGES].astype(np.float32) / 255.0 - dataset.mean)
                        / dataset.std, jnp.float32)
 
@@ -787,7 +797,7 @@ def _train_and_evaluate(config: Config, workdir: pathlib.Path) -> dict:
     state, progress = run.resume(state)
     progress.pipeline = run.pipeline
     _write_history(workdir, progress.history)
-    probe = _diagnostic_images(dataset)
+    probe = _diagnostic_images(run)
 
     # Epochs: train, score on validation, keep the best checkpoint.
     for epoch in range(progress.epoch, config.epochs):
@@ -830,7 +840,7 @@ def _finish(run: Run, state: TrainState, progress: Progress, num_params: int,
     best_state = replicate(state.with_items(items["model"]), mesh)
     test_x, test_y = run.dataset.split("test")
     eval_start = time.perf_counter()
-    probs = run.predict(best_state, "test", best["tau"])
+    probs = run.predict(best_state, test_x, best["tau"])
     eval_seconds = time.perf_counter() - eval_start
     test = metrics.classification_metrics(probs, test_y)
     results.update({
@@ -931,7 +941,8 @@ def _train_seeds(config: Config, workdir: pathlib.Path) -> dict[int, dict]:
     for s in seeds:
         (workdir / f"seed{s}").mkdir(exist_ok=True)
         runs.append(Run(singles[s], workdir / f"seed{s}", dataset, steps, mesh,
-                        Checkpoints(workdir / f"seed{s}"), "device", shared.on_device))
+                        Checkpoints(workdir / f"seed{s}"), "device", shared.on_device,
+                        shared.val))
         _write_json(runs[-1].workdir / "config.json", dataclasses.asdict(singles[s]))
     progresses = [Progress(pipeline="device") for _ in seeds]
     if checkpoints.latest.latest_step() is not None:
@@ -943,7 +954,7 @@ def _train_seeds(config: Config, workdir: pathlib.Path) -> dict[int, dict]:
               flush=True)
     for run, progress in zip(runs, progresses):
         _write_history(run.workdir, progress.history)
-    probe = _diagnostic_images(dataset)
+    probe = _diagnostic_images(shared)
     seeds_array = jnp.asarray(seeds, jnp.int32)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     images, labels = shared.on_device["train"]

@@ -37,20 +37,36 @@ def _env(data_dir, devices=1):
             "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
 
 
+def _slurm_job_id() -> int:
+    """A job id whose coordinator port (JAX: 61440 + id % 4096) is free here."""
+    for job in np.random.default_rng().permutation(4096):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", 61440 + int(job)))
+            return 4096 + int(job)
+    raise RuntimeError("no free port in 61440-65535")
+
+
 @contextlib.contextmanager
-def _processes(workdir, data_dir, sets=SETS):
-    """Two processes of one run; both killed on leaving, whatever happened."""
-    port = _free_port()
+def _processes(workdir, data_dir, sets=SETS, slurm=False):
+    """Two processes of one run; both killed on leaving, whatever happened. ``slurm``: the
+    ids and coordinator come from SLURM's variables (JAX's cluster detection), else from
+    the command-line options."""
+    port, job = _free_port(), _slurm_job_id() if slurm else None
     procs = []
     try:
         for i in range(2):
             cmd = [sys.executable, "-m", "experiments.train", "--workdir", str(workdir),
-                   "--distributed", "--coordinator-address", f"127.0.0.1:{port}",
-                   "--num-processes", "2", "--process-id", str(i), "--heartbeat-timeout",
-                   "10"]
+                   "--distributed", "--heartbeat-timeout", "10"]
+            env = _env(data_dir)
+            if slurm:
+                env.update(SLURM_JOB_ID=str(job), SLURM_STEP_NODELIST="127.0.0.1",
+                           SLURM_NTASKS="2", SLURM_PROCID=str(i), SLURM_LOCALID=str(i))
+            else:
+                cmd += ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+                        "--process-id", str(i)]
             for s in sets:
                 cmd += ["--set", s]
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(data_dir), text=True,
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           start_new_session=True))
         yield procs
@@ -95,13 +111,15 @@ def _assert_same_run(a, b, tol=1e-6):
 
 
 def test_two_processes_equal_one_process_on_two_devices(tmp_path, medmnist_dir):
+    """Launched as SLURM would (JAX detects the ids and the coordinator); the other test
+    passes them as options."""
     cmd = [sys.executable, "-m", "experiments.train", "--workdir", str(tmp_path / "one")]
     for s in SETS:
         cmd += ["--set", s]
     one = subprocess.run(cmd, cwd=ROOT, env=_env(medmnist_dir, devices=2), text=True,
                          capture_output=True, timeout=LIMIT)
     assert one.returncode == 0, one.stdout + one.stderr
-    with _processes(tmp_path / "two", medmnist_dir) as procs:
+    with _processes(tmp_path / "two", medmnist_dir, slurm=True) as procs:
         (rc0, out0, err0), (rc1, out1, err1) = _finish(procs)
     assert rc0 == 0 and rc1 == 0, err0 + err1
     assert "epoch 2/2" in out0 and "epoch" not in out1  # process 0 reports, 1 does not
