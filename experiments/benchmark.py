@@ -138,19 +138,21 @@ def model_rows(batch, repeats, peak, names):
     return rows
 
 
-def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4):
+def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4,
+             sets=()):
     """The main job (the default config: p4m_dgcnn on BreastMNIST) per input pipeline:
     whole training epochs, timed one by one. ``compile_s`` is the first epoch's time
     (tracing, compilation and the epoch), ``median_s`` the median of the ``epochs``
     epochs after it; the device row gives its ratio to the host row. ``seeds > 1`` adds a
     row for that many seeds trained together (``train.train_seeds_on_device``), whose
-    ratio is per seed: its epoch time divided by ``seeds``, over the host row's."""
+    ratio is per seed: its epoch time divided by ``seeds``, over the host row's. ``sets``:
+    config overrides (``key=value``) for another job."""
     from experiments import datasets, train
 
     rows, base = [], None
     for pipeline in [*pipelines, *(["seeds"] if seeds > 1 else [])]:
         on = "device" if pipeline == "seeds" else pipeline
-        config = override(get_config(), [f"pipeline={on}", "progress=false"])
+        config = override(get_config(), [*sets, f"pipeline={on}", "progress=false"])
         dataset = datasets.open_dataset(config.dataset, data_dir)
         steps = dataset.num_train // config.batch_size
         mesh = train.make_mesh(config)

@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,6 +14,23 @@ RTOL = 1e-5  # float32 equivariance error relative to the output scale
 
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_configure(config):
+    """One JAX compilation cache per test process, inherited by the training commands the
+    tests start: the runs a test compares (uninterrupted, killed, resumed) compile the same
+    programs, and each is compiled once. Removed at the end; not shared between sessions."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="dgcnn_jax_cache_")
+        config._dgcnn_jax_cache = cache
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_dgcnn_jax_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def _find(filename: str, shared: str) -> pathlib.Path | None:

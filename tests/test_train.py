@@ -235,7 +235,7 @@ def test_device_pipeline_stops_on_nan_and_refuses_another_pipeline_on_resume(
     # "auto" resolves to the host pipeline with mid-epoch checkpoints (a change that may
     # resume): a run trained on the device pipeline is not continued on the host one
     work = tmp_path / "run"
-    first = _run(work, medmnist_dir, FAST + ["max_steps=17"])  # epoch 1 of 2
+    first = _run(work, medmnist_dir, FAST + ["max_steps=2"])  # a device-pipeline checkpoint
     assert first.returncode == 0, first.stdout + first.stderr
     out = _run(work, medmnist_dir, FAST + ["checkpoint_every_steps=5"])
     assert out.returncode == 1 and "Traceback" not in out.stderr
@@ -703,13 +703,15 @@ def test_resume_after_kills_aimed_at_each_save_phase(tmp_path, medmnist_dir):
 def test_benchmark_times_the_main_job_per_pipeline(medmnist_dir):
     from experiments import benchmark
 
-    rows = benchmark.job_rows(1, 1e10, medmnist_dir, seeds=2)
-    assert [r["name"] for r in rows] == ["p4m_dgcnn breastmnist epoch (host)",
-                                         "p4m_dgcnn breastmnist epoch (device)",
-                                         "p4m_dgcnn breastmnist epoch (2 seeds together)"]
-    for r, seeds in zip(rows, (1, 1, 2)):  # 17 steps of 32 images per epoch and seed,
-        assert r["median_s"] > 0 and r["compile_s"] > 0  # timed after a compiling one
-        assert r["images_per_s"] == pytest.approx(seeds * 17 * 32 / r["median_s"])
+    # a small job: p4_dgcnn, 4 steps of 128 images per epoch (the default: p4m_dgcnn)
+    rows = benchmark.job_rows(1, 1e10, medmnist_dir, seeds=2,
+                              sets=["model=p4_dgcnn", "batch_size=128"])
+    assert [r["name"] for r in rows] == ["p4_dgcnn breastmnist epoch (host)",
+                                         "p4_dgcnn breastmnist epoch (device)",
+                                         "p4_dgcnn breastmnist epoch (2 seeds together)"]
+    for r, seeds in zip(rows, (1, 1, 2)):  # timed after a first (compiling) epoch
+        assert r["median_s"] > 0 and r["compile_s"] > 0
+        assert r["images_per_s"] == pytest.approx(seeds * 4 * 128 / r["median_s"])
     assert rows[1]["ratio_to_host"] == pytest.approx(rows[1]["median_s"] / rows[0]["median_s"])
     assert rows[2]["ratio_to_host"] == pytest.approx(rows[2]["median_s"] / 2
                                                      / rows[0]["median_s"])
@@ -775,14 +777,14 @@ def test_compare_trains_the_seeds_of_a_run_together(tmp_path, medmnist_dir, monk
 
 @pytest.mark.slow
 def test_several_seeds_resume_at_an_epoch_boundary(tmp_path, medmnist_dir):
-    sets = FAST + ["seeds=0,1", "batch_size=64"]  # 8 steps per epoch
+    sets = FAST + ["seeds=0,1", "batch_size=128"]  # 4 steps per epoch
     full = _run(tmp_path / "full", medmnist_dir, sets)
     assert full.returncode == 0, full.stdout + full.stderr
     work = tmp_path / "run"
-    first = _run(work, medmnist_dir, sets + ["max_steps=8"])  # epoch 1 of 2
+    first = _run(work, medmnist_dir, sets + ["max_steps=4"])  # epoch 1 of 2
     assert first.returncode == 0, first.stdout + first.stderr
     # another seed list is refused while this one is unfinished
-    other = _run(work, medmnist_dir, FAST + ["seeds=0,2", "batch_size=64"])
+    other = _run(work, medmnist_dir, FAST + ["seeds=0,2", "batch_size=128"])
     assert other.returncode == 1 and "Traceback" not in other.stderr
     assert "holds an unfinished run of seeds 0,1: resume it with --set seeds=0,1" \
         in other.stderr
@@ -794,6 +796,6 @@ def test_several_seeds_resume_at_an_epoch_boundary(tmp_path, medmnist_dir):
         want = json.loads((tmp_path / "full" / f"seed{seed}" / "results.json").read_text())
         _assert_close(_comparable(got), _comparable(want), tol=1e-6)
     # once both have results, another seed list may use the folder
-    more = _run(work, medmnist_dir, FAST + ["seeds=2", "batch_size=64", "max_steps=2"])
+    more = _run(work, medmnist_dir, FAST + ["seeds=2", "batch_size=128", "max_steps=2"])
     assert more.returncode == 0, more.stdout + more.stderr
     assert (work / "seed2" / "results.json").is_file()
