@@ -671,16 +671,22 @@ class Run:
             steps_per_epoch=steps, length=length,
             batch_sharding=NamedSharding(self.mesh, PartitionSpec("data")))
         step_metrics = jax.device_get(step_metrics)
-        progress.train_seconds += time.perf_counter() - start
-        bad = np.flatnonzero(~(np.isfinite(step_metrics["loss"])
-                               & (step_metrics["finite"] > 0)))
-        if bad.size:
-            raise self._non_finite(float(step_metrics["loss"][bad[0]]), epoch,
-                                   first_step + int(bad[0]) + 1)
-        progress.loss_sum = float(np.sum(step_metrics["loss"], dtype=np.float64))
-        progress.accuracy_sum = float(np.sum(step_metrics["accuracy"], dtype=np.float64))
-        progress.seen = length
+        self.record_epoch(progress, step_metrics, epoch, first_step,
+                          time.perf_counter() - start)
         return state
+
+    def record_epoch(self, progress: Progress, step_metrics: dict, epoch: int,
+                     first_step: int, seconds: float) -> None:
+        """Add an epoch trained as one program (per-step metrics on the host) to
+        ``progress``; a non-finite step stops the run (:class:`TrainingError`)."""
+        loss = step_metrics["loss"]
+        bad = np.flatnonzero(~(np.isfinite(loss) & (step_metrics["finite"] > 0)))
+        if bad.size:
+            raise self._non_finite(float(loss[bad[0]]), epoch, first_step + int(bad[0]) + 1)
+        progress.loss_sum = float(np.sum(loss, dtype=np.float64))
+        progress.accuracy_sum = float(np.sum(step_metrics["accuracy"], dtype=np.float64))
+        progress.seen = len(loss)
+        progress.train_seconds += seconds
 
     def predict(self, state: TrainState, split: str | np.ndarray, tau) -> np.ndarray:
         """Class probabilities of the ``"val"`` split (kept on the device between epochs by
@@ -881,7 +887,7 @@ def stored_seeds(workdir: str | pathlib.Path) -> list[int] | None:
             and any(p.name.isdigit() for p in latest.iterdir())):
         return None
     seeds = json.loads(stored.read_text()).get("seeds", "")
-    return [int(x) for x in seeds.split(",")] if seeds else None
+    return seed_list(Config(seeds=seeds)) if seeds else None
 
 
 def _trained(workdir: pathlib.Path, epochs: int) -> bool:
@@ -971,17 +977,8 @@ def _train_seeds(config: Config, workdir: pathlib.Path) -> dict[int, dict]:
         step_metrics = jax.device_get(step_metrics)
         seconds = time.perf_counter() - start
         for i, (run, progress) in enumerate(zip(runs, progresses)):
-            bad = np.flatnonzero(~(np.isfinite(step_metrics["loss"][i])
-                                   & (step_metrics["finite"][i] > 0)))
-            if bad.size:
-                raise run._non_finite(float(step_metrics["loss"][i][bad[0]]), epoch,
-                                      step + int(bad[0]) + 1)
-            progress.start_epoch()
-            progress.loss_sum = float(np.sum(step_metrics["loss"][i], dtype=np.float64))
-            progress.accuracy_sum = float(np.sum(step_metrics["accuracy"][i],
-                                                 dtype=np.float64))
-            progress.seen = length
-            progress.train_seconds += seconds
+            run.record_epoch(progress, {k: v[i] for k, v in step_metrics.items()}, epoch,
+                             step, seconds)
         taus = jnp.full((len(seeds),), temperature(config, int(state.step[0]) / steps))
         val_probs = np.asarray(predict_seeds_on_device(
             state, shared.on_device["val"][0], dataset.mean, dataset.std, taus,
