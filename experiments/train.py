@@ -317,8 +317,11 @@ def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
 def _epoch_on_device(state: TrainState, images: jax.Array, labels: jax.Array, mean, std,
                      seed, epoch, *, config: Config, steps_per_epoch: int, length: int,
                      batch_sharding: NamedSharding) -> tuple[TrainState, dict]:
-    perm_key, augment_key = jax.random.split(data.epoch_key(seed, epoch))
-    order = data.epoch_batches(perm_key, images.shape[0], config.batch_size)
+    augment_key = jax.random.split(data.epoch_key(seed, epoch))[1]
+    # the epoch's batches continue the passes over the split (one pass per epoch unless
+    # config.steps_per_epoch sets another epoch length)
+    order = data.step_batches(seed, epoch * steps_per_epoch, images.shape[0],
+                              config.batch_size, length)
 
     def step(state, i):
         x, y = images[order[i]], labels[order[i]]
@@ -732,6 +735,7 @@ def _open(config: Config) -> tuple[datasets.Dataset, int, jax.sharding.Mesh]:
     if steps < 1:
         raise ValueError(f"batch_size: {config.batch_size} exceeds the {dataset.num_train} "
                          f"training examples")
+    steps = config.steps_per_epoch or steps
     return dataset, steps, make_mesh(config)
 
 

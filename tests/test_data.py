@@ -240,6 +240,31 @@ def test_device_epoch_order_is_keyed_by_seed_and_epoch():
         data.epoch_batches(data.epoch_key(0, 0), 103, 200)
 
 
+def test_step_batches_walk_through_passes_across_epoch_boundaries():
+    import jax
+
+    n, b = 103, 10  # 10 full batches per pass, 3 examples dropped per pass
+    passes = [np.asarray(data.epoch_batches(data.pass_key(7, p), n, b)) for p in range(4)]
+    every = np.concatenate(passes)
+    for order in passes:  # each pass a permutation without repeats
+        assert len(np.unique(order)) == 100
+    assert not np.array_equal(passes[0], passes[1])
+    # an epoch of one pass is that pass, whose key is the split of epoch_key(seed, epoch)
+    # the trainer drew its one-pass epochs from (runs stored before keep their order)
+    key = jax.random.split(data.epoch_key(7, 2))[0]
+    np.testing.assert_array_equal(data.step_batches(7, 20, n, b, 10),
+                                  data.epoch_batches(key, n, b))
+    # epochs of 13, 4 and 17 steps continue where the previous one stopped
+    starts, lengths = (0, 13, 17), (13, 4, 17)
+    got = np.concatenate([data.step_batches(7, s, n, b, k) for s, k in zip(starts, lengths)])
+    np.testing.assert_array_equal(got, every[:34])
+    traced = jax.jit(lambda seed, first: data.step_batches(seed, first, n, b, 17))(7, 17)
+    np.testing.assert_array_equal(traced, every[17:34])
+    assert not np.array_equal(data.step_batches(8, 0, n, b, 10), passes[0])
+    with pytest.raises(ValueError, match="batch_size: 200 exceeds the 103 examples"):
+        data.step_batches(0, 0, n, 200, 1)
+
+
 def test_device_augmentation_applies_each_d4_element():
     import jax
 

@@ -799,3 +799,37 @@ def test_several_seeds_resume_at_an_epoch_boundary(tmp_path, medmnist_dir):
     more = _run(work, medmnist_dir, FAST + ["seeds=2", "batch_size=128", "max_steps=2"])
     assert more.returncode == 0, more.stdout + more.stderr
     assert (work / "seed2" / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_epochs_of_a_set_number_of_steps(tmp_path, medmnist_dir):
+    # a stratified quarter of BreastMNIST's training split (137 images): 4 batches of 32 a pass
+    sets = FAST + ["train_fraction=0.25", "data_seed=3"]
+    out = _run(tmp_path / "passes", medmnist_dir, sets)
+    assert out.returncode == 0, out.stdout + out.stderr
+    same = _run(tmp_path / "four", medmnist_dir, sets + ["steps_per_epoch=4"])
+    assert same.returncode == 0, same.stdout + same.stderr
+    # epochs of one pass's steps are the default epochs, to the bit
+    for name in ("metrics.jsonl", "results.json"):
+        a = (tmp_path / "passes" / name).read_text()
+        b = (tmp_path / "four" / name).read_text()
+        if name == "results.json":
+            a, b = _comparable(json.loads(a)), _comparable(json.loads(b))
+        assert a == b, name
+    longer = _run(tmp_path / "six", medmnist_dir, sets + ["steps_per_epoch=6"])
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    results = json.loads((tmp_path / "six" / "results.json").read_text())
+    history = [json.loads(line) for line in (tmp_path / "six" / "metrics.jsonl").open()]
+    assert results["steps"] == 12 and [h["step"] for h in history] == [6, 12]
+    assert results["num_train"] // 32 == 4
+    assert json.loads((tmp_path / "six" / "config.json").read_text())["steps_per_epoch"] == 6
+    assert history[0]["train_loss"] != json.loads(
+        (tmp_path / "passes" / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+
+
+def test_steps_per_epoch_needs_the_device_pipeline():
+    with pytest.raises(ValueError, match="steps_per_epoch: epochs of a set number of steps"):
+        validate(dataclasses.replace(get_config(), steps_per_epoch=10, pipeline="host"))
+    with pytest.raises(ValueError, match="steps_per_epoch: expected an int >= 0"):
+        validate(dataclasses.replace(get_config(), steps_per_epoch=-1))
+    validate(dataclasses.replace(get_config(), steps_per_epoch=10))

@@ -4,7 +4,7 @@ on-device ones (:mod:`._device`); PCam and BreakHis builders live in
 
 from . import medmnist, pbc
 from .medmnist import ChecksumError, DatasetInfo, default_data_dir, fetch, info, load
-from ._device import epoch_batches, epoch_key, normalize, random_d4_batch
+from ._device import epoch_batches, epoch_key, normalize, pass_key, random_d4_batch, step_batches
 from ._pipeline import (
     epoch_dataset,
     epoch_iterator,
@@ -33,6 +33,8 @@ __all__ = [
     "stratified_subset",
     "epoch_key",
     "epoch_batches",
+    "pass_key",
+    "step_batches",
     "random_d4_batch",
     "normalize",
 ]

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from ..groups import P4M
 
-__all__ = ["epoch_key", "epoch_batches", "random_d4_batch", "normalize"]
+__all__ = ["epoch_key", "epoch_batches", "pass_key", "step_batches", "random_d4_batch", "normalize"]
 
 
 def epoch_key(seed, epoch) -> jax.Array:
@@ -30,6 +30,37 @@ def epoch_batches(key: jax.Array, num_examples: int, batch_size: int) -> jax.Arr
         raise ValueError(f"batch_size: {batch_size} exceeds the {num_examples} examples")
     order = jax.random.permutation(key, num_examples)
     return order[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+
+
+def pass_key(seed, index) -> jax.Array:
+    """The key of pass ``index`` over the training split (the order of its batches) in a
+    run seeded by ``seed``; pass ``e`` of a run whose epochs are single passes is epoch
+    ``e``'s order."""
+    return jax.random.split(epoch_key(seed, index))[0]
+
+
+def step_batches(seed, first_step, num_examples: int, batch_size: int,
+                 length: int) -> jax.Array:
+    """``int32 [length, batch_size]``: the batches of global steps ``first_step`` ...
+    ``first_step + length - 1`` of a run seeded by ``seed`` that walks through the
+    training split in passes, each pass a permutation (:func:`epoch_batches` keyed by
+    :func:`pass_key`) cut into ``num_examples // batch_size`` full batches.
+
+    Where an epoch is one pass (``first_step`` a multiple of the pass length and
+    ``length`` at most one pass), these are the first batches of :func:`epoch_batches`
+    with the key of pass ``first_step // pass length``; an epoch of more (or fewer) steps
+    than a pass continues the passes where the previous epoch stopped. ``seed`` and
+    ``first_step`` may be traced; ``length`` is static.
+    """
+    per_pass = num_examples // batch_size
+    if per_pass < 1:
+        raise ValueError(f"batch_size: {batch_size} exceeds the {num_examples} examples")
+    first_pass, offset = first_step // per_pass, first_step % per_pass
+    passes = -(-length // per_pass) + 1  # enough to cover ``length`` from any offset
+    order = jnp.concatenate([
+        epoch_batches(pass_key(seed, first_pass + j), num_examples, batch_size)
+        for j in range(passes)])
+    return jax.lax.dynamic_slice_in_dim(order, offset, length, axis=0)
 
 
 def random_d4_batch(key: jax.Array, images: jax.Array) -> jax.Array:

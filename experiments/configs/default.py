@@ -52,6 +52,11 @@ class Config:
     # optimisation
     epochs: int = 30
     batch_size: int = 32
+    # 0: an epoch is one pass over the training split; > 0: an epoch is this many steps
+    # (validation, checkpoints and the schedules count these epochs), the batches walking
+    # through the split in successive passes (device pipeline): gives runs on training
+    # subsets of different sizes the same steps and validations
+    steps_per_epoch: int = 0
     eval_batch_size: int = 256
     optimizer: str = "adamw"  # "adamw" or "sgd" (with momentum)
     learning_rate: float = 3e-3

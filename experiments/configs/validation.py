@@ -68,6 +68,13 @@ def validate(config: Config) -> None:
         if jax.process_count() > 1:
             raise ValueError("pipeline: the device pipeline runs in one process; use 'host' "
                              "(or 'auto') with jax.distributed")
+    if isinstance(config.steps_per_epoch, bool) or not isinstance(config.steps_per_epoch, int) \
+            or config.steps_per_epoch < 0:
+        raise ValueError(f"steps_per_epoch: expected an int >= 0 (0: one pass over the "
+                         f"training split), got {config.steps_per_epoch!r}")
+    if config.steps_per_epoch and pipeline(config) != "device":
+        raise ValueError("steps_per_epoch: epochs of a set number of steps need the device "
+                         "pipeline (a 28 px dataset, one process, checkpoint_every_steps=0)")
     if config.seeds:
         try:
             seeds = [int(x) for x in str(config.seeds).split(",")]
