@@ -144,7 +144,7 @@ def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4,
     whole training epochs, timed one by one. ``compile_s`` is the first epoch's time
     (tracing, compilation and the epoch), ``median_s`` the median of the ``epochs``
     epochs after it; the device row gives its ratio to the host row. ``seeds > 1`` adds a
-    row for that many seeds trained together (``train.train_seeds_on_device``), whose
+    row for that many seeds trained together (``train.device_epoch_fn(seeds=True)``), whose
     ratio is per seed: its epoch time divided by ``seeds``, over the host row's. ``sets``:
     config overrides (``key=value``) for another job."""
     from experiments import datasets, train
@@ -168,7 +168,7 @@ def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4,
             sharding = NamedSharding(mesh, PartitionSpec("data"))
 
             def epoch_of(state, epoch):
-                return train.train_seeds_on_device(
+                return train.device_epoch_fn(seeds=True)(
                     state, images, labels, dataset.mean, dataset.std,
                     jnp.arange(seeds, dtype=jnp.int32), epoch, config=config,
                     steps_per_epoch=steps, length=steps, batch_sharding=sharding)[0]

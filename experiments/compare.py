@@ -47,11 +47,11 @@ import jax
 import numpy as np
 
 from dgcnn_jax import models
-from experiments import configs, evaluate, plots, train
+from experiments import configs, curves, evaluate, plots, train
 from experiments.configs import Config, get_config, model_kwargs, override, validate
 
 __all__ = ["Family", "Run", "FAMILIES", "RUNS", "run_of", "run_config", "run_one", "finished",
-           "SCORES", "summarize", "sections", "markdown", "write_plots", "parse_args", "plan_of", "run_dirs", "main"]
+           "SCORES", "summarize", "sections", "markdown", "write_plots", "parse_args", "plan_of", "run_dirs", "learning_curves", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +140,10 @@ def run_config(base: Config, dataset: str, name: str, seed: int) -> Config:
                                seed=seed)
 
 
-def run_one(base: Config, dataset: str, name: str, seed: int, workdir: pathlib.Path) -> dict:
-    """Train (unless finished) and score one run; returns its summary."""
+def run_one(base: Config, dataset: str, name: str, seed: int, workdir: pathlib.Path, *,
+            d4: bool = True) -> dict:
+    """Train (unless finished) and score one run (``d4``: also on the 8 D4 copies of the
+    test split); returns its summary."""
     work = workdir / dataset / name / f"seed{seed}"
     config = run_config(base, dataset, name, seed)
     if (work / "results.json").is_file():
@@ -155,7 +157,7 @@ def run_one(base: Config, dataset: str, name: str, seed: int, workdir: pathlib.P
         results = train.train_and_evaluate(config, work)
     robust_path = work / "eval_test.json"
     robust = (json.loads(robust_path.read_text()) if robust_path.is_file()
-              else evaluate.evaluate(work, "test", d4=True))
+              else evaluate.evaluate(work, "test", d4=True) if d4 else None)
     history = [json.loads(line) for line in (work / "metrics.jsonl").open()]
     flops = results.get("forward_flops")
     if flops is None:  # runs trained before results.json recorded it
@@ -166,8 +168,11 @@ def run_one(base: Config, dataset: str, name: str, seed: int, workdir: pathlib.P
             **{f"test_{key}": results["test"][key] for key in SCORES},
             "num_params": results["num_params"], "forward_flops": flops,
             "train_seconds": results["train_seconds"],
-            "best_epoch": results["best_epoch"], "d4_auc_min": robust["d4"]["auc_min"],
-            "d4_auc_max": robust["d4"]["auc_max"],
+            "best_epoch": results["best_epoch"],
+            "train_fraction": config.train_fraction, "num_train": results.get("num_train"),
+            "backend": results.get("backend"),
+            **({"d4_auc_min": robust["d4"]["auc_min"], "d4_auc_max": robust["d4"]["auc_max"]}
+               if robust else {}),
             "val_auc_curve": [h["val_auc"] for h in history]}
 
 
@@ -300,10 +305,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="runs/compare")
-    p.add_argument("--datasets", nargs="+", default=["breastmnist", "pneumoniamnist"])
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help="default: breastmnist pneumoniamnist (learning curves: pbc)")
     p.add_argument("--models", nargs="+", default=None,
                    help="run names (RUNS) or registered models (default: every run of the "
-                        "every-dataset families, plus the ablations)")
+                        "every-dataset families, plus the ablations; learning curves: "
+                        f"{' '.join(curves.CURVE_RUNS)})")
+    p.add_argument("--fractions", nargs="+", type=float, default=None, metavar="F",
+                   help="learning curves: train every run on these class-stratified "
+                        "fractions of the training split, into <workdir>/fraction<F>, all "
+                        f"for the same steps (unless --set overrides: "
+                        f"{' '.join(curves.CURVE_SETTINGS)}); writes curves.json, "
+                        "curves.md and curves.png with intervals and paired tests")
+    p.add_argument("--results", default=None, metavar="PATH",
+                   help="learning curves: also write the summary JSON here "
+                        "(e.g. results/pbc_curves.json)")
+    p.add_argument("--figure", default=None, metavar="PATH",
+                   help="learning curves: also write the plot here (e.g. docs/pbc_curves.png)")
     p.add_argument("--ablations", nargs="*", default=None,
                    help=f"ablations and readout variants to run on --ablation-dataset (no "
                         f"names: all of {', '.join(_ablation_dataset_runs())}); on by default "
@@ -318,7 +336,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: tables and plots from the finished runs only "
                         "(the missing ones are listed)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.datasets is None:
+        args.datasets = ["pbc"] if args.fractions else ["breastmnist", "pneumoniamnist"]
+    if args.fractions:
+        bad = [f for f in args.fractions if not 0 < f <= 1]
+        if bad:
+            p.error(f"--fractions: expected fractions in (0, 1], got {bad}")
+        if args.models is None:
+            args.models = list(curves.CURVE_RUNS)
+        if args.ablations is None:
+            args.ablations = []
+    elif args.results or args.figure:
+        p.error("--results and --figure are for learning curves (--fractions)")
+    return args
 
 
 def _ablation_dataset_runs() -> list[str]:
@@ -340,34 +371,92 @@ def plan_of(args: argparse.Namespace) -> list[tuple[str, str]]:
 def run_dirs(argv) -> list[pathlib.Path]:
     """The work directory of every run a command line asks for."""
     args = parse_args(argv)
-    return [pathlib.Path(args.workdir, d, name, f"seed{seed}") for d, name in plan_of(args)
+    roots = ([curves.fraction_dir(args.workdir, f) for f in args.fractions] if args.fractions
+             else [pathlib.Path(args.workdir)])
+    return [root / d / name / f"seed{seed}" for root in roots for d, name in plan_of(args)
             for seed in args.seeds]
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    plan = plan_of(args)
-    base = override(get_config(), args.set)
+def _base(args: argparse.Namespace) -> Config:
+    base = override(get_config(), [*(curves.CURVE_SETTINGS if args.fractions else ()),
+                                   *args.set])
     if base.seeds:
         raise ValueError("seeds: the sweep takes its seeds from --seeds (and trains them "
                          "together with --seeds-together)")
     if not base.score_test:
         raise ValueError("score_test: the sweep reports test metrics; use experiments.select "
                          "for validation-only runs")
-    for dataset, name in plan:  # fail on bad names before any training
-        validate(run_config(base, dataset, name, 0))
-    out = pathlib.Path(args.workdir)
-    out.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def _sweep(args, base: Config, plan, out: pathlib.Path, *, d4: bool = True,
+           label: str = "") -> tuple[list[dict], list[str]]:
+    """Train (unless ``--no-train``) and score the runs of ``plan`` for every seed in
+    ``out``: their summaries and the runs not finished (``--no-train``)."""
     runs, missing = [], []
     for dataset, name in plan:
         if not args.no_train:
             train_together(base, dataset, name, args.seeds, out, args.seeds_together)
         for seed in args.seeds:
             if args.no_train and not finished(out / dataset / name / f"seed{seed}"):
-                missing.append(f"{dataset}/{name}/seed{seed}")
+                missing.append(f"{label}{dataset}/{name}/seed{seed}")
                 continue
-            print(f"== {dataset} {name} seed {seed}", flush=True)
-            runs.append(run_one(base, dataset, name, seed, out))
+            print(f"== {label}{dataset} {name} seed {seed}", flush=True)
+            runs.append(run_one(base, dataset, name, seed, out, d4=d4))
+    return runs, missing
+
+
+def learning_curves(args: argparse.Namespace) -> dict:
+    """The ``--fractions`` sweep: every run at every fraction; writes ``curves.json``,
+    ``curves.md`` and ``curves.png`` (and ``--results`` / ``--figure``)."""
+    base, plan = _base(args), plan_of(args)
+    for f in args.fractions:  # fail on bad names or settings before any training
+        for dataset, name in plan:
+            validate(run_config(dataclasses.replace(base, train_fraction=f), dataset, name, 0))
+    out = pathlib.Path(args.workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, missing = [], []
+    for f in args.fractions:
+        got, lost = _sweep(args, dataclasses.replace(base, train_fraction=f), plan,
+                           curves.fraction_dir(out, f), d4=False, label=f"fraction {f:g} ")
+        runs += got
+        missing += lost
+    if missing:
+        print(f"not finished (--no-train): {', '.join(missing)}")
+    if not runs:
+        raise SystemExit(f"no finished runs in {out}")
+    settings = {"fractions": args.fractions, "datasets": args.datasets, "models": args.models,
+                "seeds": args.seeds, "steps": base.epochs * base.steps_per_epoch,
+                "config": {k: v for k, v in dataclasses.asdict(base).items()
+                           if k not in ("train_fraction", "seed", "dataset", "model")},
+                "selection": "best epoch on validation AUC; test split read once",
+                "missing": missing}
+    doc = curves.document(runs, settings)
+    text = json.dumps(doc, indent=2) + "\n"
+    table = curves.markdown(doc)
+    (out / "curves.json").write_text(text)
+    (out / "curves.md").write_text(table + "\n")
+    curves.plot(doc, out / "curves.png")
+    for path, write in ((args.results, lambda p: p.write_text(text)),
+                        (args.figure, lambda p: curves.plot(doc, p))):
+        if path:
+            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write(pathlib.Path(path))
+    print(table)
+    return doc
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.fractions:
+        return learning_curves(args)
+    plan = plan_of(args)
+    base = _base(args)
+    for dataset, name in plan:  # fail on bad names before any training
+        validate(run_config(base, dataset, name, 0))
+    out = pathlib.Path(args.workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, missing = _sweep(args, base, plan, out)
     if missing:
         print(f"not finished (--no-train): {', '.join(missing)}")
     if not runs:

@@ -314,27 +314,122 @@ def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
     return jax.nn.softmax(state.model(training=False)(images, tau=tau), axis=-1)
 
 
+def _epoch_plan(seed, epoch, num_examples: int, *, config: Config, steps_per_epoch: int,
+                length: int) -> tuple[jax.Array, jax.Array]:
+    """The batches (``int32 [length, batch_size]`` indices) and the augmentation key of
+    the first ``length`` steps of epoch ``epoch``: the batches continue the passes over
+    the split (one pass per epoch unless ``config.steps_per_epoch`` sets another length)."""
+    augment_key = jax.random.split(data.epoch_key(seed, epoch))[1]
+    order = data.step_batches(seed, epoch * steps_per_epoch, num_examples,
+                              config.batch_size, length)
+    return order, augment_key
+
+
+def _step_on_device(state: TrainState, images, labels, mean, std, order, augment_key, i, *,
+                    config: Config, steps_per_epoch: int, batch_sharding: NamedSharding):
+    """Step ``i`` of an epoch whose batches are ``order``: gather, augment, normalise and
+    train, all on the device."""
+    x, y = images[order[i]], labels[order[i]]
+    if config.augment:
+        x = data.random_d4_batch(jax.random.fold_in(augment_key, i), x)
+    batch = {"image": jax.lax.with_sharding_constraint(data.normalize(x, mean, std),
+                                                       batch_sharding),
+             "label": jax.lax.with_sharding_constraint(y.astype(jnp.int32), batch_sharding)}
+    tau = temperature(config, state.step / steps_per_epoch)
+    return _train_step(state, batch, tau)
+
+
 def _epoch_on_device(state: TrainState, images: jax.Array, labels: jax.Array, mean, std,
                      seed, epoch, *, config: Config, steps_per_epoch: int, length: int,
                      batch_sharding: NamedSharding) -> tuple[TrainState, dict]:
-    augment_key = jax.random.split(data.epoch_key(seed, epoch))[1]
-    # the epoch's batches continue the passes over the split (one pass per epoch unless
-    # config.steps_per_epoch sets another epoch length)
-    order = data.step_batches(seed, epoch * steps_per_epoch, images.shape[0],
-                              config.batch_size, length)
+    order, augment_key = _epoch_plan(seed, epoch, images.shape[0], config=config,
+                                     steps_per_epoch=steps_per_epoch, length=length)
 
     def step(state, i):
-        x, y = images[order[i]], labels[order[i]]
-        if config.augment:
-            x = data.random_d4_batch(jax.random.fold_in(augment_key, i), x)
-        batch = {"image": jax.lax.with_sharding_constraint(data.normalize(x, mean, std),
-                                                           batch_sharding),
-                 "label": jax.lax.with_sharding_constraint(y.astype(jnp.int32),
-                                                           batch_sharding)}
-        tau = temperature(config, state.step / steps_per_epoch)
-        return _train_step(state, batch, tau)
+        return _step_on_device(state, images, labels, mean, std, order, augment_key, i,
+                               config=config, steps_per_epoch=steps_per_epoch,
+                               batch_sharding=batch_sharding)
 
     return jax.lax.scan(step, state, jnp.arange(length))
+
+
+_epoch_plan_jit = jax.jit(_epoch_plan, static_argnames=("num_examples", "config",
+                                                         "steps_per_epoch", "length"))
+_step_on_device_jit = jax.jit(_step_on_device, donate_argnums=0,
+                              static_argnames=("config", "steps_per_epoch", "batch_sharding"))
+
+
+def train_epoch_in_steps(state: TrainState, images: jax.Array, labels: jax.Array, mean, std,
+                         seed, epoch, *, config: Config, steps_per_epoch: int, length: int,
+                         batch_sharding: NamedSharding) -> tuple[TrainState, dict]:
+    """:func:`train_epoch_on_device` as one compiled program per step instead of one per
+    epoch: the same batches, augmentation and updates (the data stays on the device), with
+    a dispatch per step. XLA's CPU backend runs some convolutions many times slower inside
+    the loop of a scan (the p4m G-CNN's training step: 26 s against 1 s on one core,
+    measured), so the CPU trains device-pipeline epochs this way (:data:`EPOCH_LOOPS`)."""
+    order, augment_key = _epoch_plan_jit(seed, epoch, images.shape[0], config=config,
+                                         steps_per_epoch=steps_per_epoch, length=length)
+    out = []
+    for i in range(length):
+        state, step_metrics = _step_on_device_jit(
+            state, images, labels, mean, std, order, augment_key, jnp.int32(i), config=config,
+            steps_per_epoch=steps_per_epoch, batch_sharding=batch_sharding)
+        out.append(step_metrics)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+
+
+def _seeds_plan(seeds, epoch, num_examples, *, config, steps_per_epoch, length):
+    return jax.vmap(lambda seed: _epoch_plan(seed, epoch, num_examples, config=config,
+                                             steps_per_epoch=steps_per_epoch,
+                                             length=length))(seeds)
+
+
+def _seeds_step(states, images, labels, mean, std, orders, augment_keys, i, *, config,
+                steps_per_epoch, batch_sharding):
+    def one(state, order, key):
+        return _step_on_device(state, images, labels, mean, std, order, key, i, config=config,
+                               steps_per_epoch=steps_per_epoch, batch_sharding=batch_sharding)
+
+    return jax.vmap(one)(states, orders, augment_keys)
+
+
+_seeds_plan_jit = jax.jit(_seeds_plan, static_argnames=("num_examples", "config",
+                                                         "steps_per_epoch", "length"))
+_seeds_step_jit = jax.jit(_seeds_step, donate_argnums=0,
+                          static_argnames=("config", "steps_per_epoch", "batch_sharding"))
+
+
+def train_seeds_in_steps(states: TrainState, images: jax.Array, labels: jax.Array, mean, std,
+                         seeds: jax.Array, epoch, *, config: Config, steps_per_epoch: int,
+                         length: int, batch_sharding: NamedSharding
+                         ) -> tuple[TrainState, dict]:
+    """:func:`train_seeds_on_device` as one compiled (``vmap``-ped) program per step (see
+    :func:`train_epoch_in_steps`); metrics ``[S, length]``."""
+    orders, keys = _seeds_plan_jit(seeds, epoch, images.shape[0], config=config,
+                                   steps_per_epoch=steps_per_epoch, length=length)
+    out = []
+    for i in range(length):
+        states, step_metrics = _seeds_step_jit(
+            states, images, labels, mean, std, orders, keys, jnp.int32(i), config=config,
+            steps_per_epoch=steps_per_epoch, batch_sharding=batch_sharding)
+        out.append(step_metrics)
+    return states, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *out)
+
+
+EPOCH_LOOPS = {"cpu": "steps"}
+"""How a backend trains a device-pipeline epoch: ``"scan"`` (one program, the default) or
+``"steps"`` (:func:`train_epoch_in_steps`)."""
+
+
+def device_epoch_fn(seeds: bool = False):
+    """The function that trains a device-pipeline epoch on the default backend
+    (:data:`EPOCH_LOOPS`): :func:`train_epoch_on_device` or :func:`train_epoch_in_steps`,
+    or for stacked seeds :func:`train_seeds_on_device` or :func:`train_seeds_in_steps`;
+    all take the same arguments."""
+    steps = EPOCH_LOOPS.get(jax.default_backend(), "scan") == "steps"
+    if seeds:
+        return train_seeds_in_steps if steps else train_seeds_on_device
+    return train_epoch_in_steps if steps else train_epoch_on_device
 
 
 _EPOCH_STATIC = ("config", "steps_per_epoch", "length", "batch_sharding")
@@ -668,7 +763,7 @@ class Run:
         first_step = int(state.step)
         images, labels = self.on_device["train"]
         start = time.perf_counter()
-        state, step_metrics = train_epoch_on_device(
+        state, step_metrics = device_epoch_fn()(
             state, images, labels, self.dataset.mean, self.dataset.std, config.seed, epoch,
             config=config,
             steps_per_epoch=steps, length=length,
@@ -975,7 +1070,7 @@ def _train_seeds(config: Config, workdir: pathlib.Path) -> dict[int, dict]:
         if length < 1:
             break
         start = time.perf_counter()
-        state, step_metrics = train_seeds_on_device(
+        state, step_metrics = device_epoch_fn(seeds=True)(
             state, images, labels, dataset.mean, dataset.std, seeds_array, epoch,
             config=config, steps_per_epoch=steps, length=length, batch_sharding=batch_sharding)
         step_metrics = jax.device_get(step_metrics)

@@ -1,0 +1,186 @@
+"""Learning curves: test scores against training-set size, with intervals and paired tests.
+
+:mod:`experiments.compare` ``--fractions`` trains every run of a sweep on class-stratified
+fractions of the training split (``train_fraction``, the same images for every model at
+a fraction: ``data_seed``) into ``<workdir>/fraction<F>/<dataset>/<name>/seed<N>``, all
+for the same number of steps (``epochs`` x ``steps_per_epoch``: an epoch is a set number
+of steps whatever the subset's size, so every fraction sees as many batches and as many
+validations; the best epoch is chosen on validation AUC and the test split read once).
+This module turns the finished runs into the summary (:func:`summarize`), the paired
+tests at each fraction (:func:`paired_tests`), a table (:func:`markdown`) and the plot
+(:func:`plot`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import platform
+
+import jax
+import numpy as np
+
+from experiments import stats
+
+__all__ = ["CURVE_RUNS", "CURVE_SETTINGS", "PAIRS", "fraction_dir", "summarize",
+           "paired_tests", "document", "markdown", "plot"]
+
+CURVE_RUNS = ("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn")
+"""The runs of a learning-curve sweep unless ``--models`` names others."""
+
+CURVE_SETTINGS = ("steps_per_epoch=40", "epochs=10")
+"""What a learning-curve sweep sets unless ``--set`` says otherwise: 400 steps of 32
+images for every fraction (1.07 passes over the whole PBC training split, 107 over 1%
+of it), validated every 40 steps. Sized for this project's 2-core CPU."""
+
+PAIRS = (("p4m_dgcnn", "p4m_gcnn"), ("p4m_dgcnn", "cnn_augment"), ("p4m_dgcnn", "cnn"),
+         ("p4m_gcnn", "cnn"), ("p4m_gcnn", "cnn_augment"))
+"""The comparisons tested at each fraction (A vs B: A's accuracy minus B's)."""
+
+SCORES = ("accuracy", "balanced_accuracy", "auc", "nll")
+
+
+def fraction_dir(workdir: pathlib.Path, fraction: float) -> pathlib.Path:
+    """The sweep folder of one training fraction."""
+    return pathlib.Path(workdir) / f"fraction{fraction:g}"
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per (dataset, fraction, run name): training images, seeds, and per test score the
+    per-seed values, mean, sample std and 95% t-interval; test error = 1 - accuracy."""
+    rows = []
+    keys = sorted({(r["dataset"], r["train_fraction"], r["model"]) for r in runs},
+                  key=lambda k: (k[0], k[1], _order(k[2])))
+    for dataset, fraction, model in keys:
+        rs = sorted((r for r in runs if (r["dataset"], r["train_fraction"], r["model"])
+                     == (dataset, fraction, model)), key=lambda r: r["seed"])
+        row = {"dataset": dataset, "train_fraction": fraction, "model": model,
+               "num_train": rs[0]["num_train"], "seeds": [r["seed"] for r in rs],
+               "num_params": rs[0]["num_params"], "forward_flops": rs[0]["forward_flops"],
+               "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
+               "best_epochs": [r["best_epoch"] for r in rs]}
+        for key in SCORES:
+            values = [r[f"test_{key}"] for r in rs]
+            row[key] = {"values": values, **stats.mean_interval(values)}
+        error = [1.0 - r["test_accuracy"] for r in rs]
+        row["error"] = {"values": error, **stats.mean_interval(error)}
+        rows.append(row)
+    return rows
+
+
+def _order(name: str) -> int:
+    return CURVE_RUNS.index(name) if name in CURVE_RUNS else len(CURVE_RUNS)
+
+
+def paired_tests(runs: list[dict], pairs=PAIRS, *, resamples: int = 10_000) -> list[dict]:
+    """For each (dataset, fraction) and each pair (A, B) of :data:`PAIRS` that both ran
+    there: the seeds both have, a paired t-test over those seeds of the test accuracy and
+    a paired bootstrap over test images of the seed-averaged accuracy difference
+    (:func:`experiments.stats.paired_bootstrap`, read from each run's
+    ``test_probs.npy``)."""
+    out = []
+    for dataset, fraction in sorted({(r["dataset"], r["train_fraction"]) for r in runs}):
+        here = {(r["model"], r["seed"]): r for r in runs
+                if (r["dataset"], r["train_fraction"]) == (dataset, fraction)}
+        for a, b in pairs:
+            seeds = sorted(s for m, s in here if m == a and (b, s) in here)
+            if not seeds:
+                continue
+            t = stats.paired_t([here[a, s]["test_accuracy"] for s in seeds],
+                               [here[b, s]["test_accuracy"] for s in seeds])
+            boot = stats.paired_bootstrap([_correct(here[a, s]) for s in seeds],
+                                          [_correct(here[b, s]) for s in seeds],
+                                          resamples=resamples)
+            out.append({"dataset": dataset, "train_fraction": fraction, "a": a, "b": b,
+                        "seeds": seeds, "accuracy_difference": t["mean_difference"],
+                        "t_test_p": t["p"], "bootstrap": boot})
+    return out
+
+
+def _correct(run: dict) -> np.ndarray:
+    work = pathlib.Path(run["workdir"])
+    probs, labels = np.load(work / "test_probs.npy"), np.load(work / "test_labels.npy")
+    return (probs.argmax(axis=-1) == np.asarray(labels).reshape(-1)).astype(np.float64)
+
+
+def document(runs: list[dict], settings: dict) -> dict:
+    """The machine-readable record of a learning-curve sweep: protocol, machine, every
+    run, the summary and the paired tests."""
+    keep = ("dataset", "train_fraction", "num_train", "model", "seed", "val_auc",
+            "best_epoch", "test_accuracy", "test_balanced_accuracy", "test_auc", "test_nll",
+            "num_params", "forward_flops", "train_seconds", "backend")
+    return {"protocol": settings,
+            "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                        "backend": jax.default_backend(), "jax": jax.__version__},
+            "runs": [{k: r.get(k) for k in keep} for r in runs],
+            "summary": summarize(runs), "tests": paired_tests(runs)}
+
+
+def _cell(score: dict) -> str:
+    if score["n"] == 1:
+        return f"{score['mean']:.4f} (one seed)"
+    return (f"{score['mean']:.4f} +- {score['std']:.4f} "
+            f"[{score['low']:.4f}, {score['high']:.4f}]")
+
+
+def _p(p) -> str:
+    return "n/a" if p is None else (f"{p:.2g}" if p >= 1e-4 else "< 1e-4")
+
+
+def markdown(doc: dict) -> str:
+    """Tables of a :func:`document`: test accuracy per model and fraction (mean +- std
+    [95% interval] over seeds), then the paired tests."""
+    lines = ["| fraction | training images | model | seeds | test accuracy | "
+             "test balanced accuracy | test macro AUC | parameters | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["summary"]:
+        lines.append(f"| {r['train_fraction']:g} | {r['num_train']:,} | `{r['model']}` | "
+                     f"{len(r['seeds'])} | {_cell(r['accuracy'])} | "
+                     f"{r['balanced_accuracy']['mean']:.4f} | {r['auc']['mean']:.4f} | "
+                     f"{r['num_params']:,} | {r['train_seconds_mean']:.0f} |")
+    lines += ["", "| fraction | A vs B | seeds | accuracy A - B | paired t-test p | "
+              "bootstrap 95% interval | bootstrap p |", "|---|---|---|---|---|---|---|"]
+    for t in doc["tests"]:
+        b = t["bootstrap"]
+        lines.append(f"| {t['train_fraction']:g} | `{t['a']}` vs `{t['b']}` | "
+                     f"{len(t['seeds'])} | {t['accuracy_difference']:+.4f} | "
+                     f"{_p(t['t_test_p'])} | [{b['low']:+.4f}, {b['high']:+.4f}] | "
+                     f"{_p(b['p'])} |")
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: pathlib.Path) -> None:
+    """Test accuracy and test error (log scale) against training images, mean over seeds
+    with the 95% interval, one line per model (and dataset)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups = sorted({(r["dataset"], r["model"]) for r in doc["summary"]},
+                    key=lambda k: (k[0], _order(k[1])))
+    for dataset, model in groups:
+        rs = sorted((r for r in doc["summary"] if (r["dataset"], r["model"]) ==
+                     (dataset, model)), key=lambda r: r["num_train"])
+        x = [r["num_train"] for r in rs]
+        label = model if len({g[0] for g in groups}) == 1 else f"{dataset} {model}"
+        for ax, key in zip(axes, ("accuracy", "error")):
+            mean = np.array([r[key]["mean"] for r in rs])
+            low = np.array([r[key]["low"] for r in rs])
+            high = np.array([r[key]["high"] for r in rs])
+            line, = ax.plot(x, mean, marker="o", label=label)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+    seeds = sorted({len(r["seeds"]) for r in doc["summary"]})
+    for ax, key in zip(axes, ("test accuracy", "test error (1 - accuracy)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training images (log scale)")
+        ax.set_ylabel(key)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle(f"learning curves: mean over {'/'.join(map(str, seeds))} seeds, "
+                 f"95% t-intervals")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

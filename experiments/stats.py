@@ -1,0 +1,75 @@
+"""Statistics over seeds and test images: intervals, paired tests, paired bootstrap.
+
+All functions take per-seed values or per-image predictions and return plain floats, so
+that they can be written to JSON as measured. Two-sided tests throughout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["mean_interval", "paired_t", "paired_bootstrap"]
+
+
+def mean_interval(values, confidence: float = 0.95) -> dict:
+    """Mean, sample std and the Student-t interval of the mean of ``values`` (one per
+    seed); with one value the interval is that value and the std 0."""
+    from scipy import stats
+
+    values = np.asarray(values, np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"values: expected a non-empty 1-D sequence, got shape "
+                         f"{values.shape}")
+    mean = float(values.mean())
+    if values.size == 1:
+        return {"n": 1, "mean": mean, "std": 0.0, "low": mean, "high": mean}
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, values.size - 1)) * std / np.sqrt(values.size)
+    return {"n": int(values.size), "mean": mean, "std": std, "low": mean - half,
+            "high": mean + half}
+
+
+def paired_t(a, b) -> dict:
+    """Paired t-test of ``a - b`` (one pair per seed): mean difference and p-value
+    (``None`` with fewer than 2 pairs or no spread in the differences)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a, b: expected two 1-D sequences of equal length (one value per "
+                         f"seed), got shapes {a.shape} and {b.shape}")
+    diff = a - b
+    p = None
+    if a.size >= 2 and np.ptp(diff) > 0:
+        p = float(stats.ttest_rel(a, b).pvalue)
+    return {"n": int(a.size), "mean_difference": float(diff.mean()), "p": p}
+
+
+def paired_bootstrap(correct_a, correct_b, *, resamples: int = 10_000, seed: int = 0,
+                     chunk: int = 500) -> dict:
+    """Paired bootstrap over test images of the difference in accuracy, A minus B.
+
+    ``correct_a`` and ``correct_b``: ``[seeds, images]`` (or ``[images]``), 1 where a
+    model's prediction for that image was right; seed ``s`` of A is paired with seed ``s``
+    of B. Each resample draws the test images with replacement (the same draw for both
+    models and every seed) and takes the difference of the accuracies averaged over seeds.
+    Returns the observed difference, the 95% percentile interval and the two-sided p-value
+    ``2 * min(P(d <= 0), P(d >= 0))`` over the resamples (at least ``1 / resamples``).
+    """
+    a = np.atleast_2d(np.asarray(correct_a, np.float64))
+    b = np.atleast_2d(np.asarray(correct_b, np.float64))
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a, correct_b: expected equal shapes [seeds, images], got "
+                         f"{a.shape} and {b.shape}")
+    per_image = (a - b).mean(axis=0)  # the seed-averaged difference on each image
+    n = per_image.size
+    rng = np.random.default_rng(seed)
+    draws = []
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n), dtype=np.int64)
+        draws.append(per_image[idx].mean(axis=1))
+    d = np.concatenate(draws)
+    p = 2 * min(np.mean(d <= 0), np.mean(d >= 0))
+    return {"images": int(n), "seeds": int(a.shape[0]), "difference": float(per_image.mean()),
+            "low": float(np.quantile(d, 0.025)), "high": float(np.quantile(d, 0.975)),
+            "p": float(min(1.0, max(p, 1.0 / resamples))), "resamples": int(resamples)}
