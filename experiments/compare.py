@@ -345,8 +345,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--fractions: expected fractions in (0, 1], got {bad}")
         if args.models is None:
             args.models = list(curves.CURVE_RUNS)
-        if args.ablations is None:
-            args.ablations = []
     elif args.results or args.figure:
         p.error("--results and --figure are for learning curves (--fractions)")
     return args
@@ -358,8 +356,11 @@ def _ablation_dataset_runs() -> list[str]:
 
 def plan_of(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The ``(dataset, name)`` pairs a command line asks for, in order."""
-    ablations = (_ablation_dataset_runs() if args.ablations == [] or
-                 (args.ablations is None and args.models is None) else args.ablations or [])
+    if getattr(args, "fractions", None):  # learning curves: the ablations named only
+        ablations = args.ablations or []
+    else:
+        ablations = (_ablation_dataset_runs() if args.ablations == [] or
+                     (args.ablations is None and args.models is None) else args.ablations or [])
     models_ = args.models or [n for n, run in RUNS.items()
                               if FAMILIES[run.family].every_dataset]
     plan = [(d, m) for d in args.datasets for m in models_]

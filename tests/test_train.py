@@ -867,3 +867,70 @@ def test_epoch_in_steps_equals_the_epoch_as_one_scan():
     assert train.device_epoch_fn() is (train.train_epoch_in_steps
                                        if jax.default_backend() == "cpu"
                                        else train.train_epoch_on_device)
+
+
+@pytest.mark.slow
+def test_learning_curves_sweep(tmp_path, medmnist_dir, monkeypatch):
+    from experiments import compare
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--workdir", "curves", "--datasets", "breastmnist", "--models", "cnn",
+            "p4m_gcnn", "--fractions", "0.3", "1", "--seeds", "0", "1",
+            "--set", "steps_per_epoch=3", "--set", "epochs=2", "--set", "batch_size=16",
+            "--set", "progress=false", "--set", f"data_dir={medmnist_dir}",
+            "--results", "results/curves.json", "--figure", "docs/curves.png"]
+    doc = compare.main(argv)
+    out = tmp_path / "curves"
+    for name in ("curves.json", "curves.md", "curves.png"):
+        assert (out / name).is_file(), name
+    assert (tmp_path / "docs" / "curves.png").is_file()
+    assert json.loads((tmp_path / "results" / "curves.json").read_text()) == doc
+    assert doc["protocol"]["steps"] == 6 and doc["protocol"]["config"]["steps_per_epoch"] == 3
+    sizes = {}
+    for run in doc["runs"]:  # every run the same steps, the subset stored with it
+        work = out / f"fraction{run['train_fraction']:g}" / "breastmnist" / run["model"] / \
+            f"seed{run['seed']}"
+        results = json.loads((work / "results.json").read_text())
+        assert results["steps"] == 6 and results["train_fraction"] == run["train_fraction"]
+        assert not (work / "eval_test.json").exists()  # no D4 scoring in a curve sweep
+        sizes.setdefault(run["train_fraction"], set()).add(results["num_train"])
+    assert {f: len(n) for f, n in sizes.items()} == {0.3: 1, 1.0: 1}  # one subset a fraction
+    assert sizes[1.0] == {546} and 0.25 * 546 < min(sizes[0.3]) < 0.35 * 546
+    rows = {(r["train_fraction"], r["model"]): r for r in doc["summary"]}
+    assert len(rows) == 4
+    acc = [run["test_accuracy"] for run in doc["runs"]
+           if (run["train_fraction"], run["model"]) == (0.3, "cnn")]
+    assert rows[0.3, "cnn"]["accuracy"]["mean"] == pytest.approx(np.mean(acc))
+    assert rows[0.3, "cnn"]["error"]["mean"] == pytest.approx(1 - np.mean(acc))
+    tests = {(t["train_fraction"], t["a"], t["b"]) for t in doc["tests"]}
+    assert tests == {(0.3, "p4m_gcnn", "cnn"), (1.0, "p4m_gcnn", "cnn")}
+    # finished runs are kept: --no-train rebuilds the same tables
+    again = compare.main([*argv, "--no-train"])
+    assert again["summary"] == doc["summary"]
+
+
+def test_curve_statistics():
+    from experiments import stats
+
+    got = stats.mean_interval([0.9, 0.92, 0.94])
+    assert got["mean"] == pytest.approx(0.92) and got["std"] == pytest.approx(0.02)
+    half = 4.302652729911275 * 0.02 / np.sqrt(3)  # t(0.975, df=2)
+    assert (got["low"], got["high"]) == pytest.approx((0.92 - half, 0.92 + half))
+    t = stats.paired_t([0.9, 0.8, 0.85], [0.88, 0.79, 0.80])
+    assert t["mean_difference"] == pytest.approx(0.026666666, rel=1e-6)
+    assert 0 < t["p"] < 1
+    # a model right on every image the other gets wrong, and more: tiny p
+    rng = np.random.default_rng(0)
+    b = (rng.random((3, 400)) < 0.7).astype(float)
+    a = np.maximum(b, (rng.random((3, 400)) < 0.5))
+    boot = stats.paired_bootstrap(a, b, resamples=2000)
+    assert boot["difference"] == pytest.approx((a - b).mean())
+    assert boot["low"] > 0 and boot["p"] == pytest.approx(1 / 2000)
+    # the same predictions: no difference, p = 1
+    same = stats.paired_bootstrap(b, b, resamples=500)
+    assert same["difference"] == 0 and same["p"] == 1.0
+    # swapping the models mirrors the interval
+    back = stats.paired_bootstrap(b, a, resamples=2000)
+    assert back["difference"] == pytest.approx(-boot["difference"])
+    with pytest.raises(ValueError, match="correct_a, correct_b: expected equal shapes"):
+        stats.paired_bootstrap(a, b[:2])
