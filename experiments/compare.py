@@ -47,7 +47,7 @@ import jax
 import numpy as np
 
 from dgcnn_jax import models
-from experiments import configs, curves, evaluate, plots, train
+from experiments import configs, curves, evaluate, plots, report, train
 from experiments.configs import Config, get_config, model_kwargs, override, validate
 
 __all__ = ["Family", "Run", "FAMILIES", "RUNS", "run_of", "run_config", "run_one", "finished",
@@ -317,6 +317,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"for the same steps (unless --set overrides: "
                         f"{' '.join(curves.CURVE_SETTINGS)}); writes curves.json, "
                         "curves.md and curves.png with intervals and paired tests")
+    p.add_argument("--results-dir", default=None, metavar="DIR",
+                   help="also write DIR/<dataset>.json per dataset: per-seed test metrics, "
+                        "spreads, parameters, FLOPs, train time, machine and the paired "
+                        "tests (experiments.report; not with --fractions)")
     p.add_argument("--results", default=None, metavar="PATH",
                    help="learning curves: also write the summary JSON here "
                         "(e.g. results/pbc_curves.json)")
@@ -347,6 +351,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.models = list(curves.CURVE_RUNS)
     elif args.results or args.figure:
         p.error("--results and --figure are for learning curves (--fractions)")
+    if args.fractions and args.results_dir:
+        p.error("--results-dir: a learning-curve sweep writes one file (--results)")
     return args
 
 
@@ -464,6 +470,14 @@ def main(argv=None):
         raise SystemExit(f"no finished runs in {out}")
     rows = summarize(runs)
     (out / "results.json").write_text(json.dumps({"runs": runs, "summary": rows}, indent=2))
+    if args.results_dir:
+        settings = {"seeds": args.seeds, "config": {
+            k: v for k, v in dataclasses.asdict(base).items()
+            if k not in ("seed", "dataset", "model")},
+            "selection": "best epoch on validation AUC; test split read once",
+            "missing": missing}
+        for path in report.write_results(runs, args.results_dir, settings, order=list(RUNS)):
+            print(f"wrote {path}")
     table = markdown(rows)
     (out / "results.md").write_text(table + "\n")
     write_plots(runs, rows, out)

@@ -7,22 +7,20 @@ for the same number of steps (``epochs`` x ``steps_per_epoch``: an epoch is a se
 of steps whatever the subset's size, so every fraction sees as many batches and as many
 validations; the best epoch is chosen on validation AUC and the test split read once).
 This module turns the finished runs into the summary (:func:`summarize`), the paired
-tests at each fraction (:func:`paired_tests`), a table (:func:`markdown`) and the plot
-(:func:`plot`).
+tests at each fraction (:func:`experiments.report.paired_tests`), a table
+(:func:`markdown`) and the plot (:func:`plot`).
 """
 
 from __future__ import annotations
 
 import pathlib
-import platform
 
-import jax
 import numpy as np
 
-from experiments import stats
+from experiments import report, stats
 
-__all__ = ["CURVE_RUNS", "CURVE_SETTINGS", "PAIRS", "fraction_dir", "summarize",
-           "paired_tests", "document", "markdown", "plot"]
+__all__ = ["CURVE_RUNS", "CURVE_SETTINGS", "PAIRS", "fraction_dir", "summarize", "document",
+           "markdown", "plot"]
 
 CURVE_RUNS = ("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn")
 """The runs of a learning-curve sweep unless ``--models`` names others."""
@@ -34,10 +32,10 @@ it), validated every 50 steps. Sized for this project's 2-core CPU (about 12 min
 per fraction and seed for the four curve runs on one core)."""
 
 PAIRS = (("p4m_dgcnn", "p4m_gcnn"), ("p4m_dgcnn", "cnn_augment"), ("p4m_dgcnn", "cnn"),
-         ("p4m_gcnn", "cnn"), ("p4m_gcnn", "cnn_augment"))
+         ("p4m_gcnn", "cnn"), ("p4m_gcnn", "cnn_augment"), ("cnn_augment", "cnn"))
 """The comparisons tested at each fraction (A vs B: A's accuracy minus B's)."""
 
-SCORES = ("accuracy", "balanced_accuracy", "auc", "nll")
+SCORES = report.SCORES
 
 
 def fraction_dir(workdir: pathlib.Path, fraction: float) -> pathlib.Path:
@@ -72,48 +70,15 @@ def _order(name: str) -> int:
     return CURVE_RUNS.index(name) if name in CURVE_RUNS else len(CURVE_RUNS)
 
 
-def paired_tests(runs: list[dict], pairs=PAIRS, *, resamples: int = 10_000) -> list[dict]:
-    """For each (dataset, fraction) and each pair (A, B) of :data:`PAIRS` that both ran
-    there: the seeds both have, a paired t-test over those seeds of the test accuracy and
-    a paired bootstrap over test images of the seed-averaged accuracy difference
-    (:func:`experiments.stats.paired_bootstrap`, read from each run's
-    ``test_probs.npy``)."""
-    out = []
-    for dataset, fraction in sorted({(r["dataset"], r["train_fraction"]) for r in runs}):
-        here = {(r["model"], r["seed"]): r for r in runs
-                if (r["dataset"], r["train_fraction"]) == (dataset, fraction)}
-        for a, b in pairs:
-            seeds = sorted(s for m, s in here if m == a and (b, s) in here)
-            if not seeds:
-                continue
-            t = stats.paired_t([here[a, s]["test_accuracy"] for s in seeds],
-                               [here[b, s]["test_accuracy"] for s in seeds])
-            boot = stats.paired_bootstrap([_correct(here[a, s]) for s in seeds],
-                                          [_correct(here[b, s]) for s in seeds],
-                                          resamples=resamples)
-            out.append({"dataset": dataset, "train_fraction": fraction, "a": a, "b": b,
-                        "seeds": seeds, "accuracy_difference": t["mean_difference"],
-                        "t_test_p": t["p"], "bootstrap": boot})
-    return out
-
-
-def _correct(run: dict) -> np.ndarray:
-    work = pathlib.Path(run["workdir"])
-    probs, labels = np.load(work / "test_probs.npy"), np.load(work / "test_labels.npy")
-    return (probs.argmax(axis=-1) == np.asarray(labels).reshape(-1)).astype(np.float64)
-
-
 def document(runs: list[dict], settings: dict) -> dict:
     """The machine-readable record of a learning-curve sweep: protocol, machine, every
     run, the summary and the paired tests."""
     keep = ("dataset", "train_fraction", "num_train", "model", "seed", "val_auc",
             "best_epoch", "test_accuracy", "test_balanced_accuracy", "test_auc", "test_nll",
             "num_params", "forward_flops", "train_seconds", "backend")
-    return {"protocol": settings,
-            "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                        "backend": jax.default_backend(), "jax": jax.__version__},
+    return {"protocol": settings, "machine": report.machine(),
             "runs": [{k: r.get(k) for k in keep} for r in runs],
-            "summary": summarize(runs), "tests": paired_tests(runs)}
+            "summary": summarize(runs), "tests": report.paired_tests(runs, PAIRS)}
 
 
 def _cell(score: dict) -> str:
