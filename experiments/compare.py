@@ -1,8 +1,18 @@
-"""Sweep: train model families over seeds and datasets; tables, robustness and plots.
+"""Sweep: train model families over seeds and datasets; tables, statistics and plots.
 
+    python -m experiments.compare                       # the full protocol, resumable
     python -m experiments.compare --workdir runs/compare \\
         [--datasets breastmnist pneumoniamnist] [--models cnn p4_gcnn ...] \\
-        [--seeds 0 1 2 3 4] [--ablations ...] [--set epochs=30 ...]
+        [--seeds 0 1 2 3 4] [--ablations ...] [--set epochs=30 ...] [--tune FIELD=V1,V2]
+    python -m experiments.compare --fractions 0.01 0.05 0.2 1 ...   # learning curves
+
+With no options: the full protocol. PBC, BreastMNIST and PneumoniaMNIST
+(:data:`PROTOCOL_DATASETS`); the runs of :data:`PROTOCOL_RUNS`; seeds 0-4 (0-9 on
+BreastMNIST); the learning rate chosen per dataset and run on validation AUC from
+:data:`PROTOCOL_TUNE` with 2 validation-only seeds each (the same grid and budget for
+every run); ``results/<dataset>.json`` with per-seed test metrics and the paired tests
+(:mod:`experiments.report`). Naming ``--models`` runs those only, without tuning unless
+``--tune`` asks.
 
 Every run is a ``train_and_evaluate`` work directory ``<workdir>/<dataset>/<name>/seed<N>``
 (the best epoch is chosen on validation AUC, the test split is read once with the best
@@ -19,11 +29,9 @@ shown beside it, and whether it runs on every dataset. ``name`` is a key of
 :data:`RUNS` (the parameter- and FLOP-matched families; the ``cnn_augment`` control, the
 plain CNN on random D4 transforms; ablations of the dynamic p4m G-CNN: K in {1, 2, 8},
 equivariant attention, no temperature annealing; the orientation-aware readout variants
-``<model>_orient`` with ``cnn_lr1e-2``) or any registered model. Without ``--models``
-the sweep runs the every-dataset families on every dataset, and the others (ablations,
-readout variants) on ``--ablation-dataset``; naming models runs only those (add
-``--ablations`` to run them too). ``--no-train`` builds the tables and plots from the
-finished runs only.
+``<model>_orient`` with ``cnn_lr1e-2``) or any registered model. The ablations and
+readout variants run on ``--ablation-dataset`` when named with ``--ablations``.
+``--no-train`` builds the tables and plots from the finished runs only.
 
 Writes ``results.json`` and ``results.md`` (per dataset: parameter-matched, FLOP-matched
 and ablation tables with validation AUC at the best epoch, mean +- std over seeds of test
@@ -50,7 +58,8 @@ from dgcnn_jax import models
 from experiments import configs, curves, evaluate, plots, report, train
 from experiments.configs import Config, get_config, model_kwargs, override, validate
 
-__all__ = ["Family", "Run", "FAMILIES", "RUNS", "run_of", "run_config", "run_one", "finished",
+__all__ = ["Family", "Run", "FAMILIES", "RUNS", "PROTOCOL_DATASETS", "PROTOCOL_RUNS",
+           "PROTOCOL_TUNE", "seeds_of", "tune", "run_of", "run_config", "run_one", "finished",
            "SCORES", "summarize", "sections", "markdown", "write_plots", "parse_args", "plan_of", "run_dirs", "learning_curves", "main"]
 
 
@@ -73,6 +82,20 @@ class Run:
     family: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+
+PROTOCOL_DATASETS = ("pbc", "breastmnist", "pneumoniamnist")
+"""The datasets of the full protocol (``python -m experiments.compare`` with no options):
+PBC first, where D4 invariance is the right prior."""
+
+PROTOCOL_RUNS = ("cnn", "cnn_augment", "p4_gcnn", "p4m_gcnn", "p4m_dgcnn_wide", "p4m_dgcnn",
+                 "p4m_dgcnn_wide_k1", "p4m_dgcnn_wide_frozen")
+"""The runs of the full protocol: the CNN with and without D4 augmentation, the static
+G-CNNs, the dynamic p4m G-CNN at the width of the static one (the primary comparison)
+and parameter-matched, and its one-bank and frozen-bank controls."""
+
+PROTOCOL_TUNE = "learning_rate=0.001,0.003,0.01"
+"""What the full protocol chooses per dataset and run on validation AUC (2 seeds each),
+the same grid and budget for every run."""
 
 # Learning rate of the orientation-aware readout variants, chosen on validation AUC for
 # p4m_dgcnn_orient (seeds 0-1; README "Results").
@@ -328,10 +351,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="learning curves: also write the plot here (e.g. docs/pbc_curves.png)")
     p.add_argument("--ablations", nargs="*", default=None,
                    help=f"ablations and readout variants to run on --ablation-dataset (no "
-                        f"names: all of {', '.join(_ablation_dataset_runs())}); on by default "
-                        f"when --models is not given")
+                        f"names: all of {', '.join(_ablation_dataset_runs())})")
     p.add_argument("--ablation-dataset", default="breastmnist")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="default: 0-4, and 0-9 on breastmnist (its test split has 156 "
+                        "images)")
+    p.add_argument("--tune", default=None, metavar="FIELD=V1,V2,...",
+                   help="choose this config field per dataset and run name on validation "
+                        "AUC (mean over --tune-seeds, validation-only runs in "
+                        "<workdir>/tune) before the seeds are trained with the chosen "
+                        f"value; the same grid for every run (default with neither --models "
+                        f"nor --fractions: {PROTOCOL_TUNE}; 'none': no tuning)")
+    p.add_argument("--tune-seeds", nargs="+", type=int, default=[100, 101])
     p.add_argument("--set", action="append", default=["progress=false"], metavar="KEY=VALUE")
     p.add_argument("--seeds-together", choices=("auto", "yes", "no"), default="auto",
                    help="train a run's unfinished seeds together, one program per epoch "
@@ -341,8 +372,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="train nothing: tables and plots from the finished runs only "
                         "(the missing ones are listed)")
     args = p.parse_args(argv)
+    protocol = not args.fractions and args.models is None
     if args.datasets is None:
-        args.datasets = ["pbc"] if args.fractions else ["breastmnist", "pneumoniamnist"]
+        args.datasets = (["pbc"] if args.fractions else
+                         list(PROTOCOL_DATASETS) if protocol else
+                         ["breastmnist", "pneumoniamnist"])
+    if protocol:
+        args.models = list(PROTOCOL_RUNS)
+        args.results_dir = args.results_dir or "results"
+    if args.tune is None and protocol:
+        args.tune = PROTOCOL_TUNE
+    if args.tune in (None, "none", ""):
+        args.tune = None
+    else:
+        field, _, values = args.tune.partition("=")
+        if field not in Config.__dataclass_fields__ or not values:
+            p.error(f"--tune {args.tune!r}: expected FIELD=V1,V2,... with a config field, "
+                    f"e.g. {PROTOCOL_TUNE}")
+        args.tune = (field, values.split(","))
     if args.fractions:
         bad = [f for f in args.fractions if not 0 < f <= 1]
         if bad:
@@ -356,14 +403,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def seeds_of(args: argparse.Namespace, dataset: str) -> list[int]:
+    """The evaluation seeds of a dataset: ``--seeds``, else 0-4 (0-9 on breastmnist)."""
+    if args.seeds is not None:
+        return list(args.seeds)
+    return list(range(10 if dataset == "breastmnist" else 5))
+
+
 def _ablation_dataset_runs() -> list[str]:
     return [n for n, run in RUNS.items() if not FAMILIES[run.family].every_dataset]
 
 
 def plan_of(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The ``(dataset, name)`` pairs a command line asks for, in order."""
-    if getattr(args, "fractions", None):  # learning curves: the ablations named only
-        ablations = args.ablations or []
+    if getattr(args, "fractions", None) or args.models == list(PROTOCOL_RUNS):
+        ablations = args.ablations or []  # learning curves, the protocol: named ones only
     else:
         ablations = (_ablation_dataset_runs() if args.ablations == [] or
                      (args.ablations is None and args.models is None) else args.ablations or [])
@@ -381,7 +435,7 @@ def run_dirs(argv) -> list[pathlib.Path]:
     roots = ([curves.fraction_dir(args.workdir, f) for f in args.fractions] if args.fractions
              else [pathlib.Path(args.workdir)])
     return [root / d / name / f"seed{seed}" for root in roots for d, name in plan_of(args)
-            for seed in args.seeds]
+            for seed in seeds_of(args, d)]
 
 
 def _base(args: argparse.Namespace) -> Config:
@@ -402,15 +456,55 @@ def _sweep(args, base: Config, plan, out: pathlib.Path, *, d4: bool = True,
     ``out``: their summaries and the runs not finished (``--no-train``)."""
     runs, missing = [], []
     for dataset, name in plan:
+        seeds = seeds_of(args, dataset)
+        tuned = tune(args, base, dataset, name, out) if args.tune else None
+        if args.tune and tuned is None:  # --no-train before the tuning finished
+            missing += [f"{label}{dataset}/{name} (tuning)"]
+            continue
+        run_base = override(base, [f"{tuned['field']}={tuned['chosen']}"]) if tuned else base
         if not args.no_train:
-            train_together(base, dataset, name, args.seeds, out, args.seeds_together)
-        for seed in args.seeds:
+            train_together(run_base, dataset, name, seeds, out, args.seeds_together)
+        for seed in seeds:
             if args.no_train and not finished(out / dataset / name / f"seed{seed}"):
                 missing.append(f"{label}{dataset}/{name}/seed{seed}")
                 continue
             print(f"== {label}{dataset} {name} seed {seed}", flush=True)
-            runs.append(run_one(base, dataset, name, seed, out, d4=d4))
+            runs.append(run_one(run_base, dataset, name, seed, out, d4=d4))
+            if tuned:
+                runs[-1]["tuned"] = tuned
     return runs, missing
+
+
+def tune(args: argparse.Namespace, base: Config, dataset: str, name: str,
+         out: pathlib.Path) -> dict | None:
+    """Choose ``--tune``'s field for one run name on validation data only: every value
+    with every ``--tune-seeds`` seed, ``score_test=false`` (the test split unread), in
+    ``<out>/tune/<dataset>/<name>/<field>=<value>/seed<N>`` (finished runs kept); the
+    value with the highest mean validation AUC at the best epoch wins (the first on a
+    tie). Returns the record (also ``<out>/<dataset>/<name>/tuned.json``), or ``None``
+    with ``--no-train`` while a tuning run is unfinished."""
+    field, values = args.tune
+    scores = {}
+    for value in values:
+        aucs = []
+        for seed in args.tune_seeds:
+            work = out / "tune" / dataset / name / f"{field}={value}" / f"seed{seed}"
+            if not (work / "results.json").is_file():
+                if args.no_train:
+                    return None
+                config = override(run_config(base, dataset, name, seed),
+                                  [f"{field}={value}", "score_test=false"])
+                print(f"== tuning {dataset} {name} {field}={value} seed {seed}", flush=True)
+                train.train_and_evaluate(config, work)
+            aucs.append(json.loads((work / "results.json").read_text())["val"]["auc"])
+        scores[value] = float(np.mean(aucs))
+    chosen = max(values, key=lambda v: scores[v])
+    record = {"field": field, "values": values, "seeds": list(args.tune_seeds),
+              "val_auc_mean": scores, "chosen": chosen}
+    path = out / dataset / name / "tuned.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def learning_curves(args: argparse.Namespace) -> dict:
@@ -433,7 +527,7 @@ def learning_curves(args: argparse.Namespace) -> dict:
     if not runs:
         raise SystemExit(f"no finished runs in {out}")
     settings = {"fractions": args.fractions, "datasets": args.datasets, "models": args.models,
-                "seeds": args.seeds, "steps": base.epochs * base.steps_per_epoch,
+                "seeds": {d: seeds_of(args, d) for d in args.datasets}, "steps": base.epochs * base.steps_per_epoch,
                 "config": {k: v for k, v in dataclasses.asdict(base).items()
                            if k not in ("train_fraction", "seed", "dataset", "model")},
                 "selection": "best epoch on validation AUC; test split read once",
@@ -471,7 +565,11 @@ def main(argv=None):
     rows = summarize(runs)
     (out / "results.json").write_text(json.dumps({"runs": runs, "summary": rows}, indent=2))
     if args.results_dir:
-        settings = {"seeds": args.seeds, "config": {
+        settings = {"seeds": {d: seeds_of(args, d) for d in args.datasets},
+                    "tune": None if not args.tune else {"field": args.tune[0],
+                                                        "values": args.tune[1],
+                                                        "seeds": args.tune_seeds},
+                    "config": {
             k: v for k, v in dataclasses.asdict(base).items()
             if k not in ("seed", "dataset", "model")},
             "selection": "best epoch on validation AUC; test split read once",

@@ -94,7 +94,8 @@ def dataset_document(runs: list[dict], dataset: str, settings: dict, *,
                                "train_seconds": r["train_seconds"],
                                "backend": r.get("backend")} for r in rs],
                  "num_params": rs[0]["num_params"], "forward_flops": rs[0]["forward_flops"],
-                 "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs]))}
+                 "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
+                 "tuned": rs[0].get("tuned")}
         for key in SCORES:
             entry[key] = stats.mean_interval([r[f"test_{key}"] for r in rs])
         models[name] = entry

@@ -1008,3 +1008,57 @@ def test_curve_documents_from_runs(tmp_path):
     curves.plot(doc, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert "| 0.05 | 100 | `p4m_gcnn` | 2 | 0.7000 +- 0.0707" in curves.markdown(doc)
+
+
+def test_compare_without_options_is_the_full_protocol():
+    from experiments import compare
+
+    args = compare.parse_args([])
+    assert args.datasets == ["pbc", "breastmnist", "pneumoniamnist"]
+    assert args.models == list(compare.PROTOCOL_RUNS) and args.results_dir == "results"
+    assert args.tune == ("learning_rate", ["0.001", "0.003", "0.01"])
+    assert compare.seeds_of(args, "breastmnist") == list(range(10))
+    assert compare.seeds_of(args, "pbc") == list(range(5))
+    assert len(compare.plan_of(args)) == 3 * len(compare.PROTOCOL_RUNS)  # no ablations
+    for name in compare.PROTOCOL_RUNS:  # every run of the protocol is a valid config
+        validate(compare.run_config(get_config(), "pbc", name, 0))
+    narrowed = compare.parse_args(["--models", "cnn", "--seeds", "3"])
+    assert narrowed.tune is None and narrowed.results_dir is None
+    assert compare.seeds_of(narrowed, "breastmnist") == [3]
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--tune", "no_such_field=1,2"])
+
+
+@pytest.mark.slow
+def test_compare_tunes_on_validation_then_trains_the_seeds(tmp_path, medmnist_dir,
+                                                            monkeypatch):
+    from experiments import compare
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
+            "--seeds", "0", "--tune", "learning_rate=0.001,0.01", "--tune-seeds", "7",
+            "--set", "epochs=1", "--set", "max_steps=3", "--set", "progress=false",
+            "--set", f"data_dir={medmnist_dir}", "--results-dir", "res"]
+    compare.main(argv)
+    aucs = {}
+    for value in ("0.001", "0.01"):
+        work = tmp_path / "sweep" / "tune" / "breastmnist" / "cnn" / \
+            f"learning_rate={value}" / "seed7"
+        results = json.loads((work / "results.json").read_text())
+        assert results["test"] is None  # validation only
+        assert json.loads((work / "config.json").read_text())["learning_rate"] == float(value)
+        aucs[value] = results["val"]["auc"]
+    chosen = max(aucs, key=aucs.get)
+    tuned = json.loads((tmp_path / "sweep" / "breastmnist" / "cnn" / "tuned.json").read_text())
+    assert tuned["chosen"] == chosen and tuned["val_auc_mean"] == aucs
+    final = tmp_path / "sweep" / "breastmnist" / "cnn" / "seed0"
+    assert json.loads((final / "config.json").read_text())["learning_rate"] == float(chosen)
+    doc = json.loads((tmp_path / "res" / "breastmnist.json").read_text())
+    assert doc["models"]["cnn"]["tuned"]["chosen"] == chosen
+    assert doc["protocol"]["tune"] == {"field": "learning_rate", "values": ["0.001", "0.01"],
+                                       "seeds": [7]}
+    # resumable: nothing is trained again, the same file comes out
+    before = (tmp_path / "res" / "breastmnist.json").read_text()
+    compare.main([*argv, "--no-train"])
+    after = json.loads((tmp_path / "res" / "breastmnist.json").read_text())
+    assert after["models"] == json.loads(before)["models"]
