@@ -81,17 +81,6 @@ def document(runs: list[dict], settings: dict) -> dict:
             "summary": summarize(runs), "tests": report.paired_tests(runs, PAIRS)}
 
 
-def _cell(score: dict) -> str:
-    if score["n"] == 1:
-        return f"{score['mean']:.4f} (one seed)"
-    return (f"{score['mean']:.4f} +- {score['std']:.4f} "
-            f"[{score['low']:.4f}, {score['high']:.4f}]")
-
-
-def _p(p) -> str:
-    return "n/a" if p is None else (f"{p:.2g}" if p >= 1e-4 else "< 1e-4")
-
-
 def markdown(doc: dict) -> str:
     """Tables of a :func:`document`: test accuracy per model and fraction (mean +- std
     [95% interval] over seeds), then the paired tests."""
@@ -100,17 +89,12 @@ def markdown(doc: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["summary"]:
         lines.append(f"| {r['train_fraction']:g} | {r['num_train']:,} | `{r['model']}` | "
-                     f"{len(r['seeds'])} | {_cell(r['accuracy'])} | "
+                     f"{len(r['seeds'])} | {report.cell(r['accuracy'])} | "
                      f"{r['balanced_accuracy']['mean']:.4f} | {r['auc']['mean']:.4f} | "
                      f"{r['num_params']:,} | {r['train_seconds_mean']:.0f} |")
-    lines += ["", "| fraction | A vs B | seeds | accuracy A - B | paired t-test p | "
-              "bootstrap 95% interval | bootstrap p |", "|---|---|---|---|---|---|---|"]
+    lines += ["", f"| fraction | {report.TEST_COLUMNS} |", "|---|---|---|---|---|---|---|"]
     for t in doc["tests"]:
-        b = t["bootstrap"]
-        lines.append(f"| {t['train_fraction']:g} | `{t['a']}` vs `{t['b']}` | "
-                     f"{len(t['seeds'])} | {t['accuracy_difference']:+.4f} | "
-                     f"{_p(t['t_test_p'])} | [{b['low']:+.4f}, {b['high']:+.4f}] | "
-                     f"{_p(b['p'])} |")
+        lines.append(f"| {t['train_fraction']:g} | {report.pair_cells(t)} |")
     return "\n".join(lines)
 
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from experiments import stats
 
-__all__ = ["PAIRS", "SCORES", "paired_tests", "dataset_document", "write_results", "markdown",
+__all__ = ["PAIRS", "SCORES", "TEST_COLUMNS", "paired_tests", "machine", "dataset_document",
+           "write_results", "cell", "p_text", "pair_cells", "markdown",
            "main"]
 
 SCORES = ("accuracy", "balanced_accuracy", "auc", "nll")
@@ -117,14 +118,26 @@ def write_results(runs: list[dict], directory: pathlib.Path, settings: dict, *,
     return paths
 
 
-def _cell(score: dict) -> str:
+def cell(score: dict) -> str:
+    """``mean +- std [low, high]`` of a :func:`experiments.stats.mean_interval` record."""
     if score["n"] == 1:
         return f"{score['mean']:.4f} (one seed)"
     return f"{score['mean']:.4f} +- {score['std']:.4f} [{score['low']:.4f}, {score['high']:.4f}]"
 
 
-def _p(p) -> str:
+def p_text(p) -> str:
     return "n/a" if p is None else (f"{p:.2g}" if p >= 1e-4 else "< 1e-4")
+
+
+TEST_COLUMNS = ("A vs B | seeds | accuracy A - B | paired t-test p | bootstrap 95% interval | "
+                "bootstrap p")
+
+
+def pair_cells(t: dict) -> str:
+    """The :data:`TEST_COLUMNS` cells of one :func:`paired_tests` record."""
+    b = t["bootstrap"]
+    return (f"`{t['a']}` vs `{t['b']}` | {len(t['seeds'])} | {t['accuracy_difference']:+.4f} | "
+            f"{p_text(t['t_test_p'])} | [{b['low']:+.4f}, {b['high']:+.4f}] | {p_text(b['p'])}")
 
 
 def markdown(doc: dict) -> str:
@@ -135,22 +148,18 @@ def markdown(doc: dict) -> str:
              "test NLL | parameters | forward MFLOPs | train time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, m in doc["models"].items():
-        lines.append(f"| `{name}` | {len(m['seeds'])} | {_cell(m['accuracy'])} | "
-                     f"{_cell(m['balanced_accuracy'])} | {_cell(m['auc'])} | "
+        lines.append(f"| `{name}` | {len(m['seeds'])} | {cell(m['accuracy'])} | "
+                     f"{cell(m['balanced_accuracy'])} | {cell(m['auc'])} | "
                      f"{m['nll']['mean']:.4f} | {m['num_params']:,} | "
                      f"{m['forward_flops'] / 1e6:.1f} | {m['train_seconds_mean']:.0f} |")
     if not doc["tests"]:
         lines += ["", "(no pair of the paired tests ran on this dataset)"]
     else:
-        lines += ["", "| A vs B | seeds | accuracy A - B | paired t-test p | bootstrap 95% "
-                  "interval | bootstrap p | AUC A - B | AUC paired t-test p |",
+        lines += ["", f"| {TEST_COLUMNS} | AUC A - B | AUC paired t-test p |",
                   "|---|---|---|---|---|---|---|---|"]
         for t in doc["tests"]:
-            b = t["bootstrap"]
-            lines.append(f"| `{t['a']}` vs `{t['b']}` | {len(t['seeds'])} | "
-                         f"{t['accuracy_difference']:+.4f} | {_p(t['t_test_p'])} | "
-                         f"[{b['low']:+.4f}, {b['high']:+.4f}] | {_p(b['p'])} | "
-                         f"{t['auc_difference']:+.4f} | {_p(t['auc_t_test_p'])} |")
+            lines.append(f"| {pair_cells(t)} | {t['auc_difference']:+.4f} | "
+                         f"{p_text(t['auc_t_test_p'])} |")
     return "\n".join(lines)
 
 

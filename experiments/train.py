@@ -369,13 +369,19 @@ def train_epoch_in_steps(state: TrainState, images: jax.Array, labels: jax.Array
     measured), so the CPU trains device-pipeline epochs this way (:data:`EPOCH_LOOPS`)."""
     order, augment_key = _epoch_plan_jit(seed, epoch, images.shape[0], config=config,
                                          steps_per_epoch=steps_per_epoch, length=length)
+    return _loop(_step_on_device_jit, state, (images, labels, mean, std, order, augment_key),
+                 length, 0, config=config, steps_per_epoch=steps_per_epoch,
+                 batch_sharding=batch_sharding)
+
+
+def _loop(step, state, args: tuple, length: int, axis: int, **static):
+    """``length`` calls ``step(state, *args, i, **static)``; the per-step metrics stacked
+    along ``axis``."""
     out = []
     for i in range(length):
-        state, step_metrics = _step_on_device_jit(
-            state, images, labels, mean, std, order, augment_key, jnp.int32(i), config=config,
-            steps_per_epoch=steps_per_epoch, batch_sharding=batch_sharding)
+        state, step_metrics = step(state, *args, jnp.int32(i), **static)
         out.append(step_metrics)
-    return state, jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+    return state, jax.tree.map(lambda *xs: jnp.stack(xs, axis=axis), *out)
 
 
 def _seeds_plan(seeds, epoch, num_examples, *, config, steps_per_epoch, length):
@@ -407,13 +413,9 @@ def train_seeds_in_steps(states: TrainState, images: jax.Array, labels: jax.Arra
     :func:`train_epoch_in_steps`); metrics ``[S, length]``."""
     orders, keys = _seeds_plan_jit(seeds, epoch, images.shape[0], config=config,
                                    steps_per_epoch=steps_per_epoch, length=length)
-    out = []
-    for i in range(length):
-        states, step_metrics = _seeds_step_jit(
-            states, images, labels, mean, std, orders, keys, jnp.int32(i), config=config,
-            steps_per_epoch=steps_per_epoch, batch_sharding=batch_sharding)
-        out.append(step_metrics)
-    return states, jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *out)
+    return _loop(_seeds_step_jit, states, (images, labels, mean, std, orders, keys), length,
+                 1, config=config, steps_per_epoch=steps_per_epoch,
+                 batch_sharding=batch_sharding)
 
 
 EPOCH_LOOPS = {"cpu": "steps"}
