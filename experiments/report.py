@@ -26,8 +26,7 @@ import numpy as np
 from experiments import stats
 
 __all__ = ["PAIRS", "SCORES", "TEST_COLUMNS", "paired_tests", "machine", "dataset_document",
-           "write_results", "cell", "p_text", "pair_cells", "markdown",
-           "main"]
+           "write_results", "cell", "p_text", "pair_cells", "markdown", "main"]
 
 SCORES = ("accuracy", "balanced_accuracy", "auc", "nll")
 """Test metrics kept per seed (``test_<name>`` in a run summary)."""
