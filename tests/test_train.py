@@ -389,9 +389,13 @@ def test_compare_tables_group_the_families():
     assert compare.run_of("p4_gcnn_orient").overrides == {"readout": "orientation",
                                                           "learning_rate": 0.01}
     assert compare.run_of("cnn_lr1e-2").overrides == {"learning_rate": 0.01}
-    plan = compare.plan_of(compare.parse_args(["--datasets", "pneumoniamnist"]))
-    assert ("breastmnist", "p4m_dgcnn_orient") in plan  # with the ablations by default
+    plan = compare.plan_of(compare.parse_args(["--datasets", "pneumoniamnist",
+                                               "--ablations"]))
+    assert ("breastmnist", "p4m_dgcnn_orient") in plan  # every ablation, on its dataset
     assert ("pneumoniamnist", "p4m_dgcnn_orient") not in plan
+    # the protocol (no --models) runs the ablations only when they are named
+    plan = compare.plan_of(compare.parse_args(["--datasets", "pneumoniamnist"]))
+    assert not any(name.endswith("_orient") for _, name in plan)
     # overrides are typed config fields, applied with dataclasses.replace
     fields = {f.name for f in dataclasses.fields(compare.Config)}
     for name, run in compare.RUNS.items():
