@@ -417,7 +417,8 @@ def _ablation_dataset_runs() -> list[str]:
 def plan_of(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The ``(dataset, name)`` pairs a command line asks for, in order."""
     if getattr(args, "fractions", None) or args.models == list(PROTOCOL_RUNS):
-        ablations = args.ablations or []  # learning curves, the protocol: named ones only
+        # learning curves, the protocol: the ablations only when asked (no names: all)
+        ablations = _ablation_dataset_runs() if args.ablations == [] else args.ablations or []
     else:
         ablations = (_ablation_dataset_runs() if args.ablations == [] or
                      (args.ablations is None and args.models is None) else args.ablations or [])
