@@ -22,8 +22,11 @@ from experiments import report, stats
 __all__ = ["CURVE_RUNS", "CURVE_SETTINGS", "PAIRS", "fraction_dir", "summarize", "document",
            "markdown", "plot"]
 
-CURVE_RUNS = ("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn")
-"""The runs of a learning-curve sweep unless ``--models`` names others."""
+CURVE_RUNS = ("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn", "p4m_dgcnn_wide")
+"""The runs of a learning-curve sweep unless ``--models`` names others: the CNN with and
+without D4 augmentation, the static p4m G-CNN, and the dynamic p4m G-CNN
+parameter-matched (8 fields) and at the width of the static one (17 fields, the primary
+dynamic-vs-static comparison of :mod:`experiments.report`)."""
 
 CURVE_SETTINGS = ("steps_per_epoch=50", "epochs=6")
 """What a learning-curve sweep sets unless ``--set`` says otherwise: 300 steps of 32
@@ -31,7 +34,9 @@ images for every fraction (0.8 passes over the whole PBC training split, 80 over
 it), validated every 50 steps. Sized for this project's 2-core CPU (about 12 minutes
 per fraction and seed for the four curve runs on one core)."""
 
-PAIRS = (("p4m_dgcnn", "p4m_gcnn"), ("p4m_dgcnn", "cnn_augment"), ("p4m_dgcnn", "cnn"),
+PAIRS = (("p4m_dgcnn_wide", "p4m_gcnn"), ("p4m_dgcnn_wide", "cnn_augment"),
+         ("p4m_dgcnn_wide", "cnn"), ("p4m_dgcnn_wide", "p4m_dgcnn"),
+         ("p4m_dgcnn", "p4m_gcnn"), ("p4m_dgcnn", "cnn_augment"), ("p4m_dgcnn", "cnn"),
          ("p4m_gcnn", "cnn"), ("p4m_gcnn", "cnn_augment"), ("cnn_augment", "cnn"))
 """The comparisons tested at each fraction (A vs B: A's accuracy minus B's)."""
 

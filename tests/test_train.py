@@ -1033,6 +1033,18 @@ def test_compare_without_options_is_the_full_protocol():
         compare.parse_args(["--tune", "no_such_field=1,2"])
 
 
+def test_learning_curves_default_to_the_curve_runs_on_pbc():
+    from experiments import compare, curves
+
+    args = compare.parse_args(["--fractions", "0.01", "1"])
+    assert args.datasets == ["pbc"] and args.models == list(curves.CURVE_RUNS)
+    assert {name for pair in curves.PAIRS for name in pair} <= set(curves.CURVE_RUNS)
+    base = dataclasses.replace(get_config(), train_fraction=0.01, steps_per_epoch=50,
+                               pipeline="device")
+    for name in curves.CURVE_RUNS:  # every curve run is a valid config at a fraction
+        validate(compare.run_config(base, "pbc", name, 0))
+
+
 @pytest.mark.slow
 def test_compare_tunes_on_validation_then_trains_the_seeds(tmp_path, medmnist_dir,
                                                             monkeypatch):
