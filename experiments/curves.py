@@ -31,8 +31,8 @@ dynamic-vs-static comparison of :mod:`experiments.report`)."""
 CURVE_SETTINGS = ("steps_per_epoch=50", "epochs=6")
 """What a learning-curve sweep sets unless ``--set`` says otherwise: 300 steps of 32
 images for every fraction (0.8 passes over the whole PBC training split, 80 over 1% of
-it), validated every 50 steps. Sized for this project's 2-core CPU (about 12 minutes
-per fraction and seed for the four curve runs on one core)."""
+it), validated every 50 steps. Sized for this project's 2-core CPU (about 23 minutes
+per fraction and seed for the five curve runs on one core)."""
 
 PAIRS = (("p4m_dgcnn_wide", "p4m_gcnn"), ("p4m_dgcnn_wide", "cnn_augment"),
          ("p4m_dgcnn_wide", "cnn"), ("p4m_dgcnn_wide", "p4m_dgcnn"),
