@@ -1024,15 +1024,15 @@ def _train_seeds(config: Config, workdir: pathlib.Path) -> dict[int, dict]:
     seeds = seed_list(config)
     singles = {s: dataclasses.replace(config, seed=s, seeds="") for s in seeds}
     stored = stored_seeds(workdir)
-    if stored is not None and stored != seeds:
+    other_seeds = stored is not None and stored != seeds
+    if other_seeds:  # refused before any checkpoint manager (and its threads) exists
         epochs = json.loads((workdir / "config.json").read_text())["epochs"]
-        # refused before any checkpoint manager (and its threads) exists
         if not all(_trained(workdir / f"seed{s}", epochs) for s in stored):
             raise WorkdirError(f"{workdir} holds an unfinished run of seeds "
                                f"{','.join(map(str, stored))}: resume it with --set seeds="
                                f"{','.join(map(str, stored))}, or use another --workdir")
     checkpoints = Checkpoints(workdir)
-    if stored is not None and stored != seeds:
+    if other_seeds:
         # every seed of the stored run has trained all its epochs: its stacked state is spent
         for step in checkpoints.latest.all_steps():
             checkpoints.latest.delete(step)
