@@ -105,26 +105,26 @@ def layer_rows(batch, size, fields, repeats, peak):
 
 
 def model_rows(batch, repeats, peak, names):
-    from experiments import train  # needs the data stack (grain); layers do not
+    from experiments import training  # needs the data stack (grain); layers do not
 
     rows = []
     for name in names:
         spec = models.spec(name)
         config = override(get_config(), [f"model={name}", f"batch_size={batch}",
                                          "progress=false"])
-        mesh = train.make_mesh(config)
-        state = train.create_train_state(config, 2, spec.in_channels, 10, mesh)
+        mesh = training.make_mesh(config)
+        state = training.create_train_state(config, 2, spec.in_channels, 10, mesh)
         shape = (batch, spec.input_size, spec.input_size, spec.in_channels)
         sharding = NamedSharding(mesh, PartitionSpec("data"))
         batch_data = jax.device_put(
             {"image": jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32),
              "label": jnp.zeros((batch,), jnp.int32)}, sharding)
-        tau = train.temperature(config, 0.0)
+        tau = training.temperature(config, 0.0)
         flops = 3 * batch * models.forward_flops(state.model(), shape[1:])
         holder = [state]
 
         def step():
-            holder[0], out = train.train_step(holder[0], batch_data, tau)
+            holder[0], out = training.train_step(holder[0], batch_data, tau)
             return out["loss"]
 
         start = time.perf_counter()
@@ -144,43 +144,35 @@ def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4,
     whole training epochs, timed one by one. ``compile_s`` is the first epoch's time
     (tracing, compilation and the epoch), ``median_s`` the median of the ``epochs``
     epochs after it; the device row gives its ratio to the host row. ``seeds > 1`` adds a
-    row for that many seeds trained together (``train.device_epoch_fn(seeds=True)``), whose
-    ratio is per seed: its epoch time divided by ``seeds``, over the host row's. ``sets``:
-    config overrides (``key=value``) for another job."""
-    from experiments import datasets, train
+    row for that many seeds trained together (a stacked :class:`~experiments.training.Trainer`),
+    whose ratio is per seed: its epoch time divided by ``seeds``, over the host row's.
+    ``sets``: config overrides (``key=value``) for another job."""
+    from experiments import datasets, training
 
     rows, base = [], None
     for pipeline in [*pipelines, *(["seeds"] if seeds > 1 else [])]:
         on = "device" if pipeline == "seeds" else pipeline
         config = override(get_config(), [*sets, f"pipeline={on}", "progress=false"])
-        dataset = datasets.open_dataset(config.dataset, data_dir)
+        dataset = datasets.open_dataset(config.dataset, data_dir,
+                                        train_fraction=config.train_fraction,
+                                        data_seed=config.data_seed)
         steps = dataset.num_train // config.batch_size
-        mesh = train.make_mesh(config)
-        run = train.Run(config, pathlib.Path("."), dataset, steps, mesh, None,
-                        config.pipeline)
+        mesh = training.make_mesh(config)
         together = seeds if pipeline == "seeds" else 1
-        states = [train.create_train_state(dataclasses.replace(config, seed=s),
-                                           dataset.num_classes, dataset.channels, steps, mesh)
-                  for s in range(together)]
-        if pipeline == "seeds":
-            state = train.stack_states(states)
-            images, labels = run.on_device["train"]
-            sharding = NamedSharding(mesh, PartitionSpec("data"))
-
-            def epoch_of(state, epoch):
-                return train.device_epoch_fn(seeds=True)(
-                    state, images, labels, dataset.mean, dataset.std,
-                    jnp.arange(seeds, dtype=jnp.int32), epoch, config=config,
-                    steps_per_epoch=steps, length=steps, batch_sharding=sharding)[0]
-        else:
-            state = states[0]
-
-            def epoch_of(state, epoch):
-                return run.train_epoch(state, train.Progress(), epoch)
+        members = [training.Member(dataclasses.replace(config, seed=s),
+                                   training.Workdir(pathlib.Path(".")), None,
+                                   training.Progress()) for s in range(together)]
+        states = [training.create_train_state(m.config, dataset.num_classes, dataset.channels,
+                                              steps, mesh) for m in members]
+        trainer = training.Trainer(config, training.Workdir(pathlib.Path(".")), dataset, steps,
+                                   mesh, None, on,
+                                   list(range(seeds)) if pipeline == "seeds" else None,
+                                   members)
+        state = training.stack_states(states) if pipeline == "seeds" else states[0]
         times = []
         for epoch in range(epochs + 1):
             start = time.perf_counter()
-            state = epoch_of(state, epoch)
+            state = trainer.train_epoch(state, epoch)
             jax.block_until_ready(state.params)
             times.append(time.perf_counter() - start)
         timing = {"median_s": float(np.median(times[1:])), "compile_s": times[0],

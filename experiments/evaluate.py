@@ -24,20 +24,20 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dgcnn_jax import P4M, data, metrics
-from experiments import datasets, train
+from experiments import datasets, training
 from experiments.checkpoints import CheckpointError, Checkpoints
 from experiments.configs import Config, from_stored, validate
 
-__all__ = ["Run", "load_run", "evaluate", "main"]
+__all__ = ["LoadedRun", "load_run", "evaluate", "main"]
 
 
 @dataclasses.dataclass
-class Run:
+class LoadedRun:
     """A finished (or stopped) training run, loaded for inference from its best checkpoint."""
 
     workdir: pathlib.Path
     config: Config
-    state: train.TrainState  # an inference state: no optimizer
+    state: training.TrainState  # an inference state: no optimizer
     dataset: datasets.Dataset
     best: dict  # the best checkpoint's meta: epoch, validation metrics, tau
     mesh: jax.sharding.Mesh
@@ -49,19 +49,19 @@ class Run:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, C]`` of uint8 images, at :attr:`tau`."""
-        return train.predict(self.state, images, self.dataset.mean, self.dataset.std,
+        return training.predict(self.state, images, self.dataset.mean, self.dataset.std,
                              self.tau, batch_size=self.config.eval_batch_size, mesh=self.mesh)
 
 
-def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Run:
+def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> LoadedRun:
     """Read a work directory's config, open its dataset and restore the best checkpoint's
     model (parameters and batch statistics; no optimizer state)."""
-    workdir = pathlib.Path(workdir)
-    config_path = workdir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: is {workdir} a training work "
-                                f"directory?")
-    fields = json.loads(config_path.read_text())
+    folder = training.Workdir(workdir)
+    workdir = folder.path
+    if not folder.config_file.is_file():
+        raise FileNotFoundError(f"{folder.config_file} not found: is {workdir} a training "
+                                f"work directory?")
+    fields = folder.config()
     if data_dir is not None:
         fields["data_dir"] = data_dir
     config = Config(**from_stored(fields))
@@ -72,21 +72,20 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Run:
     dataset = datasets.open_dataset(config.dataset, config.data_dir,
                                     train_fraction=config.train_fraction,
                                     data_seed=config.data_seed)
-    mesh = train.make_mesh(config)
-    state = train.create_train_state(config, dataset.num_classes, dataset.channels, None, mesh)
+    mesh = training.make_mesh(config)
+    state = training.create_train_state(config, dataset.num_classes, dataset.channels, None,
+                                        mesh)
     items, best = Checkpoints.restore(checkpoints.best, {"model": state.model_item()})
     state = jax.device_put(state.with_items(items["model"]),
                            NamedSharding(mesh, PartitionSpec()))
-    if not (workdir / "results.json").is_file():
-        done = sum(1 for _ in (workdir / "metrics.jsonl").open()) if (
-            workdir / "metrics.jsonl").is_file() else 0
+    if not folder.finished():
+        done = len(folder.history())
         print(f"warning: {workdir} has not finished training ({done} of {config.epochs} "
               f"epochs): scoring its best checkpoint so far (epoch {best['epoch']})",
               file=sys.stderr)
     if "tau" not in best:  # checkpoints written before the meta recorded it
-        history = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
-        best["tau"] = next(h["tau"] for h in history if h["epoch"] == best["epoch"])
-    return Run(workdir, config, state, dataset, best, mesh)
+        best["tau"] = next(h["tau"] for h in folder.history() if h["epoch"] == best["epoch"])
+    return LoadedRun(workdir, config, state, dataset, best, mesh)
 
 
 def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = False,

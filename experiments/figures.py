@@ -21,10 +21,11 @@ import pathlib
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from dgcnn_jax import get_group
 from dgcnn_jax.testing import equivariance_errors
-from experiments import evaluate, plots, train
+from experiments import evaluate, plots, training
 
 __all__ = ["attention_figure", "equivariance_figure", "main"]
 
@@ -32,26 +33,28 @@ _SHOWN_LAYER = 2  # the third convolution: 28x28 maps, before the 2x2 pooling
 
 
 def _load(workdir, data_dir=None):
-    """Eval-mode model, its temperature, normalised test images and labels."""
+    """Eval-mode model, its temperature, normalised test images and labels, and the
+    model's intermediates as one compiled function of the images."""
     run = evaluate.load_run(workdir, data_dir)
     model = run.state.model(training=False)
     if not hasattr(model, "intermediates"):
         raise ValueError(f"{workdir}: model {run.config.model} does not report intermediates")
     images, labels = run.dataset.split("test")
     x = (images.astype(np.float32) / 255.0 - run.dataset.mean) / run.dataset.std
-    return run.config, model, run.tau, x, labels
+    compiled = nnx.jit(lambda m, v: m.intermediates(v, tau=run.tau))
+    return run.config, model, run.tau, x, labels, lambda v: compiled(model, v)
 
 
 def attention_figure(workdir, out, data_dir=None) -> dict:
     """Plot the attention weights of every dynamic layer over the test split."""
-    config, model, tau, x, labels = _load(workdir, data_dir)
+    config, model, tau, x, labels, intermediates = _load(workdir, data_dir)
     if not model.dynamic:
         raise ValueError(f"{workdir}: model {config.model} has no dynamic layers")
-    weights = [np.asarray(w) for w in model.intermediates(jnp.asarray(x), tau=tau)["attention"]]
+    weights = [np.asarray(w) for w in intermediates(jnp.asarray(x))["attention"]]
     weights = [w.mean(axis=-1) if w.ndim == 3 else w for w in weights]  # [N, K]
     classes = sorted(set(labels.tolist()))
     stats = {"workdir": str(workdir), "model": config.model, "tau": tau, "layers": []}
-    names = train.dynamic_layer_names(model)  # a static stem has no attention
+    names = training.dynamic_layer_names(model)  # a static stem has no attention
     for name, w in zip(names, weights):
         stats["layers"].append({"layer": name,
             "mean": w.mean(0).tolist(), "std": w.std(0).tolist(),
@@ -66,7 +69,7 @@ def attention_figure(workdir, out, data_dir=None) -> dict:
 
 def equivariance_figure(workdir, out, data_dir=None, index: int | None = None) -> dict:
     """Show that feature maps of a transformed test image are the transformed maps."""
-    config, model, tau, x, labels = _load(workdir, data_dir)
+    config, model, tau, x, labels, intermediates = _load(workdir, data_dir)
     group = get_group(model.group)
     if index is None:  # the first test image of the positive (last) class
         index = int(np.flatnonzero(labels == labels.max())[0])
@@ -74,14 +77,14 @@ def equivariance_figure(workdir, out, data_dir=None, index: int | None = None) -
     layers = len(model.convs)
     # [layers, |G|]: max |Phi_i(L_g x) - L_g Phi_i(x)| / max |Phi_i(x)| per layer i
     errors = np.stack([equivariance_errors(
-        lambda v, i=i: model.intermediates(v, tau=tau)["features"][i], group, image)
+        lambda v, i=i: intermediates(v)["features"][i], group, image)
         for i in range(layers)])
-    feats = model.intermediates(image, tau=tau)["features"][_SHOWN_LAYER]
+    feats = intermediates(image)["features"][_SHOWN_LAYER]
     field = int(jnp.argmax(jnp.abs(feats).mean(axis=(0, 1, 2, 4))))  # most active field
     rows = []
     for g in range(group.order):
         xg = group.transform_image(image, g)
-        fg = model.intermediates(xg, tau=tau)["features"][_SHOWN_LAYER]
+        fg = intermediates(xg)["features"][_SHOWN_LAYER]
         lg = group.transform_feature_map(feats, g)
         # the field's channel at the identity orientation, one map per panel
         rows.append([xg[0, :, :, 0], fg[0, :, :, field, 0], lg[0, :, :, field, 0],

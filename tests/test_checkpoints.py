@@ -8,15 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import training
 from experiments.checkpoints import Checkpoints
 from experiments.configs import get_config, override
 
 
 def _state(steps_per_epoch=3, model="cnn"):
     config = override(get_config(), [f"model={model}", "batch_size=4", "epochs=2"])
-    mesh = train.make_mesh(config)
-    return config, mesh, train.create_train_state(config, 2, 1, steps_per_epoch, mesh)
+    mesh = training.make_mesh(config)
+    return config, mesh, training.create_train_state(config, 2, 1, steps_per_epoch, mesh)
 
 
 def _batch(seed=0):
@@ -28,11 +28,11 @@ def _batch(seed=0):
 def test_train_step_is_pure_and_compiled_once():
     config, _, state = _state()
     before = jax.tree.map(np.asarray, (state.params, state.model_state, state.opt_state))
-    traces = train.train_step._cache_size()
+    traces = training.train_step._cache_size()
     for i in range(3):
-        state, m = train.train_step(state, _batch(i), train.temperature(config, i / 3))
+        state, m = training.train_step(state, _batch(i), training.temperature(config, i / 3))
         assert set(m) == {"loss", "accuracy", "finite"} and float(m["finite"]) == 1.0
-    assert train.train_step._cache_size() - traces <= 1  # one compilation for every step
+    assert training.train_step._cache_size() - traces <= 1  # one compilation for every step
     assert int(state.step) == 3
     # every part of the state moved: parameters, batch statistics, optimizer, RNG count
     after = (state.params, state.model_state, state.opt_state)
@@ -45,25 +45,25 @@ def test_train_step_is_pure_and_compiled_once():
     # the same steps from the same initial state give the same state (no hidden inputs)
     _, _, again = _state()
     for i in range(3):
-        again, _ = train.train_step(again, _batch(i), train.temperature(config, i / 3))
+        again, _ = training.train_step(again, _batch(i), training.temperature(config, i / 3))
     chex.assert_trees_all_equal(again.params, state.params)
     # eval_step reads the state and changes nothing
-    probs = train.eval_step(state, _batch(5)["image"], 1.0)
+    probs = training.eval_step(state, _batch(5)["image"], 1.0)
     chex.assert_shape(probs, (4, 2))
     np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
 
 
 def test_progress_record_round_trips_through_json():
-    progress = train.Progress(epoch=2, batch=5, iterator={"a": 1}, loss_sum=1.5, seen=5,
+    progress = training.Progress(epoch=2, batch=5, iterator={"a": 1}, loss_sum=1.5, seen=5,
                               history=[{"epoch": 1, "val_auc": 0.5}], best_auc=0.5,
                               best_epoch=1)
-    assert train.Progress(**dataclasses.asdict(progress)) == progress
+    assert training.Progress(**dataclasses.asdict(progress)) == progress
 
 
 def test_save_restore_and_restore_for_inference(tmp_path):
     config, mesh, state = _state()
     for i in range(2):
-        state, _ = train.train_step(state, _batch(i), 1.0)
+        state, _ = training.train_step(state, _batch(i), 1.0)
     ckpt = Checkpoints(tmp_path)
     Checkpoints.save(ckpt.latest, int(state.step),
                      {"model": state.model_item(), "train": state.train_item()}, {"epoch": 1})
@@ -82,13 +82,13 @@ def test_save_restore_and_restore_for_inference(tmp_path):
             assert jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
             np.testing.assert_array_equal(jax.random.key_data(a), jax.random.key_data(b))
     # inference: no optimizer anywhere, only the model item is read
-    inference = train.create_train_state(config, 2, 1, None, mesh)
+    inference = training.create_train_state(config, 2, 1, None, mesh)
     assert inference.opt_state is None and inference.tx is None
     items, _ = Checkpoints.restore(ckpt.latest, {"model": inference.model_item()})
     inference = inference.with_items(items["model"])
     x = _batch(7)["image"]
-    chex.assert_trees_all_close(train.eval_step(inference, x, 1.0),
-                                train.eval_step(state, x, 1.0), atol=1e-6)
+    chex.assert_trees_all_close(training.eval_step(inference, x, 1.0),
+                                training.eval_step(state, x, 1.0), atol=1e-6)
     with pytest.raises(ValueError, match="items: expected names among"):
         Checkpoints.save(ckpt.best, 1, {"optimizer": {}}, {})
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import evaluate, train
+from experiments import evaluate, training
 from experiments.checkpoints import Checkpoints
 from experiments.configs import Config
 
@@ -92,8 +92,8 @@ def _final(workdir):
     process (one device), and the per-epoch records."""
     config = Config(**json.loads((workdir / "config.json").read_text()))
     config = Config(**{**config.__dict__, "num_devices": 1})
-    mesh = train.make_mesh(config)
-    state = train.create_train_state(config, 2, 1, 8, mesh)
+    mesh = training.make_mesh(config)
+    state = training.create_train_state(config, 2, 1, 8, mesh)
     items, _ = Checkpoints.restore(Checkpoints(workdir).latest, {"model": state.model_item()})
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
     return jax.tree.leaves(items["model"]), history

@@ -20,6 +20,8 @@ convolutions; the plain CNN is the same network on the trivial group ``z2``.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -141,6 +143,7 @@ class SmallGCNN(nnx.Module):
 
 
 def count_params(model: nnx.Module) -> int:
-    """Number of trainable parameters (``nnx.Param`` entries)."""
+    """Number of trainable parameters (``nnx.Param`` entries); also of an abstract model
+    (``nnx.eval_shape``), whose parameters are shapes only."""
     state = nnx.state(model, nnx.Param)
-    return int(sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(state)))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(state)))

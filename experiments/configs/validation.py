@@ -39,6 +39,17 @@ def validate(config: Config) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    _check_optimisation(config)
+    _check_data(config)
+    _check_model(config)
+    devices = num_devices(config)
+    for name in ("batch_size", "eval_batch_size"):
+        if getattr(config, name) % devices:
+            raise ValueError(f"{name}: {getattr(config, name)} is not divisible by the number "
+                             f"of devices ({devices})")
+
+
+def _check_optimisation(config: Config) -> None:
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise ValueError(f"learning_rate: expected a finite value > 0, got "
                          f"{config.learning_rate!r}")
@@ -47,6 +58,25 @@ def validate(config: Config) -> None:
         value = getattr(config, name)
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"{name}: expected a finite value >= 0, got {value!r}")
+    if config.optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
+    for name in ("tau_initial", "tau_final"):
+        value = getattr(config, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name}: the temperature must be a finite value > 0, got "
+                             f"{value!r}")
+    if not 0 <= config.tau_anneal_fraction <= 1:  # (NaN fails too)
+        raise ValueError(f"tau_anneal_fraction: expected a fraction in [0, 1] (0: use "
+                         f"tau_anneal_epochs), got {config.tau_anneal_fraction!r}")
+    if config.bank_weight_decay is not None and not (
+            config.bank_weight_decay >= 0 and math.isfinite(config.bank_weight_decay)):
+        raise ValueError(f"bank_weight_decay: expected a value >= 0 (or none: weight_decay), "
+                         f"got {config.bank_weight_decay!r}")
+
+
+def _check_data(config: Config) -> None:
+    from experiments import datasets
+
     if not 0 < config.train_fraction <= 1:  # (NaN fails too)
         raise ValueError(f"train_fraction: expected a fraction in (0, 1], got "
                          f"{config.train_fraction!r}")
@@ -86,13 +116,14 @@ def validate(config: Config) -> None:
         if pipeline(config) != "device":
             raise ValueError("seeds: several seeds train together on the device pipeline "
                              "only (a 28 px dataset, one process, checkpoint_every_steps=0)")
+
+
+def _check_model(config: Config) -> None:
     if not 0 <= config.dropout < 1:  # (NaN fails too)
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
     if config.precision not in execution.PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(execution.PRECISIONS)}, got "
                          f"{config.precision!r}")
-    if config.optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {config.optimizer!r}")
     defaults = Config()  # a dynamic field counts as set where it differs from the default
     dynamic_fields = {name: getattr(config, name) for name in DYNAMIC_FIELDS
                       if getattr(config, name) != getattr(defaults, name)}
@@ -110,13 +141,6 @@ def validate(config: Config) -> None:
         if getattr(config, name) and getattr(config, name) not in choices:
             raise ValueError(f"{name}: expected one of {', '.join(choices)} ('': the model's "
                              f"default), got {getattr(config, name)!r}")
-    if config.bank_weight_decay is not None and not (
-            config.bank_weight_decay >= 0 and math.isfinite(config.bank_weight_decay)):
-        raise ValueError(f"bank_weight_decay: expected a value >= 0 (or none: weight_decay), "
-                         f"got {config.bank_weight_decay!r}")
-    if not 0 <= config.tau_anneal_fraction <= 1:  # (NaN fails too)
-        raise ValueError(f"tau_anneal_fraction: expected a fraction in [0, 1] (0: use "
-                         f"tau_anneal_epochs), got {config.tau_anneal_fraction!r}")
     if config.num_kernels or config.attention:
         if isinstance(config.num_kernels, bool) or not isinstance(config.num_kernels, int) \
                 or config.num_kernels < 0:
@@ -132,16 +156,6 @@ def validate(config: Config) -> None:
         if config.readout not in models.READOUTS:
             raise ValueError(f"readout: expected one of {', '.join(models.READOUTS)} ('': the "
                              f"model's default), got {config.readout!r}")
-    for name in ("tau_initial", "tau_final"):
-        value = getattr(config, name)
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name}: the temperature must be a finite value > 0, got "
-                             f"{value!r}")
-    devices = num_devices(config)
-    for name in ("batch_size", "eval_batch_size"):
-        if getattr(config, name) % devices:
-            raise ValueError(f"{name}: {getattr(config, name)} is not divisible by the number "
-                             f"of devices ({devices})")
 
 
 def pipeline(config: Config) -> str:

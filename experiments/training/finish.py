@@ -1,0 +1,104 @@
+"""The end of an epoch (validation record, best checkpoint) and the end of a run (test
+once, results.json, plots, test probabilities)."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from dgcnn_jax import metrics, models
+from experiments import datasets, plots
+from experiments.checkpoints import Checkpoints
+from experiments.configs import num_devices
+
+from .diagnostics import dynamic_diagnostics
+from .epochs import Member, Trainer
+from .parallel import primary, replicate
+from .state import TrainState, temperature
+from .workdir import say
+
+__all__ = ["end_epoch", "finish"]
+
+
+def end_epoch(trainer: Trainer, member: Member, state: TrainState, epoch: int,
+              val_probs: np.ndarray, probe: jax.Array, prefix: str = "") -> None:
+    """Score ``epoch`` on validation, add its record to the history (``metrics.jsonl``)
+    and save ``best`` when validation AUC improved (``latest`` is the trainer's)."""
+    config, progress = member.config, member.progress
+    step = int(state.step)
+    tau = temperature(trainer.settings, step / trainer.steps_per_epoch)
+    val = metrics.classification_metrics(val_probs, trainer.val[1])
+    seen = max(progress.seen, 1)
+    record = {"epoch": epoch + 1, "step": step, "tau": float(tau),
+              "train_loss": progress.loss_sum / seen,
+              "train_accuracy": progress.accuracy_sum / seen,
+              "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
+              "val_balanced_accuracy": val["balanced_accuracy"]}
+    diagnostics = dynamic_diagnostics(state, member.initial, probe, tau)
+    if diagnostics:
+        record["dynamic_layers"] = diagnostics
+    progress.history.append(record)
+    improved = val["auc"] > progress.best_auc
+    if improved:
+        progress.best_auc, progress.best_epoch = val["auc"], epoch + 1
+    member.workdir.write_history(progress.history)
+    say(f"{prefix}epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+        f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
+        f"{'  (best)' if improved else ''}")
+    if improved:
+        # the temperature the checkpoint was selected with is the one it is tested with
+        Checkpoints.save(member.checkpoints.best, epoch + 1, {"model": state.model_item()},
+                         {"epoch": epoch + 1, "val": val, "tau": float(tau)})
+
+
+def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int) -> dict:
+    """Test the best checkpoint once (unless ``score_test`` is false); write results.json,
+    plots and the test probabilities."""
+    config, workdir, progress = member.config, member.workdir, member.progress
+    items, best = Checkpoints.restore(member.checkpoints.best, {"model": state.model_item()})
+    together = len(trainer.members)
+    results = {"model": config.model, "dataset": config.dataset, "seed": config.seed,
+               "train_fraction": config.train_fraction, "data_seed": config.data_seed,
+               "num_train": trainer.dataset.num_train, "num_params": num_params,
+               "best_epoch": best["epoch"], "best_tau": best["tau"], "val": best["val"],
+               "test": None, "epochs_run": len(progress.history), "steps": int(state.step),
+               "train_seconds": progress.train_seconds, "pipeline": trainer.pipeline,
+               "seeds_trained_together": together,
+               "devices": num_devices(config), "backend": jax.default_backend()}
+    title = f"{config.model} on {config.dataset}"
+    if primary():
+        plots.learning_curves(progress.history, workdir.path / "learning_curves.png")
+        if any("dynamic_layers" in h for h in progress.history):
+            plots.dynamic_diagnostics(progress.history,
+                                      workdir.path / "dynamic_diagnostics.png", title)
+    if not config.score_test:  # selection runs: validation only, the test split unread
+        workdir.write_results(results)
+        say(f"best val AUC {best['val']['auc']:.4f} at epoch {best['epoch']} (score_test="
+            f"false: the test split was not read)")
+        return results
+
+    # Test once: the best checkpoint on the test split.
+    best_state = replicate(state.with_items(items["model"]), trainer.mesh)
+    test_x, test_y = trainer.dataset.split("test")
+    eval_start = time.perf_counter()
+    probs = trainer.predict(best_state, test_x, best["tau"])
+    eval_seconds = time.perf_counter() - eval_start
+    test = metrics.classification_metrics(probs, test_y)
+    results.update({
+        "test": test, "forward_flops": models.forward_flops(state.model(), test_x.shape[1:]),
+        "train_images_per_second": int(state.step) * config.batch_size * together
+        / max(progress.train_seconds, 1e-9),
+        "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9)})
+    workdir.write_results(results)
+    if primary():
+        classes = datasets.class_names(config.dataset)
+        plots.roc(probs, test_y, workdir.path / "roc_test.png", f"{title} (test)", classes)
+        plots.confusion(test["confusion_matrix"], workdir.path / "confusion_test.png",
+                        f"{title} (test)", classes)
+        np.save(workdir.path / "test_probs.npy", probs)
+        np.save(workdir.path / "test_labels.npy", np.asarray(test_y))
+    say(f"test AUC {test['auc']:.4f}  acc {test['accuracy']:.4f}  (best epoch "
+        f"{best['epoch']}; results in {workdir.results_file})")
+    return results

@@ -1,0 +1,61 @@
+"""The evaluate command (D4 robustness, TTA) and the main-job benchmark rows."""
+
+import json
+
+import pytest
+
+from experiments import evaluate, training
+from experiments.configs import get_config, override
+
+
+@pytest.mark.slow
+def test_evaluate_command_d4_robustness_and_tta(tmp_path, medmnist_dir):
+
+    for model, invariant in (("p4m_dgcnn", True), ("cnn", False)):
+        work = tmp_path / model
+        config = override(get_config(), [f"model={model}", "epochs=1", "max_steps=3",
+                                         "progress=false", f"data_dir={medmnist_dir}"])
+        results = training.train_and_evaluate(config, work)
+        out = evaluate.evaluate(work, "test", d4=True, tta=True)
+        # the evaluate command reproduces the training run's test metrics
+        assert out["metrics"]["auc"] == pytest.approx(results["test"]["auc"], abs=1e-9)
+        assert len(out["d4"]["per_element"]) == 8
+        assert (work / "eval_test.json").is_file()
+        if invariant:
+            assert out["d4"]["max_prob_difference"] < 1e-5
+            assert out["d4"]["auc_max"] - out["d4"]["auc_min"] < 1e-9
+            assert out["tta"]["auc"] == pytest.approx(out["metrics"]["auc"], abs=1e-6)
+        else:
+            assert out["d4"]["max_prob_difference"] > 1e-4
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        evaluate.evaluate(tmp_path / "nothing")
+    # a place that cannot be written is reported before anything is computed; --out
+    # writes elsewhere (for a read-only work directory)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    with pytest.raises(ValueError, match=r"out: cannot write .*a_file/e.json \(its folder is "
+                                         r"missing or read-only\)"):
+        evaluate.evaluate(work, "val", out=blocked / "e.json")
+    out = evaluate.evaluate(work, "val", out=tmp_path / "cnn_val.json")
+    assert json.loads((tmp_path / "cnn_val.json").read_text())["metrics"] == out["metrics"]
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_main_job_per_pipeline(medmnist_dir):
+    from experiments import benchmark
+
+    # a small job: the CNN on a quarter of the training split, 2 steps of 64 images an
+    # epoch (the default: p4m_dgcnn on all of it)
+    rows = benchmark.job_rows(1, 1e10, medmnist_dir, seeds=2,
+                              sets=["model=cnn", "batch_size=64", "train_fraction=0.25"])
+    assert [r["name"] for r in rows] == ["cnn breastmnist epoch (host)",
+                                         "cnn breastmnist epoch (device)",
+                                         "cnn breastmnist epoch (2 seeds together)"]
+    for r, seeds in zip(rows, (1, 1, 2)):  # timed after a first (compiling) epoch
+        assert r["median_s"] > 0 and r["compile_s"] > 0
+        assert r["images_per_s"] == pytest.approx(seeds * 2 * 64 / r["median_s"])
+    assert rows[1]["ratio_to_host"] == pytest.approx(rows[1]["median_s"] / rows[0]["median_s"])
+    assert rows[2]["ratio_to_host"] == pytest.approx(rows[2]["median_s"] / 2
+                                                     / rows[0]["median_s"])
+    assert "of host" in benchmark.markdown({"matmul_flops_per_s": 1e10, "device": "cpu",
+                                            "rows": rows})
