@@ -13,39 +13,15 @@ tests at each fraction (:func:`experiments.report.paired_tests`), a table
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import numpy as np
 
 from experiments import report, stats
+from experiments.sweep.registry import COMPARISONS, CURVE_RUNS, SCORES
 
-__all__ = ["CURVE_RUNS", "CURVE_SETTINGS", "PAIRS", "fraction_dir", "summarize", "document",
-           "markdown", "plot"]
-
-CURVE_RUNS = ("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn", "p4m_dgcnn_wide")
-"""The runs of a learning-curve sweep unless ``--models`` names others: the CNN with and
-without D4 augmentation, the static p4m G-CNN, and the dynamic p4m G-CNN
-parameter-matched (8 fields) and at the width of the static one (17 fields, the primary
-dynamic-vs-static comparison of :mod:`experiments.report`)."""
-
-CURVE_SETTINGS = ("steps_per_epoch=50", "epochs=6")
-"""What a learning-curve sweep sets unless ``--set`` says otherwise: 300 steps of 32
-images for every fraction (0.8 passes over the whole PBC training split, 80 over 1% of
-it), validated every 50 steps. Sized for this project's 2-core CPU (about 23 minutes
-per fraction and seed for the five curve runs on one core)."""
-
-PAIRS = (("p4m_dgcnn_wide", "p4m_gcnn"), ("p4m_dgcnn_wide", "cnn_augment"),
-         ("p4m_dgcnn_wide", "cnn"), ("p4m_dgcnn_wide", "p4m_dgcnn"),
-         ("p4m_dgcnn", "p4m_gcnn"), ("p4m_dgcnn", "cnn_augment"), ("p4m_dgcnn", "cnn"),
-         ("p4m_gcnn", "cnn"), ("p4m_gcnn", "cnn_augment"), ("cnn_augment", "cnn"))
-"""The comparisons tested at each fraction (A vs B: A's accuracy minus B's)."""
-
-SCORES = report.SCORES
-
-
-def fraction_dir(workdir: pathlib.Path, fraction: float) -> pathlib.Path:
-    """The sweep folder of one training fraction."""
-    return pathlib.Path(workdir) / f"fraction{fraction:g}"
+__all__ = ["summarize", "document", "markdown", "headline", "plot", "write"]
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -83,7 +59,7 @@ def document(runs: list[dict], settings: dict) -> dict:
             "num_params", "forward_flops", "train_seconds", "backend")
     return {"protocol": settings, "machine": report.machine(),
             "runs": [{k: r.get(k) for k in keep} for r in runs],
-            "summary": summarize(runs), "tests": report.paired_tests(runs, PAIRS)}
+            "summary": summarize(runs), "tests": report.paired_tests(runs, COMPARISONS)}
 
 
 def markdown(doc: dict) -> str:
@@ -139,3 +115,49 @@ def plot(doc: dict, path: pathlib.Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write(doc: dict, out: pathlib.Path, results: str | None = None,
+          figure: str | None = None) -> dict:
+    """``curves.json``, ``curves.md`` and ``curves.png`` in ``out`` (and the JSON at
+    ``results``, the plot at ``figure``); prints the tables."""
+    text = json.dumps(doc, indent=2) + "\n"
+    table = markdown(doc)
+    (out / "curves.json").write_text(text)
+    (out / "curves.md").write_text(table + "\n")
+    plot(doc, out / "curves.png")
+    for path, write_one in ((results, lambda p: p.write_text(text)),
+                            (figure, lambda p: plot(doc, p))):
+        if path:
+            pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write_one(pathlib.Path(path))
+    print(table)
+    return doc
+
+
+def headline(doc: dict, primary: tuple[str, str] = ("p4m_dgcnn_wide", "p4m_gcnn")) -> str:
+    """The short table of a curve document: test accuracy per model (mean +- sample std
+    over seeds) at each fraction, then the primary comparison's paired tests."""
+    fractions = sorted({r["train_fraction"] for r in doc["summary"]})
+    images = {r["train_fraction"]: r["num_train"] for r in doc["summary"]}
+    models = sorted({r["model"] for r in doc["summary"]}, key=_order)
+    cells = {(r["train_fraction"], r["model"]): r["accuracy"] for r in doc["summary"]}
+    lines = ["| test accuracy | " + " | ".join(f"{f:g} ({images[f]:,} images)"
+                                               for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for model in models:
+        row = [cells.get((f, model)) for f in fractions]
+        lines.append(f"| `{model}` | " + " | ".join(
+            "-" if c is None else f"{c['mean']:.3f} +- {c['std']:.3f}" for c in row) + " |")
+    tests = {t["train_fraction"]: t for t in doc["tests"] if (t["a"], t["b"]) == primary}
+    if tests:
+        a, b = primary
+        lines += ["", f"| `{a}` - `{b}` | " + " | ".join(f"{f:g}" for f in fractions) + " |",
+                  "|---|" + "---|" * len(fractions)]
+        for label, cell in (
+                ("accuracy difference", lambda t: f"{t['accuracy_difference']:+.3f}"),
+                ("paired t-test p (seeds)", lambda t: report.p_text(t["t_test_p"])),
+                ("paired bootstrap p (images)", lambda t: report.p_text(t["bootstrap"]["p"]))):
+            lines.append(f"| {label} | " + " | ".join(
+                cell(tests[f]) if f in tests else "-" for f in fractions) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Run a sweep: tune on validation (optional), train what is unfinished, score, collect.
+
+:func:`run` takes the ``(dataset, name)`` pairs of a sweep, the seeds per dataset and an
+optional tuning grid, trains through :mod:`experiments.sweep.execute` (in this process,
+seeds together, or a pool of processes), D4-scores test runs, and returns the summaries
+of the finished runs (:func:`experiments.sweep.collect.summary`) and what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+from experiments import evaluate
+from experiments.configs import Config
+from experiments.training import Workdir
+
+from . import execute
+from .collect import summary
+from .plan import Task
+
+__all__ = ["Sweep", "finished", "run", "tune"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """What a sweep asks for besides its runs: where, how, and what to choose first."""
+
+    root: pathlib.Path
+    seeds: dict  # dataset -> seeds
+    tune: tuple[str, list[str]] | None = None  # (field, values) chosen on validation
+    tune_seeds: tuple[int, ...] = (100, 101)
+    no_train: bool = False  # collect finished runs only
+    mode: str = "process"  # execute.MODES
+    workers: int = 1
+    d4: bool = True  # score each test run on the 8 D4 copies of the test split
+    validation_only: bool = False
+
+
+def finished(work: Workdir | pathlib.Path, *, scored: bool = False) -> bool:
+    """Trained and tested, and either D4-scored or with the best checkpoint to score it
+    (``scored``: D4-scored)."""
+    work = Workdir(work) if not isinstance(work, Workdir) else work
+    scored_file = (work.path / "eval_test.json").is_file()
+    return work.finished() and (scored_file or (not scored and work.has_checkpoint("best")))
+
+
+def tune(sweep: Sweep, base: Config, dataset: str, name: str,
+         fraction: float | None = None) -> dict | None:
+    """Choose ``sweep.tune``'s field for one run on validation data only: every value with
+    every tuning seed, ``score_test=false`` (the test split unread); the value with the
+    highest mean validation AUC at the best epoch wins (the first on a tie). Returns the
+    record (also ``<dataset>/<name>/tuned.json``), or ``None`` with ``no_train`` while a
+    tuning run is unfinished."""
+    field, values = sweep.tune
+    jobs = [(task, task.config(base), task.workdir(sweep.root))
+            for value in values for task in [Task(dataset, name, s, fraction, (field, value))
+                                             for s in sweep.tune_seeds]]
+    if sweep.no_train and not all(w.finished() for _, _, w in jobs):
+        return None
+    execute.train(jobs, "pool" if sweep.mode == "pool" else "process", workers=sweep.workers)
+    scores = {value: float(np.mean([w.results()["val"]["auc"] for t, _, w in jobs
+                                    if t.tune[1] == value])) for value in values}
+    chosen = max(values, key=lambda v: scores[v])
+    record = {"field": field, "values": list(values), "seeds": list(sweep.tune_seeds),
+              "val_auc_mean": scores, "chosen": chosen}
+    path = Task(dataset, name, 0, fraction).workdir(sweep.root).path.parent / "tuned.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
+        fraction: float | None = None, label: str = "") -> tuple[list[dict], list[str]]:
+    """Train (unless ``no_train``) and summarise every seed of every pair: the summaries
+    of the finished runs and the names of those missing."""
+    runs, missing = [], []
+    for dataset, name in pairs:
+        tuned = tune(sweep, base, dataset, name, fraction) if sweep.tune else None
+        if sweep.tune and tuned is None:  # no_train before the tuning finished
+            missing.append(f"{label}{dataset}/{name} (tuning)")
+            continue
+        chosen = (tuned["field"], tuned["chosen"]) if tuned else None
+        tasks = [Task(dataset, name, s, fraction, validation_only=sweep.validation_only)
+                 for s in sweep.seeds[dataset]]
+        jobs = [(t, t.config(base, chosen), t.workdir(sweep.root)) for t in tasks]
+        if not sweep.no_train:
+            execute.train(jobs, sweep.mode, workers=sweep.workers)
+        for task, config, work in jobs:
+            if not work.finished() or (sweep.d4 and not sweep.validation_only
+                                       and not finished(work)):
+                missing.append(f"{label}{dataset}/{name}/seed{task.seed}")
+                continue
+            execute.check_finished_config(work, config)
+            if sweep.d4 and not sweep.validation_only and \
+                    not (work.path / "eval_test.json").is_file():
+                evaluate.evaluate(work.path, "test", d4=True)
+            runs.append({**summary(task, config, work), **({"tuned": tuned} if tuned else {})})
+    return runs, missing

@@ -1,0 +1,134 @@
+"""How a sweep trains its tasks: one by one in this process, the seeds of a run together
+(one stacked program), or a pool of ``python -m experiments.train`` processes, each
+pinned to a core of its own."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import jax
+
+from experiments.configs import Config, pipeline
+from experiments.training import Workdir, config_differences, train_and_evaluate
+
+from .plan import Task, config_sets
+
+__all__ = ["MODES", "check_finished_config", "train", "train_together", "train_pool"]
+
+MODES = ("process", "together", "pool")
+"""``process``: one run after another here; ``together``: the unfinished seeds of a run
+as one program (the device pipeline; where it does not apply, one by one); ``pool``:
+``workers`` training processes at a time, pinned to cores."""
+
+
+def check_finished_config(work: Workdir, config: Config) -> None:
+    """Refuse a finished run trained with settings that change what it computes: it is
+    not these settings' result."""
+    if work.finished():
+        changed = config_differences(work.config(), config)
+        if changed:
+            raise ValueError(f"{work.path} was trained with another config "
+                             f"({'; '.join(changed)}): use another --workdir for these "
+                             f"settings, or delete the run")
+
+
+def train(jobs: list[tuple[Task, Config, Workdir]], mode: str = "process", *,
+          workers: int = 1) -> None:
+    """Train the unfinished ``(task, config, work directory)`` jobs."""
+    todo = [job for job in jobs if not job[2].finished()]
+    for _, config, work in jobs:
+        check_finished_config(work, config)
+    if mode == "pool":
+        train_pool(todo, workers)
+        return
+    if mode == "together":
+        train_together(todo)
+    for task, config, work in todo:
+        if not work.finished():
+            print(f"== {_label(task)}", flush=True)
+            train_and_evaluate(config, work.path)
+
+
+def _label(task: Task) -> str:
+    parts = [f"fraction {task.fraction:g}"] if task.fraction is not None else []
+    parts += (["tuning"] if task.tune else []) + [task.dataset, task.name]
+    parts += ["=".join(task.tune)] if task.tune else []
+    return " ".join(parts + [f"seed {task.seed}"])
+
+
+def train_together(jobs: list[tuple[Task, Config, Workdir]]) -> None:
+    """The unfinished seeds of each run as one stacked program, into the run's folder
+    (``<...>/<name>/seed<N>``); first a stored, unfinished seed set there."""
+    groups: dict[tuple, list] = {}
+    for job in jobs:
+        groups.setdefault(job[0].group(), []).append(job)
+    for group in groups.values():
+        task, config, work = group[0]
+        if pipeline(config) != "device":
+            continue
+        top = Workdir(work.path.parent)
+        stored = top.stored_seeds()
+        if stored and not all(top.seed(s).finished() for s in stored):
+            _together(config, top, stored, "resuming together")
+        todo = [t.seed for t, _, w in group if not w.finished()]
+        if len(todo) > 1:
+            _together(config, top, todo, "together")
+
+
+def _together(config: Config, top: Workdir, seeds: list[int], how: str) -> None:
+    listed = ",".join(map(str, seeds))
+    print(f"== {top.path.parent.name} {top.path.name} seeds {listed} ({how})", flush=True)
+    train_and_evaluate(dataclasses.replace(config, seeds=listed), top.path)
+
+
+def default_mode() -> str:
+    """Seeds together on an accelerator; one by one on the CPU, where it was measured
+    slower."""
+    return "process" if jax.default_backend() == "cpu" else "together"
+
+
+def train_pool(jobs: list[tuple[Task, Config, Workdir]], workers: int) -> dict[str, int]:
+    """``workers`` training processes at a time, each pinned to one core when there are
+    enough; each writes ``train.log`` in its work directory. Returns each run's exit code
+    by label."""
+    if workers < 1:
+        raise ValueError(f"workers: expected a number of processes >= 1, got {workers}")
+    queue, running, codes = list(jobs), [], {}
+    cores = sorted(os.sched_getaffinity(0))
+    start = time.perf_counter()
+    while queue or running:
+        while queue and len(running) < workers:
+            task, config, work = queue.pop(0)
+            slot = sorted(set(range(workers)) - {s for _, _, s in running})[0]
+            cmd = [sys.executable, "-m", "experiments.train", "--workdir", str(work.path)]
+            for item in config_sets(config):
+                cmd += ["--set", item]
+            if workers > 1 and len(cores) >= workers:  # one core per run
+                cmd = ["taskset", "-c", str(cores[slot]), *cmd]
+            work.path.mkdir(parents=True, exist_ok=True)
+            with open(work.path / "train.log", "w") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            running.append((proc, _label(task), slot))
+            print(f"[{time.perf_counter() - start:6.0f} s] start {_label(task)}", flush=True)
+        time.sleep(0.5)
+        for entry in list(running):
+            proc, label, _ = entry
+            if proc.poll() is not None:
+                running.remove(entry)
+                codes[label] = proc.returncode
+                print(f"[{time.perf_counter() - start:6.0f} s] done {label} (rc "
+                      f"{proc.returncode})", flush=True)
+    return codes
+
+
+def log_tail(work: Workdir, lines: int = 1) -> str:
+    """The last lines of a pool run's ``train.log`` (why it failed)."""
+    path = pathlib.Path(work.path) / "train.log"
+    if not path.is_file():
+        return ""
+    return " ".join(path.read_text().strip().splitlines()[-lines:])

@@ -1,0 +1,165 @@
+"""Tables and plots of a sweep from run summaries (:func:`experiments.sweep.collect.summary`).
+
+:func:`summarize` aggregates the seeds of each (dataset, run); :func:`sections` groups the
+rows into the family tables of :data:`~experiments.sweep.registry.FAMILIES`;
+:func:`markdown` renders test results and :func:`selection_markdown` validation-only
+selections with their paired tests (:func:`selection_rows`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from experiments import plots, stats
+
+from .registry import FAMILIES, RUNS, SCORES, Family, entry, order
+
+__all__ = ["summarize", "sections", "markdown", "write_plots", "selection_rows",
+           "selection_markdown"]
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per (dataset, run name): mean and spread over seeds, in table order."""
+    rows = []
+    keys = sorted({(r["dataset"], r["model"]) for r in runs},
+                  key=lambda k: (k[0], order(k[1])))
+    for dataset, model in keys:
+        rs = [r for r in runs if r["dataset"] == dataset and r["model"] == model]
+        row = {"dataset": dataset, "model": model, "seeds": len(rs),
+               "val_auc_mean": float(np.mean([r["val_auc"] for r in rs]))}
+        for key in SCORES:
+            values = np.array([r[f"test_{key}"] for r in rs])
+            row[f"{key}_mean"] = float(values.mean())
+            row[f"{key}_std"] = float(values.std(ddof=1)) if len(rs) > 1 else 0.0
+        row.update({"num_params": rs[0]["num_params"],
+                    "mflops": rs[0]["forward_flops"] / 1e6,
+                    "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
+                    "d4_auc_drop_max": float(max(r["test_auc"] - r["d4_auc_min"]
+                                                 for r in rs))})
+        rows.append(row)
+    return rows
+
+
+def sections(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Group summary rows into the tables of results.md, per dataset.
+
+    A family's table is shown when one of its own runs ran; it lists the family's
+    references (runs of other families, e.g. the static counterpart) first, then its own
+    runs, in :data:`RUNS` order. Runs of no family go to a last table.
+    """
+    out = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        by_name = {r["model"]: r for r in rows if r["dataset"] == dataset}
+        for key, family in FAMILIES.items():
+            own = [n for n, run in RUNS.items() if run.family == key]
+            if any(n in by_name for n in own):
+                names = [*family.references, *own]
+                out.append((f"{dataset}: {family.title}",
+                            [by_name[n] for n in names if n in by_name]))
+        rest = [r for n, r in by_name.items() if n not in RUNS]
+        if rest:
+            out.append((f"{dataset}: other models", rest))
+    return out
+
+
+def _spread(row: dict, key: str) -> str:
+    """``mean +- std`` over seeds (the mean alone for one seed)."""
+    if row["seeds"] == 1:
+        return f"{row[key + '_mean']:.3f} (one seed)"
+    return f"{row[key + '_mean']:.3f} +- {row[key + '_std']:.3f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = []
+    for title, rs in sections(rows):
+        lines += [f"**{title}**", "",
+                  "| model | seeds | val AUC (best epoch) | test AUC | test accuracy | "
+                  "test balanced accuracy | test NLL | parameters | forward MFLOPs | "
+                  "train time (s) | largest AUC drop on a D4 copy |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rs:
+            lines.append(f"| `{r['model']}` | {r['seeds']} | {r['val_auc_mean']:.3f} | "
+                         f"{_spread(r, 'auc')} | {_spread(r, 'accuracy')} | "
+                         f"{_spread(r, 'balanced_accuracy')} | {_spread(r, 'nll')} | "
+                         f"{r['num_params']:,} | {r['mflops']:.1f} | "
+                         f"{r['train_seconds_mean']:.0f} | {r['d4_auc_drop_max']:.4f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
+    """``auc_bars.png`` and, per dataset, ``roc_<dataset>.png`` (runs of every-dataset
+    families: test ROC of the first seed and mean validation AUC curves)."""
+    plots.score_bars(rows, out / "auc_bars.png")
+    for dataset in sorted({r["dataset"] for r in rows}):
+        curves = []
+        for name in [r["model"] for r in rows if r["dataset"] == dataset
+                     and FAMILIES.get(entry(r["model"]).family, Family("")).every_dataset]:
+            rs = [r for r in runs if r["dataset"] == dataset and r["model"] == name]
+            work = pathlib.Path(rs[0]["workdir"])
+            curves.append({"label": name, "seed": rs[0]["seed"],
+                           "probs": np.load(work / "test_probs.npy"),
+                           "labels": np.load(work / "test_labels.npy"),
+                           "val_curves": [r["val_auc_curve"] for r in rs]})
+        plots.roc_and_validation_curves(curves, out / f"roc_{dataset}.png", dataset)
+
+
+_SELECTION_KEYS = ("val_auc", "val_accuracy", "val_accuracy_max", "bank_common_share",
+                   "attention_entropy")
+
+
+def selection_rows(runs: list[dict], names: list[str], reference: str) -> list[dict]:
+    """Per run name: the per-seed validation summaries, mean and sample std of
+    :data:`_SELECTION_KEYS`, and paired t-tests over the seeds both have (same seeds:
+    same initialisation stream and data order) against ``reference``."""
+    rows = []
+    for name in names:
+        rs = sorted((r for r in runs if r["model"] == name), key=lambda r: r["seed"])
+        if not rs:
+            continue
+        row = {"variant": name, "model": entry(name).model,
+               "overrides": dict(entry(name).overrides), "seeds": len(rs), "runs": rs}
+        for key in _SELECTION_KEYS:
+            values = [r[key] for r in rs if key in r]
+            if values:
+                row[f"{key}_mean"] = float(np.mean(values))
+                row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        rows.append(row)
+    ref = next((r for r in rows if r["variant"] == reference), None)
+    by_seed = {run["seed"]: run for run in ref["runs"]} if ref else {}
+    for row in rows:
+        pairs = [(run, by_seed[run["seed"]]) for run in row["runs"] if run["seed"] in by_seed]
+        if row is ref or len(pairs) < 2:
+            continue
+        row["paired_vs"], row["paired_seeds"] = reference, len(pairs)
+        for key in ("val_auc", "val_accuracy", "val_accuracy_max"):
+            test = stats.paired_t([x[key] for x, _ in pairs], [y[key] for _, y in pairs])
+            row[f"{key}_diff_mean"], row[f"{key}_paired_p"] = test["mean_difference"], test["p"]
+    return rows
+
+
+def _p(p) -> str:
+    return "n/a" if p is None else f"{p:.3f}"
+
+
+def selection_markdown(rows: list[dict], title: str, reference: str) -> str:
+    """The selection table: validation AUC and accuracy per variant, best epochs, the last
+    epoch's bank diagnostics and the paired p-values against ``reference``."""
+    lines = [title, "",
+             "| variant | seeds | val AUC | val accuracy | best val accuracy (any epoch) | best "
+             "epochs | bank common share (last epoch) | attention entropy (nats) | paired p vs "
+             f"`{reference}` (AUC / accuracy) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        def fmt(key, r=r):
+            if f"{key}_mean" not in r:
+                return "-"
+            return f"{r[key + '_mean']:.3f} +- {r[key + '_std']:.3f}"
+        paired = (f"{_p(r['val_auc_paired_p'])} / {_p(r['val_accuracy_paired_p'])} "
+                  f"({r['paired_seeds']} seeds)" if "paired_vs" in r else "-")
+        epochs = ", ".join(str(x["best_epoch"]) for x in r["runs"])
+        lines.append(f"| `{r['variant']}` | {r['seeds']} | {fmt('val_auc')} | "
+                     f"{fmt('val_accuracy')} | {fmt('val_accuracy_max')} | {epochs} | "
+                     f"{fmt('bank_common_share')} | {fmt('attention_entropy')} | {paired} |")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The sweep engine through ``experiments.select`` (validation only) and the learning
+curves (``experiments.compare --fractions``)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from experiments import sweep
+from experiments.configs import get_config, validate
+
+
+def test_select_paired_tests_pair_runs_by_seed():
+    def runs(model, values, seeds=(0, 1, 2)):
+        return [{"model": model, "seed": s, "val_auc": v, "val_accuracy": v,
+                 "val_accuracy_max": v, "best_epoch": 1} for s, v in zip(seeds, values)]
+
+    rows = sweep.selection_rows(
+        runs("p4m_gcnn", [0.80, 0.85, 0.90]) + runs("cnn", [0.92, 0.81, 0.82], seeds=(2, 0, 1))
+        + runs("p4m_dgcnn_wide", [0.9], seeds=(7,)), ["p4m_gcnn", "cnn", "p4m_dgcnn_wide"],
+        "p4m_gcnn")
+    ref, better, alone = rows
+    d = np.array([0.81 - 0.80, 0.82 - 0.85, 0.92 - 0.90])  # paired by seed, not by position
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    from scipy import stats
+    assert better["paired_seeds"] == 3
+    assert better["val_auc_paired_p"] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
+    assert better["val_auc_diff_mean"] == pytest.approx(d.mean())
+    assert "paired_vs" not in alone and "paired_vs" not in ref
+    # no spread in the differences: no p-value (one paired t-test for every command)
+    same = sweep.selection_rows(runs("p4m_gcnn", [0.8, 0.85, 0.9])
+                                + runs("cnn", [0.81, 0.86, 0.91]), ["p4m_gcnn", "cnn"],
+                                "p4m_gcnn")[1]
+    assert same["val_auc_paired_p"] is None
+    assert "n/a / n/a (3 seeds)" in sweep.selection_markdown([same], "t", "p4m_gcnn")
+
+
+@pytest.mark.slow
+def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
+    from experiments import select
+
+    rows = select.main(["--workdir", str(tmp_path), "--dataset", "breastmnist", "--variants",
+                        "p4m_gcnn", "--seeds", "0", "--workers", "1",
+                        "--set", "epochs=1", "--set", "max_steps=2",
+                        "--set", f"data_dir={medmnist_dir}"])
+    work = tmp_path / "breastmnist" / "p4m_gcnn" / "seed0"
+    results = json.loads((work / "results.json").read_text())
+    assert results["test"] is None and not (work / "test_probs.npy").exists()
+    assert rows[0]["variant"] == "p4m_gcnn" and rows[0]["seeds"] == 1
+    assert rows[0]["val_auc_mean"] == pytest.approx(results["val"]["auc"])
+    assert (tmp_path / "selection_breastmnist.md").is_file()
+    with pytest.raises(ValueError, match="score_test: the sweep reports test metrics"):
+        from experiments import compare
+        compare.main(["--workdir", str(tmp_path), "--models", "cnn", "--set",
+                      "score_test=false"])
+
+
+@pytest.mark.slow
+def test_learning_curves_sweep(tmp_path, medmnist_dir, monkeypatch):
+    from experiments import compare
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--workdir", "curves", "--datasets", "breastmnist", "--models", "cnn",
+            "p4m_gcnn", "--fractions", "0.3", "1", "--seeds", "0", "1",
+            "--set", "steps_per_epoch=3", "--set", "epochs=2", "--set", "batch_size=16",
+            "--set", "progress=false", "--set", f"data_dir={medmnist_dir}",
+            "--results", "results/curves.json", "--figure", "docs/curves.png"]
+    doc = compare.main(argv)
+    out = tmp_path / "curves"
+    for name in ("curves.json", "curves.md", "curves.png"):
+        assert (out / name).is_file(), name
+    assert (tmp_path / "docs" / "curves.png").is_file()
+    assert json.loads((tmp_path / "results" / "curves.json").read_text()) == doc
+    assert doc["protocol"]["steps"] == 6 and doc["protocol"]["config"]["steps_per_epoch"] == 3
+    sizes = {}
+    for run in doc["runs"]:  # every run the same steps, the subset stored with it
+        work = out / f"fraction{run['train_fraction']:g}" / "breastmnist" / run["model"] / \
+            f"seed{run['seed']}"
+        results = json.loads((work / "results.json").read_text())
+        assert results["steps"] == 6 and results["train_fraction"] == run["train_fraction"]
+        assert not (work / "eval_test.json").exists()  # no D4 scoring in a curve sweep
+        sizes.setdefault(run["train_fraction"], set()).add(results["num_train"])
+    assert {f: len(n) for f, n in sizes.items()} == {0.3: 1, 1.0: 1}  # one subset a fraction
+    assert sizes[1.0] == {546} and 0.25 * 546 < min(sizes[0.3]) < 0.35 * 546
+    rows = {(r["train_fraction"], r["model"]): r for r in doc["summary"]}
+    assert len(rows) == 4
+    acc = [run["test_accuracy"] for run in doc["runs"]
+           if (run["train_fraction"], run["model"]) == (0.3, "cnn")]
+    assert rows[0.3, "cnn"]["accuracy"]["mean"] == pytest.approx(np.mean(acc))
+    assert rows[0.3, "cnn"]["error"]["mean"] == pytest.approx(1 - np.mean(acc))
+    tests = {(t["train_fraction"], t["a"], t["b"]) for t in doc["tests"]}
+    assert tests == {(0.3, "p4m_gcnn", "cnn"), (1.0, "p4m_gcnn", "cnn")}
+    # finished runs are kept: --no-train rebuilds the same tables
+    again = compare.main([*argv, "--no-train"])
+    assert again["summary"] == doc["summary"]
+
+
+def test_learning_curves_default_to_the_curve_runs_on_pbc():
+    from experiments import compare
+
+    args = compare.parse_args(["--fractions", "0.01", "1"])
+    assert args.datasets == ["pbc"] and args.models == list(sweep.CURVE_RUNS)
+    # the primary comparisons are among the curve runs
+    assert ("p4m_dgcnn_wide", "p4m_gcnn") in sweep.COMPARISONS
+    assert ("p4m_gcnn", "cnn_augment") in sweep.COMPARISONS
+    base = dataclasses.replace(get_config(), train_fraction=0.01, steps_per_epoch=50,
+                               pipeline="device")
+    for name in sweep.CURVE_RUNS:  # every curve run is a valid config at a fraction
+        validate(sweep.run_config(base, "pbc", name, 0))

@@ -1,0 +1,107 @@
+"""Statistics over seeds and images, results files and their tables, curve documents."""
+
+import json
+
+import numpy as np
+import pytest
+
+
+def test_curve_statistics():
+    from experiments import stats
+
+    got = stats.mean_interval([0.9, 0.92, 0.94])
+    assert got["mean"] == pytest.approx(0.92) and got["std"] == pytest.approx(0.02)
+    half = 4.302652729911275 * 0.02 / np.sqrt(3)  # t(0.975, df=2)
+    assert (got["low"], got["high"]) == pytest.approx((0.92 - half, 0.92 + half))
+    t = stats.paired_t([0.9, 0.8, 0.85], [0.88, 0.79, 0.80])
+    assert t["mean_difference"] == pytest.approx(0.026666666, rel=1e-6)
+    assert 0 < t["p"] < 1
+    # a model right on every image the other gets wrong, and more: tiny p
+    rng = np.random.default_rng(0)
+    b = (rng.random((3, 400)) < 0.7).astype(float)
+    a = np.maximum(b, (rng.random((3, 400)) < 0.5))
+    boot = stats.paired_bootstrap(a, b, resamples=2000)
+    assert boot["difference"] == pytest.approx((a - b).mean())
+    assert boot["low"] > 0 and boot["p"] == pytest.approx(1 / 2000)
+    # the same predictions: no difference, p = 1
+    same = stats.paired_bootstrap(b, b, resamples=500)
+    assert same["difference"] == 0 and same["p"] == 1.0
+    # swapping the models mirrors the interval
+    back = stats.paired_bootstrap(b, a, resamples=2000)
+    assert back["difference"] == pytest.approx(-boot["difference"])
+    with pytest.raises(ValueError, match="correct_a, correct_b: expected equal shapes"):
+        stats.paired_bootstrap(a, b[:2])
+
+
+def _fake_runs(tmp_path, accuracy, seeds=(0, 1, 2), fraction=1.0):
+    """Run summaries as experiments.sweep.summary returns them, with test predictions on disk:
+    ``accuracy[model]`` right answers out of 200 images, per seed."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 200)
+    runs = []
+    for model, per_seed in accuracy.items():
+        for seed, right in zip(seeds, per_seed):
+            work = tmp_path / model / f"seed{seed}"
+            work.mkdir(parents=True)
+            pred = np.where(np.arange(200) < right, labels, (labels + 1) % 4)
+            np.save(work / "test_probs.npy", np.eye(4)[pred])
+            np.save(work / "test_labels.npy", labels)
+            runs.append({"dataset": "pbc", "model": model, "seed": seed, "workdir": str(work),
+                         "train_fraction": fraction, "num_train": 100, "val_auc": 0.9,
+                         "best_epoch": 3, "test_accuracy": right / 200,
+                         "test_balanced_accuracy": right / 200, "test_auc": 0.5 + right / 400,
+                         "test_nll": 1 - right / 200, "num_params": 1000,
+                         "forward_flops": 2e6, "train_seconds": 10.0 + seed,
+                         "backend": "cpu"})
+    return runs
+
+
+def test_results_files_and_their_tables(tmp_path):
+    from experiments import report
+
+    runs = _fake_runs(tmp_path, {"p4m_gcnn": [150, 160, 170], "p4m_dgcnn_wide": [180, 181, 190],
+                                 "cnn": [140, 150, 150]})
+    paths = report.write_results(runs, tmp_path / "results", {"seeds": [0, 1, 2]},
+                                 order=["cnn", "p4m_gcnn", "p4m_dgcnn_wide"])
+    assert [p.name for p in paths] == ["pbc.json"]
+    doc = json.loads(paths[0].read_text())
+    assert list(doc["models"]) == ["cnn", "p4m_gcnn", "p4m_dgcnn_wide"]
+    m = doc["models"]["p4m_gcnn"]
+    assert [s["accuracy"] for s in m["per_seed"]] == [0.75, 0.8, 0.85]
+    assert m["accuracy"]["mean"] == pytest.approx(0.8) and m["accuracy"]["std"] == \
+        pytest.approx(0.05)
+    assert m["num_params"] == 1000 and m["train_seconds_mean"] == pytest.approx(11.0)
+    assert doc["machine"]["backend"] == "cpu"
+    pairs = {(t["a"], t["b"]): t for t in doc["tests"]}
+    assert set(pairs) == {("p4m_dgcnn_wide", "p4m_gcnn"), ("p4m_gcnn", "cnn"),
+                          ("p4m_dgcnn_wide", "cnn")}
+    t = pairs["p4m_dgcnn_wide", "p4m_gcnn"]
+    assert t["accuracy_difference"] == pytest.approx((30 + 21 + 20) / 3 / 200)
+    from scipy import stats as st
+    assert t["t_test_p"] == pytest.approx(st.ttest_rel([0.9, 0.905, 0.95],
+                                                       [0.75, 0.8, 0.85]).pvalue)
+    # images the better model gets right and the other not, on every seed: tiny p
+    assert t["bootstrap"]["difference"] == pytest.approx(t["accuracy_difference"])
+    assert t["bootstrap"]["low"] > 0 and t["bootstrap"]["p"] < 1e-3
+    text = report.main([str(paths[0]), "--out", str(tmp_path / "tables.md")])
+    assert "| `p4m_gcnn` | 3 | 0.8000 +- 0.0500" in text
+    assert "`p4m_dgcnn_wide` vs `p4m_gcnn` | 3 | +0.1183" in text
+    assert (tmp_path / "tables.md").read_text() == text
+
+
+def test_curve_documents_from_runs(tmp_path):
+    from experiments import curves
+
+    runs = (_fake_runs(tmp_path / "a", {"cnn": [100, 120], "p4m_gcnn": [130, 150]},
+                       seeds=(0, 1), fraction=0.05)
+            + _fake_runs(tmp_path / "b", {"cnn": [180, 182], "p4m_gcnn": [181, 185]},
+                         seeds=(0, 1), fraction=1.0))
+    doc = curves.document(runs, {"steps": 10})
+    rows = {(r["train_fraction"], r["model"]): r for r in doc["summary"]}
+    assert rows[0.05, "p4m_gcnn"]["error"]["values"] == pytest.approx([0.35, 0.25])
+    assert [(t["train_fraction"], t["a"], t["b"]) for t in doc["tests"]] == [
+        (0.05, "p4m_gcnn", "cnn"), (1.0, "p4m_gcnn", "cnn")]
+    assert doc["tests"][0]["accuracy_difference"] == pytest.approx(0.15)
+    curves.plot(doc, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert "| 0.05 | 100 | `p4m_gcnn` | 2 | 0.7000 +- 0.0707" in curves.markdown(doc)
