@@ -26,7 +26,7 @@ several ways that give the same values and gradients (tested to 1e-5); the keywo
 
 :func:`resolve` is the one place that turns ``"auto"`` into a concrete choice and
 refuses names that do not apply. The ``"auto"`` choices were measured on this
-project's machines (README, "Performance").
+project's machines (docs/performance.md).
 
 Why ``"fast"``: XLA's CPU backend computes a convolution's filter gradient several
 times slower than the convolution itself (as a convolution with an image-sized

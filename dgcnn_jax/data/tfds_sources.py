@@ -123,8 +123,8 @@ def prepare_pcam(data_dir=None, manual_dir=None) -> None:
 
 def _missing(name, data_dir, command):
     return FileNotFoundError(
-        f"{name} is not prepared in {data_dir}: run `{command}` once (see the README's "
-        f"Data section)")
+        f"{name} is not prepared in {data_dir}: run `{command}` once (see "
+        f"docs/data.md)")
 
 
 def pcam_source(split: str, data_dir=None):

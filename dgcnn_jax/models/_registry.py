@@ -51,7 +51,7 @@ def _small(name, group, width, dynamic, description):
     return ModelSpec(name, description, group, dynamic, build)
 
 
-# Widths matched so that the parameter counts agree within 10% (see README's table).
+# Widths matched so that the parameter counts agree within 10% (docs/models.md).
 _SPECS = {s.name: s for s in [
     _small("cnn", "z2", 47, False, "plain CNN, 47 channels"),
     _small("p4_gcnn", "p4", 24, False, "p4 G-CNN, 24 fields (96 channels)"),

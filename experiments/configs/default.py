@@ -45,7 +45,7 @@ class Config:
     delta_scale: float = 0.0  # residual form: dW_k start at this times He (0: static start)
     # invariant attention's statistics: "mean", "mean_max" or "mean_std" ("": the layer's
     # own default, "mean"); mean_max and a static stem were chosen on validation data
-    # (README, "Options of the dynamic layers"); 28 px models only
+    # (docs/dynamic.md, "Options of the dynamic layers"); 28 px models only
     descriptor: str = "mean_max"
     static_stem: bool = True  # keep the first (lifting) convolution static
     freeze_banks: bool = False  # control: the banks keep their initial (random) values

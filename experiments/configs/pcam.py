@@ -4,8 +4,8 @@
     python -m experiments.train --config pcam --workdir runs/pcam \\
         --set data_dir=$HOME/tensorflow_datasets [--set model=p4m_ddensenet]
 
-Protocol as in the parameter-matched DenseNet comparisons on PCam (see the README's
-Results section): the official 262,144 / 32,768 / 32,768 split, no augmentation (the
+Protocol as in the parameter-matched DenseNet comparisons on PCam (docs/results.md,
+the results so far): the official 262,144 / 32,768 / 32,768 split, no augmentation (the
 p4m models are invariant to the D4 transforms anyway), Adam with learning rate 1e-3 and
 weight decay 1e-4 (decoupled, AdamW), batch 64, 100 epochs, the best epoch chosen on
 validation AUC and the test split read once. Models: ``p4m_densenet`` (growth 9),
