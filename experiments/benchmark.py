@@ -17,7 +17,6 @@ measured in the same process, compile time and the process's peak memory so far.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -35,6 +34,7 @@ import dgcnn_jax as dg
 from dgcnn_jax import models
 from experiments.configs import get_config, override
 from experiments.timing import time_call
+from experiments import cli
 
 
 def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
@@ -171,6 +171,8 @@ def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4,
         state = training.stack_states(states) if pipeline == "seeds" else states[0]
         times = []
         for epoch in range(epochs + 1):
+            for member in members:  # a whole epoch each time, as the training loop does
+                member.progress.batch = 0
             start = time.perf_counter()
             state = trainer.train_epoch(state, epoch)
             jax.block_until_ready(state.params)
@@ -217,8 +219,7 @@ def markdown(results) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     p.add_argument("--quick", action="store_true", help="small shapes, runs in under a minute")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--models", nargs="*", default=None, help="default: every registered model")
@@ -258,4 +259,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.benchmark")

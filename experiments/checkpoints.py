@@ -5,7 +5,9 @@ Two managers per work directory, one checkpoint kept in each:
 * ``<workdir>/checkpoints/latest``: written at the end of every epoch (and every
   ``checkpoint_every_steps`` steps); resuming starts from it.
 * ``<workdir>/checkpoints/best``: written when the validation score improves; the test
-  split is scored with it.
+  split is scored with the newest. The two newest are kept: a run stopped mid-epoch
+  (``max_steps``) validates where it stopped, and its resumption returns to the best of
+  the finished epochs.
 
 Each checkpoint holds three items, so that inference reads only what it needs:
 
@@ -86,13 +88,15 @@ class Checkpoints:
 
     def __post_init__(self):
         self.workdir = pathlib.Path(self.workdir).absolute()  # orbax needs absolute paths
-        opts = dict(create=True, enable_async_checkpointing=False, max_to_keep=1,
+        opts = dict(create=True, enable_async_checkpointing=False,
                     cleanup_tmp_directories=True)
         root = self.workdir / "checkpoints"
-        self.latest = ocp.CheckpointManager(root / "latest",
-                                            options=ocp.CheckpointManagerOptions(**opts))
-        self.best = ocp.CheckpointManager(root / "best",
-                                          options=ocp.CheckpointManagerOptions(**opts))
+        self.latest = ocp.CheckpointManager(
+            root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts))
+        # two: a run stopped mid-epoch saves the evaluation of where it stopped as its
+        # best and keeps the best of its finished epochs, which a resumed run goes back to
+        self.best = ocp.CheckpointManager(
+            root / "best", options=ocp.CheckpointManagerOptions(max_to_keep=2, **opts))
 
     @staticmethod
     def save(manager: ocp.CheckpointManager, step: int, items: dict[str, Any],

@@ -38,7 +38,7 @@ import json
 import pathlib
 import sys
 
-from experiments import curves, report, sweep
+from experiments import cli, curves, report, sweep
 from experiments.configs import Config, get_config, override, validate
 from experiments.sweep import execute
 
@@ -48,8 +48,7 @@ finished = sweep.finished
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     p.add_argument("--workdir", default="runs/compare")
     p.add_argument("--datasets", nargs="+", default=None,
                    help="default: breastmnist pneumoniamnist (learning curves: pbc)")
@@ -214,6 +213,11 @@ def _collect(args, base: Config, plan, fractions) -> tuple[list[dict], list[str]
         runs, missing = runs + got, missing + lost
     if missing:
         print(f"not finished (--no-train): {', '.join(missing)}")
+    stopped = [f"{r['dataset']}/{r['model']}/seed{r['seed']}" for r in runs
+               if not r["finished"]]
+    if stopped:
+        print(f"stopped before the end of their schedule (max_steps; run again without it "
+              f"to finish them): {', '.join(stopped)}")
     if not runs:
         raise SystemExit(f"no finished runs in {args.workdir}")
     return runs, missing
@@ -262,11 +266,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from experiments.checkpoints import CheckpointError
-    from experiments.training import TrainingError, WorkdirError
-
-    try:
-        main()
-    except (ValueError, FileNotFoundError, CheckpointError, TrainingError,
-            WorkdirError) as err:  # user errors: one line, no traceback
-        sys.exit(f"error: {err}")
+    cli.run(main, "experiments.compare")

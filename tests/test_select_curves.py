@@ -42,7 +42,7 @@ def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
 
     rows = select.main(["--workdir", str(tmp_path), "--dataset", "breastmnist", "--variants",
                         "p4m_gcnn", "--seeds", "0", "--workers", "1",
-                        "--set", "epochs=1", "--set", "max_steps=2",
+                        "--set", "epochs=1", "--set", "steps_per_epoch=2",
                         "--set", f"data_dir={medmnist_dir}"])
     work = tmp_path / "breastmnist" / "p4m_gcnn" / "seed0"
     results = json.loads((work / "results.json").read_text())

@@ -20,7 +20,7 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     out = tmp_path / "sweep"
     argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
             "p4m_dgcnn", "--ablations", "p4m_dgcnn_k1", "--seeds", "0", "1",
-            "--set", "epochs=1", "--set", "max_steps=2",
+            "--set", "epochs=1", "--set", "steps_per_epoch=2",
             "--set", "progress=false", "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(argv)
     assert [(r["model"], r["seeds"]) for r in rows] == [
@@ -80,7 +80,7 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     # the cnn runs only (no p4m_dgcnn run, so no figures: quicker)
     cnn_only = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
                 "--seeds", "0", "1", "2", "--no-train", "--set", "epochs=1",
-                "--set", "max_steps=2", "--set", f"data_dir={medmnist_dir}"]
+                "--set", "steps_per_epoch=2", "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(cnn_only)
     assert [(r["model"], r["seeds"]) for r in rows] == [("cnn", 2)]
     shutil.copy(out / "breastmnist" / "cnn" / "seed0" / "eval_test.json", seed2)
@@ -149,7 +149,7 @@ def test_pbc_end_to_end_train_compare_evaluate(tmp_path, pbc_dir, monkeypatch):
     from experiments import compare
 
     monkeypatch.chdir(tmp_path)
-    sets = ["epochs=1", "max_steps=2", "progress=false", f"data_dir={pbc_dir}"]
+    sets = ["epochs=1", "steps_per_epoch=2", "progress=false", f"data_dir={pbc_dir}"]
     work = tmp_path / "sweep" / "pbc" / "cnn" / "seed0"
     config = sweep.run_config(override(get_config(), sets), "pbc", "cnn", 0)
     results = training.train_and_evaluate(config, work)
@@ -190,7 +190,7 @@ def test_compare_trains_the_seeds_of_a_run_together(tmp_path, medmnist_dir, monk
 
     monkeypatch.chdir(tmp_path)
     argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn", "--seeds",
-            "0", "1", "--seeds-together", "yes", "--set", "epochs=1", "--set", "max_steps=2",
+            "0", "1", "--seeds-together", "yes", "--set", "epochs=1", "--set", "steps_per_epoch=2",
             "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(argv)
     assert [(r["model"], r["seeds"]) for r in rows] == [("cnn", 2)]
@@ -232,7 +232,7 @@ def test_compare_tunes_on_validation_then_trains_the_seeds(tmp_path, medmnist_di
     monkeypatch.chdir(tmp_path)
     argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
             "--seeds", "0", "--tune", "learning_rate=0.001,0.01", "--tune-seeds", "7",
-            "--set", "epochs=1", "--set", "max_steps=3", "--set", "progress=false",
+            "--set", "epochs=1", "--set", "steps_per_epoch=3", "--set", "progress=false",
             "--set", f"data_dir={medmnist_dir}", "--results-dir", "res"]
     compare.main(argv)
     aucs = {}

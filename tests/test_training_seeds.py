@@ -47,15 +47,16 @@ def test_several_seeds_together_equal_the_seeds_one_by_one(tmp_path, medmnist_di
 
 @pytest.mark.slow
 def test_several_seeds_resume_at_an_epoch_boundary(tmp_path, medmnist_dir):
-    sets = FAST + ["seeds=0,1", "batch_size=128"]  # 2 steps per epoch
+    # the CNN on a quarter of the split (137 images): 2 steps of 64 an epoch
+    sets = FAST + ["seeds=0,1", "model=cnn", "batch_size=64", "train_fraction=0.25"]
     full = run_train(tmp_path / "full", medmnist_dir, sets)
     assert full.returncode == 0, full.stdout + full.stderr
     work = tmp_path / "run"
     first = run_train(work, medmnist_dir, sets + ["max_steps=2"])  # epoch 1 of 2
     assert first.returncode == 0, first.stdout + first.stderr
     # another seed list is refused while this one is unfinished
-    other = run_train(work, medmnist_dir, FAST + ["seeds=0,2", "batch_size=128"])
-    assert other.returncode == 1 and "Traceback" not in other.stderr
+    other = run_train(work, medmnist_dir, [*sets[:-4], "seeds=0,2", *sets[-3:]])
+    assert other.returncode == 2 and "Traceback" not in other.stderr
     assert "holds an unfinished run of seeds 0,1: resume it with --set seeds=0,1" \
         in other.stderr
     resumed = run_train(work, medmnist_dir, sets)
@@ -66,7 +67,7 @@ def test_several_seeds_resume_at_an_epoch_boundary(tmp_path, medmnist_dir):
         want = json.loads((tmp_path / "full" / f"seed{seed}" / "results.json").read_text())
         assert_close(comparable(got), comparable(want), tol=1e-6)
     # once both have results, another seed list may use the folder
-    more = run_train(work, medmnist_dir, FAST + ["seeds=2", "batch_size=128", "max_steps=2"])
+    more = run_train(work, medmnist_dir, [*sets[:-4], "seeds=2", *sets[-3:], "max_steps=2"])
     assert more.returncode == 0, more.stdout + more.stderr
     assert (work / "seed2" / "results.json").is_file()
 
@@ -74,7 +75,7 @@ def test_several_seeds_resume_at_an_epoch_boundary(tmp_path, medmnist_dir):
 @pytest.mark.slow
 def test_epochs_of_a_set_number_of_steps(tmp_path, medmnist_dir):
     # a stratified quarter of BreastMNIST's training split (137 images): 4 batches of 32 a pass
-    sets = FAST + ["train_fraction=0.25", "data_seed=3"]
+    sets = FAST + ["model=cnn", "train_fraction=0.25", "data_seed=3"]
     out = run_train(tmp_path / "passes", medmnist_dir, sets)
     assert out.returncode == 0, out.stdout + out.stderr
     same = run_train(tmp_path / "four", medmnist_dir, sets + ["steps_per_epoch=4"])

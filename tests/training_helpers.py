@@ -1,6 +1,7 @@
 """Helpers of the training and sweep tests: the command line in a subprocess, results
 compared to a tolerance, and a small fast configuration."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -44,3 +45,29 @@ def assert_close(a, b, tol=1e-6):
         assert abs(a - b) <= tol * max(1.0, abs(a)), (a, b)
     else:
         assert a == b
+
+
+def history(work):
+    return [json.loads(line) for line in (work / "metrics.jsonl").open()]
+
+
+def stop_and_resume(work, data_dir, sets, stop, full):
+    """A run stopped by ``max_steps=stop`` is unfinished at an exact position, still scores
+    end to end, and resumed without the limit ends equal to the uninterrupted run in
+    ``full`` (8 steps an epoch, as FAST has)."""
+    first = run_train(work, data_dir, sets + [f"max_steps={stop}"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"stopped at step {stop} (max_steps)" in first.stdout
+    stopped = json.loads((work / "results.json").read_text())
+    assert stopped["finished"] is False and stopped["steps"] == stop
+    assert stopped["position"] == {"epoch": stop // 8, "batch": stop % 8}
+    assert stopped["test"] is not None  # a smoke run still scores end to end
+    assert history(work)[-1]["partial"] is True
+    again = run_train(work, data_dir, sets)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resuming from step {stop}" in again.stdout
+    got = json.loads((work / "results.json").read_text())
+    want = json.loads((full / "results.json").read_text())
+    assert got["finished"] is True and got["steps"] == want["steps"]
+    assert_close(comparable(got), comparable(want), tol=1e-6)
+    assert_close(history(work), history(full), tol=1e-6)

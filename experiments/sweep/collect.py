@@ -45,7 +45,7 @@ def summary(task: Task, config: Config, work: Workdir) -> dict:
            "num_params": results["num_params"], "forward_flops": flops,
            "train_seconds": results["train_seconds"],
            "train_fraction": config.train_fraction, "num_train": results.get("num_train"),
-           "backend": results.get("backend"),
+           "backend": results.get("backend"), "finished": work.finished(),
            "val_auc_curve": [h["val_auc"] for h in history]}
     if results.get("test"):
         out.update({f"test_{key}": results["test"][key] for key in SCORES})

@@ -76,7 +76,9 @@ def tune(sweep: Sweep, base: Config, dataset: str, name: str,
 def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
         fraction: float | None = None, label: str = "") -> tuple[list[dict], list[str]]:
     """Train (unless ``no_train``) and summarise every seed of every pair: the summaries
-    of the finished runs and the names of those missing."""
+    of the runs with results (a run stopped by ``max_steps`` has them, marked
+    ``"finished": false``, and is trained on the next time) and the names of those
+    missing."""
     runs, missing = [], []
     for dataset, name in pairs:
         tuned = tune(sweep, base, dataset, name, fraction) if sweep.tune else None
@@ -90,9 +92,12 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
         if not sweep.no_train:
             execute.train(jobs, sweep.mode, workers=sweep.workers)
         for task, config, work in jobs:
-            if not work.finished() or (sweep.d4 and not sweep.validation_only
-                                       and not finished(work)):
-                missing.append(f"{label}{dataset}/{name}/seed{task.seed}")
+            scorable = (work.path / "eval_test.json").is_file() or work.has_checkpoint("best")
+            if not work.has_results() or (sweep.d4 and not sweep.validation_only
+                                          and not scorable):
+                why = execute.log_tail(work) if sweep.mode == "pool" else ""
+                missing.append(f"{label}{dataset}/{name}/seed{task.seed}"
+                               + (f" ({why})" if why else ""))
                 continue
             execute.check_finished_config(work, config)
             if sweep.d4 and not sweep.validation_only and \

@@ -43,6 +43,8 @@ def train(jobs: list[tuple[Task, Config, Workdir]], mode: str = "process", *,
     todo = [job for job in jobs if not job[2].finished()]
     for _, config, work in jobs:
         check_finished_config(work, config)
+    for _, _, work in todo:  # scores of a stopped run are not those of the finished one
+        (work.path / "eval_test.json").unlink(missing_ok=True)
     if mode == "pool":
         train_pool(todo, workers)
         return

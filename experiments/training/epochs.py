@@ -141,9 +141,21 @@ class Trainer:
             f"{progress.batch}) in {self.workdir.path}")
         return state
 
+    def drop_stopped_evaluations(self) -> None:
+        """Delete the best checkpoints saved after the position training resumes from
+        (the evaluation of a run stopped mid-epoch): the resumed run selects among its
+        finished epochs, as an uninterrupted run does."""
+        for member in self.members:
+            best = member.checkpoints.best
+            for step in best.all_steps():
+                if step > member.progress.best_epoch:
+                    best.delete(step)
+
     # ---------------------------------------------------------------- epochs
     def train_epoch(self, state: TrainState, epoch: int) -> TrainState | None:
         """Train the rest of ``epoch``; ``None`` when ``max_steps`` leaves no step."""
+        if self.remaining_steps(state) == 0:
+            return None
         if self.pipeline == "device":
             return self._device_epoch(state, epoch)
         return self._host_epoch(state, self.members[0].progress, epoch)
@@ -173,6 +185,7 @@ class Trainer:
             if not (math.isfinite(loss) and step_metrics["finite"]):
                 raise self._non_finite(loss, epoch, step + 1)
             step += 1
+            progress.batch = batch_index + 1
             progress.loss_sum += loss
             progress.accuracy_sum += float(step_metrics["accuracy"])
             progress.seen += 1
@@ -184,47 +197,61 @@ class Trainer:
             if every and step % every == 0 and batch_index + 1 < steps and not stop:
                 progress.train_seconds += time.perf_counter() - start
                 start = time.perf_counter()
-                progress.epoch, progress.batch, progress.iterator = epoch, batch_index + 1, \
-                    it.get_state()
+                progress.epoch, progress.iterator = epoch, it.get_state()
                 self.save_latest(state)
-            if stop:
+            if stop:  # an exact position: the rest of the epoch is trained on resuming
+                progress.iterator = it.get_state()
                 break
         bar.close()
         progress.train_seconds += time.perf_counter() - start
         return state
 
+    def remaining_steps(self, state: TrainState) -> int | None:
+        """Steps ``max_steps`` still allows (``None``: no limit)."""
+        if not self.config.max_steps:
+            return None
+        return max(self.config.max_steps - self.step(state), 0)
+
     def _device_epoch(self, state: TrainState, epoch: int) -> TrainState | None:
+        """From ``progress.batch`` (a run stopped mid-epoch) to the end of the epoch, or
+        to ``max_steps``, as one program or one per step."""
         config, steps = self.config, self.steps_per_epoch
-        first_step = self.step(state)
-        length = steps if not config.max_steps else min(steps, config.max_steps - first_step)
+        first = self.members[0].progress.batch
+        length = steps - first
+        if config.max_steps:
+            length = min(length, self.remaining_steps(state))
         if length < 1:
             return None
+        first_step = self.step(state)
         images, labels = self.on_device["train"]
         seeds = jnp.asarray(self.seeds, jnp.int32) if self.stacked else config.seed
         start = time.perf_counter()
         state, step_metrics = train_epoch_on_device(
             state, images, labels, self.dataset.mean, self.dataset.std, seeds, epoch,
-            settings=self.settings, steps_per_epoch=steps, length=length,
+            settings=self.settings, steps_per_epoch=steps, length=length, start=first,
             batch_sharding=batch_sharding(self.mesh))
         step_metrics = jax.device_get(step_metrics)
         seconds = time.perf_counter() - start
         for i, member in enumerate(self.members):
             one = {k: v[i] for k, v in step_metrics.items()} if self.stacked else step_metrics
-            self._record_epoch(member.progress, one, epoch, first_step, seconds)
+            self._record_steps(member.progress, one, epoch, first_step, seconds)
+            member.progress.batch = first + length
         return state
 
-    def _record_epoch(self, progress: Progress, step_metrics: dict, epoch: int,
+    def _record_steps(self, progress: Progress, step_metrics: dict, epoch: int,
                       first_step: int, seconds: float) -> None:
-        """Add an epoch trained as one program (per-step metrics on the host) to
-        ``progress``; a non-finite step stops the run (:class:`TrainingError`)."""
+        """Add steps trained as one program (per-step metrics on the host) to the running
+        sums of ``progress`` (a fresh epoch starts them at zero); a non-finite step stops
+        the run (:class:`TrainingError`)."""
         loss = step_metrics["loss"]
         bad = np.flatnonzero(~(np.isfinite(loss) & (step_metrics["finite"] > 0)))
         if bad.size:
             raise self._non_finite(float(loss[bad[0]]), epoch, first_step + int(bad[0]) + 1)
-        progress.start_epoch()
-        progress.loss_sum = float(np.sum(loss, dtype=np.float64))
-        progress.accuracy_sum = float(np.sum(step_metrics["accuracy"], dtype=np.float64))
-        progress.seen = len(loss)
+        if progress.batch == 0:
+            progress.start_epoch()
+        progress.loss_sum += float(np.sum(loss, dtype=np.float64))
+        progress.accuracy_sum += float(np.sum(step_metrics["accuracy"], dtype=np.float64))
+        progress.seen += len(loss)
         progress.train_seconds += seconds
 
     def _non_finite(self, loss: float, epoch: int, step: int) -> TrainingError:

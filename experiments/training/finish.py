@@ -23,9 +23,12 @@ __all__ = ["end_epoch", "finish"]
 
 
 def end_epoch(trainer: Trainer, member: Member, state: TrainState, epoch: int,
-              val_probs: np.ndarray, probe: jax.Array, prefix: str = "") -> None:
+              val_probs: np.ndarray, probe: jax.Array, prefix: str = "", *,
+              partial: bool = False) -> None:
     """Score ``epoch`` on validation, add its record to the history (``metrics.jsonl``)
-    and save ``best`` when validation AUC improved (``latest`` is the trainer's)."""
+    and save ``best`` when validation AUC improved (``latest`` is the trainer's).
+    ``partial``: a run stopped inside the epoch (``max_steps``); the record says where
+    (``"partial": true`` and the batches trained), and a resumed run drops it."""
     config, progress = member.config, member.progress
     step = int(state.step)
     tau = temperature(trainer.settings, step / trainer.steps_per_epoch)
@@ -36,6 +39,8 @@ def end_epoch(trainer: Trainer, member: Member, state: TrainState, epoch: int,
               "train_accuracy": progress.accuracy_sum / seen,
               "val_auc": val["auc"], "val_accuracy": val["accuracy"], "val_nll": val["nll"],
               "val_balanced_accuracy": val["balanced_accuracy"]}
+    if partial:
+        record.update({"partial": True, "batch": progress.batch})
     diagnostics = dynamic_diagnostics(state, member.initial, probe, tau)
     if diagnostics:
         record["dynamic_layers"] = diagnostics
@@ -44,13 +49,19 @@ def end_epoch(trainer: Trainer, member: Member, state: TrainState, epoch: int,
     if improved:
         progress.best_auc, progress.best_epoch = val["auc"], epoch + 1
     member.workdir.write_history(progress.history)
-    say(f"{prefix}epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+    where = f" (stopped at batch {progress.batch})" if partial else ""
+    say(f"{prefix}epoch {epoch + 1}/{config.epochs}{where}  loss {record['train_loss']:.4f}  "
         f"val AUC {val['auc']:.4f}  val acc {val['accuracy']:.4f}  tau {float(tau):.2f}"
         f"{'  (best)' if improved else ''}")
     if improved:
         # the temperature the checkpoint was selected with is the one it is tested with
         Checkpoints.save(member.checkpoints.best, epoch + 1, {"model": state.model_item()},
                          {"epoch": epoch + 1, "val": val, "tau": float(tau)})
+
+
+def prefix_of(trainer: Trainer, member: Member) -> str:
+    """``"seed N: "`` for a member of stacked seeds."""
+    return f"seed {member.config.seed}: " if trainer.stacked else ""
 
 
 def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int) -> dict:
@@ -63,10 +74,16 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
                "train_fraction": config.train_fraction, "data_seed": config.data_seed,
                "num_train": trainer.dataset.num_train, "num_params": num_params,
                "best_epoch": best["epoch"], "best_tau": best["tau"], "val": best["val"],
-               "test": None, "epochs_run": len(progress.history), "steps": int(state.step),
+               "test": None, "epochs_run": progress.epoch, "steps": int(state.step),
+               "finished": progress.epoch >= config.epochs,
                "train_seconds": progress.train_seconds, "pipeline": trainer.pipeline,
                "seeds_trained_together": together,
                "devices": num_devices(config), "backend": jax.default_backend()}
+    if not results["finished"]:
+        results["position"] = {"epoch": progress.epoch, "batch": progress.batch}
+        say(f"{prefix_of(trainer, member)}stopped at step {int(state.step)} (max_steps), "
+            f"{progress.epoch} of {config.epochs} epochs and {progress.batch} batches "
+            f"done: run the command again without max_steps to finish it")
     title = f"{config.model} on {config.dataset}"
     if primary():
         plots.learning_curves(progress.history, workdir.path / "learning_curves.png")

@@ -24,7 +24,7 @@ from experiments.configs import Config, pipeline, validate
 
 from .diagnostics import diagnostic_images
 from .epochs import Member, Trainer
-from .finish import end_epoch, finish
+from .finish import end_epoch, finish, prefix_of
 from .parallel import make_mesh
 from .state import Progress, count_params, create_train_state, initial_copy, stack_states
 from .workdir import Workdir, WorkdirError, seed_list
@@ -68,8 +68,7 @@ def _refuse_other_seeds(folder: Workdir, seeds: list[int]) -> None:
     stored = folder.stored_seeds()
     if stored is None or stored == seeds:
         return
-    epochs = folder.config()["epochs"]
-    if not all(folder.seed(s).completed(epochs) for s in stored):
+    if not all(folder.seed(s).finished() for s in stored):
         listed = ",".join(map(str, stored))
         raise WorkdirError(f"{folder.path} holds an unfinished run of seeds {listed}: "
                            f"resume it with --set seeds={listed}, or use another --workdir")
@@ -90,6 +89,14 @@ def _members(config: Config, folder: Workdir, checkpoints: Checkpoints, kind: st
         sub.write_config(single)
         members.append(Member(single, sub, Checkpoints(sub.path), Progress(pipeline=kind)))
     return members
+
+
+def _validate(trainer: Trainer, state, epoch: int, probe, *, partial: bool) -> None:
+    """Score every member on validation after ``epoch`` (``partial``: where a stopped run
+    stands inside it)."""
+    for i, (member, probs) in enumerate(zip(trainer.members, trainer.validation_probs(state))):
+        end_epoch(trainer, member, trainer.member_state(state, i), epoch, probs, probe,
+                  prefix_of(trainer, member), partial=partial)
 
 
 def _run(config: Config, folder: Workdir) -> dict:
@@ -116,20 +123,26 @@ def _run(config: Config, folder: Workdir) -> dict:
         member.progress.pipeline = kind
         member.workdir.write_history(member.progress.history)
     probe = diagnostic_images(trainer.val[0], dataset.mean, dataset.std)
+    if members[0].progress.epoch < config.epochs and trainer.remaining_steps(state) != 0:
+        trainer.drop_stopped_evaluations()  # training goes on from where it stopped
 
     for epoch in range(members[0].progress.epoch, config.epochs):
         trained = trainer.train_epoch(state, epoch)
         if trained is None:  # max_steps reached before this epoch
             break
         state = trained
-        for i, (member, probs) in enumerate(zip(members, trainer.validation_probs(state))):
-            prefix = f"seed {member.config.seed}: " if config.seeds else ""
-            end_epoch(trainer, member, trainer.member_state(state, i), epoch, probs, probe,
-                      prefix)
-            member.progress.epoch, member.progress.batch = epoch + 1, 0
-            member.progress.iterator = None
-        trainer.save_latest(state)
-        if config.max_steps and trainer.step(state) >= config.max_steps:
+        complete = members[0].progress.batch >= steps
+        if not complete:  # stopped mid-epoch: the exact position, then where it stands
+            for member in members:
+                member.progress.epoch = epoch
+            trainer.save_latest(state)
+        _validate(trainer, state, epoch, probe, partial=not complete)
+        if complete:
+            for member in members:
+                member.progress.epoch, member.progress.batch = epoch + 1, 0
+                member.progress.iterator = None
+            trainer.save_latest(state)
+        if not complete or (config.max_steps and trainer.step(state) >= config.max_steps):
             break
     results = {m.config.seed: finish(trainer, m, trainer.member_state(state, i), num_params)
                for i, m in enumerate(members)}

@@ -67,30 +67,30 @@ def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
 
 # --------------------------------------------------------------------------- epochs
 
-def _plan(seeds, epoch, num_examples: int, *, settings: StepSettings, steps_per_epoch: int,
-          length: int):
+def _plan(seeds, epoch, start, num_examples: int, *, settings: StepSettings,
+          steps_per_epoch: int, length: int):
     """The batches (``int32 [length, batch_size]`` indices) and the augmentation key of
-    the first ``length`` steps of epoch ``epoch`` for one seed, or stacked ``[S, ...]``
-    for seeds ``[S]``: the batches continue the passes over the split."""
+    steps ``start`` to ``start + length`` of epoch ``epoch`` for one seed, or stacked
+    ``[S, ...]`` for seeds ``[S]``: the batches continue the passes over the split."""
     def one(seed):
         augment_key = jax.random.split(data.epoch_key(seed, epoch))[1]
-        order = data.step_batches(seed, epoch * steps_per_epoch, num_examples,
+        order = data.step_batches(seed, epoch * steps_per_epoch + start, num_examples,
                                   settings.batch_size, length)
         return order, augment_key
 
     return jax.vmap(one)(seeds) if jnp.ndim(seeds) else one(seeds)
 
 
-def _step(states, train_data: tuple, plans: tuple, i, *, settings: StepSettings,
+def _step(states, train_data: tuple, plans: tuple, i, start, *, settings: StepSettings,
           steps_per_epoch: int, batch_sharding: NamedSharding, stacked: bool):
-    """Step ``i`` of an epoch whose batches are ``plans``: gather, augment, normalise and
-    train, all on the device (``vmap``-ped over stacked runs)."""
+    """Step ``i`` of the batches ``plans`` (step ``start + i`` of their epoch): gather,
+    augment, normalise and train, all on the device (``vmap``-ped over stacked runs)."""
     images, labels, mean, std = train_data
 
     def one(state, order, augment_key):
         x, y = images[order[i]], labels[order[i]]
         if settings.augment:
-            x = data.random_d4_batch(jax.random.fold_in(augment_key, i), x)
+            x = data.random_d4_batch(jax.random.fold_in(augment_key, start + i), x)
         batch = {"image": jax.lax.with_sharding_constraint(data.normalize(x, mean, std),
                                                            batch_sharding),
                  "label": jax.lax.with_sharding_constraint(y.astype(jnp.int32),
@@ -108,13 +108,13 @@ _step_jit = jax.jit(_step, donate_argnums=0, static_argnames=_STATIC)
 
 
 @functools.partial(jax.jit, donate_argnums=0, static_argnames=(*_STATIC, "length"))
-def _scan_epoch(states, train_data, seeds, epoch, *, settings, steps_per_epoch, length,
-                batch_sharding, stacked):
-    plans = _plan(seeds, epoch, train_data[0].shape[0], settings=settings,
+def _scan_epoch(states, train_data, seeds, epoch, start, *, settings, steps_per_epoch,
+                length, batch_sharding, stacked):
+    plans = _plan(seeds, epoch, start, train_data[0].shape[0], settings=settings,
                   steps_per_epoch=steps_per_epoch, length=length)
 
     def step(states, i):
-        return _step(states, train_data, plans, i, settings=settings,
+        return _step(states, train_data, plans, i, start, settings=settings,
                      steps_per_epoch=steps_per_epoch, batch_sharding=batch_sharding,
                      stacked=stacked)
 
@@ -132,9 +132,10 @@ step: 26 s against 1 s on one core, measured), so the CPU trains step by step.""
 
 def train_epoch_on_device(states: TrainState, images: jax.Array, labels: jax.Array, mean,
                           std, seeds, epoch, *, settings: StepSettings, steps_per_epoch: int,
-                          length: int, batch_sharding: NamedSharding,
+                          length: int, batch_sharding: NamedSharding, start: int = 0,
                           loop: str | None = None) -> tuple[TrainState, dict]:
-    """``length`` training steps of epoch ``epoch`` on the device.
+    """``length`` training steps of epoch ``epoch`` on the device, from its step ``start``
+    (a run resumed where it stopped mid-epoch).
 
     ``images`` (uint8 ``[N, H, W, C]``) and ``labels`` are the training split on the
     device; the order and the D4 augmentation (``settings.augment``) are drawn from
@@ -151,14 +152,15 @@ def train_epoch_on_device(states: TrainState, images: jax.Array, labels: jax.Arr
     static = {"settings": settings, "steps_per_epoch": steps_per_epoch,
               "batch_sharding": batch_sharding}
     train_data = (images, labels, mean, std)
+    start = jnp.int32(start)
     if loop == "scan":
-        return _scan_epoch(states, train_data, seeds, epoch, length=length, stacked=stacked,
-                           **static)
-    plans = _plan_jit(seeds, epoch, images.shape[0], settings=settings,
+        return _scan_epoch(states, train_data, seeds, epoch, start, length=length,
+                           stacked=stacked, **static)
+    plans = _plan_jit(seeds, epoch, start, images.shape[0], settings=settings,
                       steps_per_epoch=steps_per_epoch, length=length)
     out = []
     for i in range(length):
-        states, step_metrics = _step_jit(states, train_data, plans, jnp.int32(i),
+        states, step_metrics = _step_jit(states, train_data, plans, jnp.int32(i), start,
                                          stacked=stacked, **static)
         out.append(step_metrics)
     return states, jax.tree.map(lambda *xs: jnp.stack(xs, axis=int(stacked)), *out)

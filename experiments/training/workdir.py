@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 
 from dgcnn_jax import models
 from experiments.configs import DYNAMIC_FIELDS, Config, from_stored
@@ -58,6 +59,18 @@ def seed_list(config: Config) -> list[int]:
     if not config.seeds:
         return [config.seed]
     return [int(x) for x in config.seeds.split(",")]
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    """A JSON object from ``path``; ``ValueError`` naming the file if it is not one."""
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); restore it or delete the run") \
+            from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def write_json(path: pathlib.Path, obj) -> None:
@@ -107,10 +120,10 @@ class Workdir:
 
     # ---- reading
     def config(self) -> dict:
-        return json.loads(self.config_file.read_text())
+        return _read_json(self.config_file)
 
     def results(self) -> dict:
-        return json.loads(self.results_file.read_text())
+        return _read_json(self.results_file)
 
     def history(self) -> list[dict]:
         """The per-epoch records of ``metrics.jsonl`` (empty before the first epoch)."""
@@ -118,14 +131,21 @@ class Workdir:
             return []
         return [json.loads(line) for line in self.history_file.open()]
 
-    def finished(self) -> bool:
-        """Whether the run has its results (trained, selected, and tested unless it was a
-        validation-only run)."""
+    def has_results(self) -> bool:
+        """Whether ``results.json`` was written (also by a run stopped early)."""
         return self.results_file.is_file()
 
-    def completed(self, epochs: int) -> bool:
-        """Whether the run has its results after ``epochs`` epochs."""
-        return self.finished() and self.results()["epochs_run"] >= epochs
+    def finished(self) -> bool:
+        """Whether the run completed its configured schedule and has its results (selected
+        on validation, and tested unless it was a validation-only run). A run stopped by
+        ``max_steps`` has results but is not finished: running it again resumes it."""
+        if not self.has_results():
+            return False
+        results = self.results()
+        if "finished" in results:
+            return bool(results["finished"])
+        # results written before they said so: finished when every epoch ran
+        return results.get("epochs_run", 0) >= self.config().get("epochs", 0)
 
     def has_checkpoint(self, kind: str) -> bool:
         folder = self.checkpoint_dir(kind)
@@ -166,7 +186,13 @@ class Workdir:
     @contextlib.contextmanager
     def locked(self):
         """Create the folder and hold an exclusive lock on ``<path>/.lock`` while a run
-        uses it (process 0 only; :class:`WorkdirError` if another process holds it)."""
+        uses it (process 0 only; :class:`WorkdirError` if another process holds it). A
+        folder this call created is removed again if the run stops before writing a file
+        into it (a setting refused once the data is open)."""
+        created = not self.path.exists()
+        if self.path.exists() and not self.path.is_dir():
+            raise WorkdirError(f"{self.path} is a file, not a work directory: choose another "
+                               f"--workdir")
         self.path.mkdir(parents=True, exist_ok=True)
         if not primary():
             yield self
@@ -188,5 +214,10 @@ class Workdir:
         file.flush()
         try:
             yield self
+        except BaseException:
+            if created and not any(p.is_file() and p.name != ".lock"
+                                   for p in self.path.rglob("*")):
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
         finally:
             file.close()  # closing releases the lock
