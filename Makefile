@@ -22,7 +22,7 @@ train: $(STAMP)
 	$(BIN)/python -m experiments.train --workdir $(WORKDIR) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
+	$(BIN)/python -m pytest -n 3 --dist worksteal --durations=15
 
 bench-dynamic: $(STAMP)
 	$(BIN)/python -m experiments.benchmark_dynamic --output benchmark_dynamic.json

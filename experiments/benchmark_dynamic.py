@@ -13,7 +13,6 @@ JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import platform
@@ -25,6 +24,7 @@ from flax import nnx
 
 import dgcnn_jax as dg
 from experiments.timing import time_call
+from experiments import cli
 
 
 DYNAMIC_IMPLS = tuple(name for name, impl in dg.execution.IMPLS.items()
@@ -104,8 +104,7 @@ def markdown_table(results: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--fields", type=int, default=16)
@@ -129,4 +128,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.benchmark_dynamic")

@@ -12,7 +12,6 @@ a folder that cannot be written is reported before anything is computed).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -24,8 +23,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dgcnn_jax import P4M, data, metrics
-from experiments import datasets, training
-from experiments.checkpoints import CheckpointError, Checkpoints
+from experiments import cli, datasets, training
+from experiments.checkpoints import Checkpoints
 from experiments.configs import Config, from_stored, validate
 
 __all__ = ["LoadedRun", "load_run", "evaluate", "main"]
@@ -62,6 +61,10 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Loaded
         raise FileNotFoundError(f"{folder.config_file} not found: is {workdir} a training "
                                 f"work directory?")
     fields = folder.config()
+    if fields.get("seeds") and not folder.has_checkpoint("best"):
+        seeds = fields["seeds"].split(",")
+        raise FileNotFoundError(f"{workdir} holds seeds {fields['seeds']} trained together: "
+                                f"evaluate one of them, e.g. {folder.seed(int(seeds[0])).path}")
     if data_dir is not None:
         fields["data_dir"] = data_dir
     config = Config(**from_stored(fields))
@@ -79,9 +82,9 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Loaded
     state = jax.device_put(state.with_items(items["model"]),
                            NamedSharding(mesh, PartitionSpec()))
     if not folder.finished():
-        done = len(folder.history())
+        done = sum(1 for h in folder.history() if not h.get("partial"))
         print(f"warning: {workdir} has not finished training ({done} of {config.epochs} "
-              f"epochs): scoring its best checkpoint so far (epoch {best['epoch']})",
+              f"epochs done): scoring its best checkpoint so far (epoch {best['epoch']})",
               file=sys.stderr)
     if "tau" not in best:  # checkpoints written before the meta recorded it
         best["tau"] = next(h["tau"] for h in folder.history() if h["epoch"] == best["epoch"])
@@ -144,8 +147,7 @@ def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = Fals
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", default="test", choices=data.medmnist.SPLITS)
     p.add_argument("--d4", action="store_true", help="metrics on all 8 D4 copies")
@@ -154,12 +156,9 @@ def main(argv=None):
     p.add_argument("--out", default=None,
                    help="where to write the JSON (default: WORKDIR/eval_SPLIT.json)")
     args = p.parse_args(argv)
-    try:
-        return evaluate(args.workdir, args.split, d4=args.d4, tta=args.tta,
-                        data_dir=args.data_dir, out=args.out)
-    except (FileNotFoundError, ValueError, CheckpointError) as err:
-        p.error(str(err))
+    return evaluate(args.workdir, args.split, d4=args.d4, tta=args.tta,
+                    data_dir=args.data_dir, out=args.out)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.evaluate")

@@ -18,7 +18,6 @@ and writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -31,6 +30,7 @@ from flax import nnx
 
 from dgcnn_jax import P4M, execution, get_group, models
 from dgcnn_jax.testing import equivariance_errors
+from experiments import cli
 
 __all__ = ["real_images", "measure", "main"]
 
@@ -84,8 +84,7 @@ def measure(name: str, precision: str, images: np.ndarray, repeats: int) -> dict
 
 
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--repeats", type=int, default=10)
@@ -126,4 +125,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.exactness")

@@ -15,7 +15,6 @@ and the test split; each writes a PNG and a JSON file with the numbers it plots.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 
@@ -25,7 +24,7 @@ from flax import nnx
 
 from dgcnn_jax import get_group
 from dgcnn_jax.testing import equivariance_errors
-from experiments import evaluate, plots, training
+from experiments import cli, evaluate, plots, training
 
 __all__ = ["attention_figure", "equivariance_figure", "main"]
 
@@ -104,8 +103,7 @@ def equivariance_figure(workdir, out, data_dir=None, index: int | None = None) -
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     p.add_argument("--workdir", required=True, help="a training work directory")
     p.add_argument("--out", default=None, help="output folder (default: the workdir)")
     p.add_argument("--data-dir", default=None, help="override the run's data directory")
@@ -125,4 +123,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.figures")

@@ -9,11 +9,11 @@ are counted analytically (convolutions and matrix products, 2 per multiply-add).
 
 from __future__ import annotations
 
-import argparse
 
 from flax import nnx
 
 from dgcnn_jax import models
+from experiments import cli
 
 
 def rows(num_classes: int = 2) -> list[dict]:
@@ -46,12 +46,11 @@ def markdown(table: list[dict]) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     p.add_argument("--num-classes", type=int, default=2)
     args = p.parse_args(argv)
     print(markdown(rows(args.num_classes)))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.model_table")

@@ -14,15 +14,14 @@ reads them from ``--manual-dir`` for a fully offline preparation, and writes
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from dgcnn_jax import data
+from experiments import cli
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     sub = p.add_subparsers(dest="what", required=True)
     pcam = sub.add_parser("pcam")
     pcam.add_argument("--data-dir", default=None)
@@ -83,4 +82,5 @@ def _prepare_pbc(root, data_dir, seed):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.prepare_data", on_interrupt="nothing was written (each file "
+            "is written to a temporary name first); run the command again")

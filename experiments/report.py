@@ -24,7 +24,6 @@ current.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import platform
@@ -33,7 +32,7 @@ import re
 import jax
 import numpy as np
 
-from experiments import stats
+from experiments import cli, stats
 from experiments.sweep.registry import COMPARISONS, SCORES
 
 __all__ = ["TEST_COLUMNS", "BLOCKS", "paired_tests", "machine", "dataset_document",
@@ -204,10 +203,10 @@ def update_blocks(path: pathlib.Path, root: pathlib.Path, *, write: bool = True)
 
 
 def main(argv=None) -> str:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="+", help="results/<dataset>.json files (with --update: "
-                                              "Markdown files with generated blocks)")
+    p = cli.Parser(__doc__)
+    p.add_argument("files", nargs="+", help="results/<dataset>.json files or learning-curve "
+                                              "files (with --update: Markdown files with "
+                                              "generated blocks)")
     p.add_argument("--out", default=None, help="also write the Markdown here")
     p.add_argument("--update", action="store_true",
                    help="rewrite the generated blocks of the Markdown files named")
@@ -222,7 +221,14 @@ def main(argv=None) -> str:
         path = pathlib.Path(name)
         if not path.is_file():
             raise SystemExit(f"error: {path}: no such results file")
-        parts.append(markdown(json.loads(path.read_text())))
+        try:
+            doc = json.loads(path.read_text())
+            kind = "curves" if "fractions" in doc.get("protocol", {}) else "results"
+            parts.append(_blocks()[kind](doc))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path}: not a results file of experiments.compare "
+                             f"(--results-dir or --results) ({type(err).__name__}: {err})") \
+                from None
     text = "\n\n".join(parts) + "\n"
     if args.out:
         pathlib.Path(args.out).write_text(text)
@@ -231,4 +237,5 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.report",
+            on_interrupt="run the command again")

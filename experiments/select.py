@@ -24,15 +24,14 @@ import json
 import pathlib
 import sys
 
-from experiments import sweep
+from experiments import cli, sweep
 from experiments.configs import get_config, override, validate
 
 __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(__doc__)
     p.add_argument("--workdir", default="runs/select")
     p.add_argument("--dataset", default="breastmnist")
     p.add_argument("--variants", nargs="+", default=list(sweep.SELECTION_RUNS),
@@ -76,7 +75,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    cli.run(main, "experiments.select")

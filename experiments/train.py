@@ -22,14 +22,9 @@ import sys
 
 import jax
 
-from experiments.checkpoints import CheckpointError
+from experiments import cli
 from experiments.configs import CONFIGS, Config, get_config, override, validate
-from experiments.training import (
-    TrainingError,
-    WorkdirError,
-    initialize_distributed,
-    train_and_evaluate,
-)
+from experiments.training import initialize_distributed, train_and_evaluate
 
 __all__ = ["default_workdir", "main"]
 
@@ -43,8 +38,7 @@ def default_workdir(config: Config) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(__doc__)
     parser.add_argument("--workdir", default=None,
                         help="output and checkpoint folder (resumes if it has a checkpoint; "
                              "default runs/MODEL-DATASET-seedSEED)")
@@ -83,12 +77,9 @@ def main(argv=None) -> dict:
         print(f"work directory {workdir} (choose one with --workdir)", flush=True)
     try:
         return train_and_evaluate(config, workdir)
-    except (TrainingError, WorkdirError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        _exit(1)
     except Exception as err:
         if jax.process_count() == 1:
-            raise
+            raise  # experiments.cli ends it: one line for a user error or a failed run
         # a collective with a process that died fails here; leave at once rather than
         # wait in JAX's shutdown barrier for the process that will not come
         first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
@@ -108,4 +99,4 @@ def _exit(code: int):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "experiments.train")

@@ -27,6 +27,13 @@ def pytest_configure(config):
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests (training runs, subprocesses) first. With ``--dist worksteal`` (make
+    test) one worker starts on them and the other, done with the quick ones, takes half of
+    what is left: no long test runs alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_unconfigure(config):
     cache = getattr(config, "_dgcnn_jax_cache", None)
     if cache:

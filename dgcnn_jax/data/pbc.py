@@ -186,10 +186,15 @@ def build(root: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0,
         arrays[f"{split}_files"] = names[index]
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / FILENAME
+    for stale in out_dir.glob(f".{FILENAME}.*.part"):  # left by a build that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".part", dir=out_dir)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as any other output (mkstemp makes it 0600)
         os.replace(tmp, target)  # atomic within one folder
     finally:
         pathlib.Path(tmp).unlink(missing_ok=True)

@@ -39,6 +39,10 @@ def validate(config: Config) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    for name in ("max_steps", "checkpoint_every_steps"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}: expected an int >= 0 (0: none), got {value!r}")
     _check_optimisation(config)
     _check_data(config)
     _check_model(config)
