@@ -3,6 +3,7 @@ meets them (small settings, real subprocesses)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,3 +119,30 @@ def test_ctrl_c_prints_how_to_resume(tmp_path, medmnist_dir):
     assert proc.returncode == 130, (out, err)
     assert len(lines) == 1 and lines[0].startswith("interrupted:"), err
     assert f"python -m experiments.train --workdir {work}" in lines[0]
+
+
+@pytest.mark.slow
+def test_data_and_checkpoint_errors_end_in_one_line(tmp_path, medmnist_dir, pbc_raw_sample):
+    from dgcnn_jax.data import pbc
+
+    train = ["--set", "model=cnn", "--set", "epochs=1", "--set", "progress=false"]
+    # a missing archive that is never downloaded: the command that builds it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(_command("train", ["--workdir", tmp_path / "a", *train, "--set",
+                                       "dataset=pbc"], data_dir=empty),
+                    2, "pbc28.npz not found", "experiments.prepare_data pbc")
+    # an archive built locally from other files: its checksum differs from the published one
+    pbc.build(pbc_raw_sample, tmp_path / "built")
+    _one_line_error(_command("train", ["--workdir", tmp_path / "b", *train, "--set",
+                                       "dataset=pbc"], data_dir=tmp_path / "built"),
+                    2, "MD5 checksum mismatch")
+    # a finished run whose best checkpoint was deleted
+    work = tmp_path / "run"
+    sets = [*train, "--set", "steps_per_epoch=2"]
+    first = _command("train", ["--workdir", work, *sets], data_dir=medmnist_dir)
+    assert first.returncode == 0, first.stdout + first.stderr
+    shutil.rmtree(work / "checkpoints" / "best")
+    _one_line_error(_command("train", ["--workdir", work, *sets], data_dir=medmnist_dir),
+                    2, "checkpoints/best")
+    _one_line_error(_command("evaluate", ["--workdir", work]), 2, "no best checkpoint in")

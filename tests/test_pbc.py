@@ -121,6 +121,22 @@ def test_interrupted_build_leaves_no_archive(pbc_raw_sample, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_build_leaves_nothing_the_next_one_keeps(pbc_raw_sample, tmp_path):
+    """A SIGKILL while the archive is written leaves its temporary ``.part`` file: the next
+    build removes it; the archive gets the mode of every other output (the umask's)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".{pbc.FILENAME}.abc123.part"
+    stale.write_bytes(b"half an archive")
+    old = os.umask(0o022)
+    try:
+        report = pbc.build(pbc_raw_sample, out)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in out.iterdir()) == [pbc.FILENAME]
+    assert report.path.stat().st_mode & 0o777 == 0o644
+
+
 def test_build_errors_name_the_path(pbc_raw_sample, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"root: {tmp_path} has no class folders"):
         pbc.build(tmp_path, tmp_path / "out")

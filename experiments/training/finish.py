@@ -68,6 +68,10 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
     """Test the best checkpoint once (unless ``score_test`` is false); write results.json,
     plots and the test probabilities."""
     config, workdir, progress = member.config, member.workdir, member.progress
+    if member.checkpoints.best.latest_step() is None:
+        raise FileNotFoundError(f"{workdir.checkpoint_dir('best')} holds no checkpoint "
+                                f"(deleted?): the run cannot be tested; delete "
+                                f"{workdir.path} to train it again")
     items, best = Checkpoints.restore(member.checkpoints.best, {"model": state.model_item()})
     together = len(trainer.members)
     results = {"model": config.model, "dataset": config.dataset, "seed": config.seed,

@@ -100,9 +100,9 @@ def _validate(trainer: Trainer, state, epoch: int, probe, *, partial: bool) -> N
 
 
 def _run(config: Config, folder: Workdir) -> dict:
+    folder.check_config(config, folder.has_checkpoint("latest"))
+    dataset, steps, mesh = open_data(config)  # before any checkpoint manager (its threads)
     checkpoints = Checkpoints(folder.path)
-    folder.check_config(config, checkpoints.latest.latest_step() is not None)
-    dataset, steps, mesh = open_data(config)
     kind = "device" if config.seeds else pipeline(config)
     members = _members(config, folder, checkpoints, kind)
     states = [create_train_state(m.config, dataset.num_classes, dataset.channels, steps, mesh)
