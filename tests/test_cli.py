@@ -25,6 +25,21 @@ def _command(module, args, env_extra=None, data_dir=None, wait=True):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _reads_from(pid, folder):
+    """Whether process ``pid`` has a file under ``folder`` open (Linux /proc)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(folder)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _one_line_error(out, code=2, *needles):
     lines = out.stderr.strip().splitlines()
     assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
@@ -146,3 +161,28 @@ def test_data_and_checkpoint_errors_end_in_one_line(tmp_path, medmnist_dir, pbc_
     _one_line_error(_command("train", ["--workdir", work, *sets], data_dir=medmnist_dir),
                     2, "checkpoints/best")
     _one_line_error(_command("evaluate", ["--workdir", work]), 2, "no best checkpoint in")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_dataset_is_built_leaves_nothing(tmp_path, pbc_raw_sample):
+    # a folder big enough to interrupt: each sample file 100 times (5,300 files, 95 MB),
+    # made unique by trailing bytes (JPEG decoders stop at the end-of-image marker), so
+    # that every copy is decoded
+    root = tmp_path / "root"
+    for path in pbc_raw_sample.rglob("*.jpg"):
+        folder = root / path.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        data = path.read_bytes()
+        for i in range(100):
+            (folder / f"{path.stem}_{i}.jpg").write_bytes(data + i.to_bytes(2, "big"))
+    out = tmp_path / "out"
+    proc = _command("prepare_data", ["pbc", "--root", root, "--data-dir", out], wait=False)
+    deadline = time.time() + 120  # interrupt once it reads the image files
+    while time.time() < deadline and not _reads_from(proc.pid, root):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 130, err
+    assert len(lines) == 1 and lines[0].startswith("interrupted: nothing was written"), err
+    assert not out.exists() or list(out.iterdir()) == []
