@@ -108,3 +108,18 @@ def test_learning_curves_default_to_the_curve_runs_on_pbc():
                                pipeline="device")
     for name in sweep.CURVE_RUNS:  # every curve run is a valid config at a fraction
         validate(sweep.run_config(base, "pbc", name, 0))
+
+
+def test_a_pool_run_gets_exactly_its_config_on_the_command_line():
+    """The pool starts ``python -m experiments.train --set ...`` per run: the items it
+    passes make the run's config from the default one, whatever the field types."""
+    from experiments.configs import override
+
+    base = override(get_config(), ["learning_rate=0.001", "augment=true",
+                                   "bank_weight_decay=none", "data_dir=/tmp/x y"])
+    for name in ("cnn_augment", "dgcnn_wide_all_but_stem", "p4m_dgcnn_no_anneal"):
+        task = sweep.Task("pbc", name, 3, 0.25, validation_only=True)
+        config = task.config(base)
+        assert override(get_config(), sweep.config_sets(config)) == config
+    with pytest.raises(ValueError, match="mode: expected one of process, together, pool"):
+        sweep.train([], "threads")

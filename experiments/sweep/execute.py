@@ -18,7 +18,8 @@ from experiments.training import Workdir, config_differences, train_and_evaluate
 
 from .plan import Task, config_sets
 
-__all__ = ["MODES", "check_finished_config", "train", "train_together", "train_pool"]
+__all__ = ["MODES", "check_finished_config", "train", "train_together", "train_pool",
+           "default_mode", "log_tail"]
 
 MODES = ("process", "together", "pool")
 """``process``: one run after another here; ``together``: the unfinished seeds of a run
@@ -40,6 +41,8 @@ def check_finished_config(work: Workdir, config: Config) -> None:
 def train(jobs: list[tuple[Task, Config, Workdir]], mode: str = "process", *,
           workers: int = 1) -> None:
     """Train the unfinished ``(task, config, work directory)`` jobs."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
     todo = [job for job in jobs if not job[2].finished()]
     for _, config, work in jobs:
         check_finished_config(work, config)
