@@ -40,12 +40,16 @@ class Sweep:
     validation_only: bool = False
 
 
+def _scored(work: Workdir) -> bool:
+    """Whether the run's D4 scores (``eval_test.json``) are there."""
+    return (work.path / "eval_test.json").is_file()
+
+
 def finished(work: Workdir | pathlib.Path, *, scored: bool = False) -> bool:
     """Trained and tested, and either D4-scored or with the best checkpoint to score it
     (``scored``: D4-scored)."""
     work = Workdir(work) if not isinstance(work, Workdir) else work
-    scored_file = (work.path / "eval_test.json").is_file()
-    return work.finished() and (scored_file or (not scored and work.has_checkpoint("best")))
+    return work.finished() and (_scored(work) or (not scored and work.has_checkpoint("best")))
 
 
 def tune(sweep: Sweep, base: Config, dataset: str, name: str,
@@ -80,6 +84,7 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
     ``"finished": false``, and is trained on the next time) and the names of those
     missing."""
     runs, missing = [], []
+    d4 = sweep.d4 and not sweep.validation_only  # D4-score the tested runs
     for dataset, name in pairs:
         tuned = tune(sweep, base, dataset, name, fraction) if sweep.tune else None
         if sweep.tune and tuned is None:  # no_train before the tuning finished
@@ -92,16 +97,14 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
         if not sweep.no_train:
             execute.train(jobs, sweep.mode, workers=sweep.workers)
         for task, config, work in jobs:
-            scorable = (work.path / "eval_test.json").is_file() or work.has_checkpoint("best")
-            if not work.has_results() or (sweep.d4 and not sweep.validation_only
-                                          and not scorable):
+            if not work.has_results() or (d4 and not (_scored(work)
+                                                      or work.has_checkpoint("best"))):
                 why = execute.log_tail(work) if sweep.mode == "pool" else ""
                 missing.append(f"{label}{dataset}/{name}/seed{task.seed}"
                                + (f" ({why})" if why else ""))
                 continue
             execute.check_finished_config(work, config)
-            if sweep.d4 and not sweep.validation_only and \
-                    not (work.path / "eval_test.json").is_file():
+            if d4 and not _scored(work):
                 evaluate.evaluate(work.path, "test", d4=True)
             runs.append({**summary(task, config, work), **({"tuned": tuned} if tuned else {})})
     return runs, missing
