@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["roc_auc", "roc_curve", "confusion_matrix", "classification_metrics"]
+__all__ = ["roc_auc", "roc_curve", "confusion_matrix", "f1_score", "grouped_auc",
+           "classification_metrics"]
 
 
 def _rank_average(x: np.ndarray) -> np.ndarray:
@@ -41,8 +42,8 @@ def roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     labels = np.asarray(labels)
     if probs.shape[1] == 2:
         return _binary_auc(probs[:, 1], labels == 1)
-    return float(np.nanmean([_binary_auc(probs[:, c], labels == c)
-                             for c in range(probs.shape[1])]))
+    aucs = np.array([_binary_auc(probs[:, c], labels == c) for c in range(probs.shape[1])])
+    return float(np.mean(aucs[~np.isnan(aucs)])) if (~np.isnan(aucs)).any() else float("nan")
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +67,40 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> 
     return cm
 
 
+def f1_score(cm: np.ndarray) -> float:
+    """F1 from a confusion matrix ``cm[true, predicted]``: of class 1 for two classes (the
+    positive class, as the literature reports it), else the mean over classes (macro).
+    A class never predicted nor present scores 0."""
+    cm = np.asarray(cm, np.float64)
+    tp = np.diag(cm)
+    denominator = cm.sum(axis=0) + cm.sum(axis=1)  # 2 tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(cm)), where=denominator > 0)
+    return float(f1[1] if len(cm) == 2 else f1.mean())
+
+
+def grouped_auc(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """ROC AUC over groups (e.g. patients) instead of images: the probabilities of a
+    group's images of one class are averaged into one score, so that each (group,
+    class) pair counts once whatever its number of images (a patient with images of
+    both classes gives one positive and one negative). Single-label only."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    groups = np.asarray(groups)
+    if not (len(probs) == len(labels) == len(groups)):
+        raise ValueError(f"groups: expected {len(labels)} entries (one per image), got "
+                         f"{len(groups)}")
+    keys, cell = np.unique(np.stack([np.unique(groups, return_inverse=True)[1].ravel(),
+                                     labels]), axis=1, return_inverse=True)
+    cell = cell.ravel()
+    sums = np.zeros((keys.shape[1], probs.shape[1]))
+    np.add.at(sums, cell, probs)
+    means = sums / np.bincount(cell)[:, None]
+    return roc_auc(means, keys[1])
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy, balanced accuracy, ROC AUC, NLL and the confusion matrix."""
+    """Accuracy, balanced accuracy, F1 (:func:`f1_score`), ROC AUC, NLL and the
+    confusion matrix."""
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels).astype(np.int64)
     if probs.ndim != 2 or len(probs) != len(labels):
@@ -81,6 +114,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     return {
         "accuracy": float(np.mean(pred == labels)),
         "balanced_accuracy": float(recall[support > 0].mean()),
+        "f1": f1_score(cm),
         "auc": roc_auc(probs, labels),
         "nll": float(nll),
         "confusion_matrix": cm.tolist(),

@@ -67,24 +67,46 @@ def medmnist_dir() -> pathlib.Path:
     return path
 
 
+def _built(filename: str, shared: str, what: str) -> pathlib.Path:
+    """The folder with the real ``filename``, or skip saying where to point."""
+    path = _find(filename, shared)
+    if path is None:
+        pytest.skip(f"real {what} file not found: set DGCNN_DATA_DIR to include a folder "
+                    f"with {filename} (.ci/run points it at ../shared/data/{shared})")
+    return path
+
+
+def _raw_sample(folder: pathlib.Path, filename: str, shared: str) -> pathlib.Path:
+    """``raw_sample/`` (untouched source files) beside ``filename``, or skip."""
+    path = folder / "raw_sample"
+    if not path.is_dir():
+        pytest.skip(f"raw_sample/ not found beside {folder / filename} (the shared data "
+                    f"folder ../shared/data/{shared} has it)")
+    return path
+
+
 @pytest.fixture
 def pbc_dir() -> pathlib.Path:
     """The folder with the real ``pbc28.npz`` (and, in the shared copy, ``raw_sample/``)."""
-    path = _find("pbc28.npz", "pbc")
-    if path is None:
-        pytest.skip("real PBC file not found: set DGCNN_DATA_DIR to include a folder with "
-                    "pbc28.npz (.ci/run points it at ../shared/data/pbc)")
-    return path
+    return _built("pbc28.npz", "pbc", "PBC")
 
 
 @pytest.fixture
 def pbc_raw_sample(pbc_dir) -> pathlib.Path:
     """The 53 untouched official PBC files (``raw_sample/``) beside ``pbc28.npz``."""
-    path = pbc_dir / "raw_sample"
-    if not path.is_dir():
-        pytest.skip(f"PBC raw_sample/ not found beside {pbc_dir / 'pbc28.npz'} (the shared "
-                    f"data folder ../shared/data/pbc has it)")
-    return path
+    return _raw_sample(pbc_dir, "pbc28.npz", "pbc")
+
+
+@pytest.fixture
+def idc_dir() -> pathlib.Path:
+    """The folder with the real ``idc50.npz`` (and, in the shared copy, ``raw_sample/``)."""
+    return _built("idc50.npz", "idc", "IDC")
+
+
+@pytest.fixture
+def idc_raw_sample(idc_dir) -> pathlib.Path:
+    """The 31 untouched Kaggle-layout IDC files (``raw_sample/``) beside ``idc50.npz``."""
+    return _raw_sample(idc_dir, "idc50.npz", "idc")
 
 
 def normal(seed, *shape):

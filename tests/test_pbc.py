@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dgcnn_jax import data
-from dgcnn_jax.data import pbc
+from dgcnn_jax.data import folder, pbc
 
 # per-class counts of the published split (shared README)
 TRAIN_COUNTS = [848, 2177, 1086, 2024, 850, 993, 2330, 1644]
@@ -79,12 +79,19 @@ def test_build_from_real_official_files(pbc_dir, pbc_raw_sample, tmp_path):
     report = pbc.build(pbc_raw_sample, tmp_path / "out",
                        progress=lambda done, total: calls.append((done, total)))
     assert report.kept == 49 and sum(report.split_sizes) == 49
-    assert report.dropped_not_images == ("neutrophil/.DS_169665.jpg",)
-    assert sorted(report.dropped_cross_class_duplicates) == ["eosinophil/EO_225902.jpg",
-                                                             "neutrophil/BNE_191112.jpg"]
-    assert report.dropped_same_class_duplicates == ("basophil/BA_809918.jpg",)  # kept once
-    assert calls[-1] == (50, 50) and len(calls) == 50  # 50 files left to decode
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pbc28.npz"]  # no .part
+    assert report.dropped == {
+        folder.NOT_IMAGE: ("neutrophil/.DS_169665.jpg",),
+        folder.CONFLICT: ("eosinophil/EO_225902.jpg", "neutrophil/BNE_191112.jpg"),
+        folder.COPY: ("basophil/BA_809918.jpg",)}  # a same-class copy: kept once
+    assert report.skipped == ()  # every file is read, whatever its suffix
+    assert calls[-1] == (53, 53) and len(calls) == 54  # each of 53 files, then done
+    # no .part left; the report says the same as the returned one
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["pbc28.npz",
+                                                                   "pbc28.report.json"]
+    written = folder.read_report(report.report_path)
+    assert written["md5"] == report.md5 == data.medmnist.md5sum(report.path)
+    assert written["dropped"] == {k: list(v) for k, v in report.dropped.items()}
+    assert written["split_sizes"] == {"train": 33, "val": 8, "test": 8}
     built = np.load(report.path)
     assert tuple(built["classes"]) == pbc.CLASSES
     # every image traces to its source file and equals the published file's image of it
@@ -133,8 +140,9 @@ def test_a_killed_build_leaves_nothing_the_next_one_keeps(pbc_raw_sample, tmp_pa
         report = pbc.build(pbc_raw_sample, out)
     finally:
         os.umask(old)
-    assert sorted(p.name for p in out.iterdir()) == [pbc.FILENAME]
+    assert sorted(p.name for p in out.iterdir()) == [pbc.FILENAME, "pbc28.report.json"]
     assert report.path.stat().st_mode & 0o777 == 0o644
+    assert report.report_path.stat().st_mode & 0o777 == 0o644
 
 
 def test_build_errors_name_the_path(pbc_raw_sample, tmp_path):
@@ -157,16 +165,24 @@ def test_build_errors_name_the_path(pbc_raw_sample, tmp_path):
 
 
 def test_prepare_data_command(pbc_raw_sample, tmp_path, capsys):
+    import subprocess
+    import sys
+
     from experiments import prepare_data
 
     report = prepare_data.main(["pbc", "--root", str(pbc_raw_sample), "--data-dir",
                                 str(tmp_path)])
     out = capsys.readouterr().out
-    assert report.kept == 49 and "49 images" in out and "1 non-images" in out
+    assert report.kept == 49 and "49 images of 28x28x3" in out
+    assert "dropped 1: does not decode as an image" in out
+    assert f"report: {tmp_path / 'pbc28.report.json'}" in out
     assert "DIFFERS FROM the published file" in out  # a sample is not the whole folder
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(FileNotFoundError, match="root: .*nothing is not a folder"):
         prepare_data.main(["pbc", "--root", str(tmp_path / "nothing"), "--data-dir",
                            str(tmp_path)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "error: root:" in err and "Traceback" not in err
+    done = subprocess.run([sys.executable, "-m", "experiments.prepare_data", "pbc", "--root",
+                           str(tmp_path / "nothing"), "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "error: root:" in done.stderr and "Traceback" not in done.stderr

@@ -71,7 +71,8 @@ def test_a_stale_generated_table_is_found(tmp_path):
 PUBLIC_MODULES = ("dgcnn_jax", "dgcnn_jax.groups", "dgcnn_jax.filters", "dgcnn_jax.ops",
                   "dgcnn_jax.norm", "dgcnn_jax.dynamic", "dgcnn_jax.execution", "dgcnn_jax.nn",
                   "dgcnn_jax.testing", "dgcnn_jax.models", "dgcnn_jax.data",
-                  "dgcnn_jax.data.medmnist", "dgcnn_jax.data.pbc", "dgcnn_jax.data.tfds_sources",
+                  "dgcnn_jax.data.medmnist", "dgcnn_jax.data.pbc", "dgcnn_jax.data.idc",
+                  "dgcnn_jax.data.folder", "dgcnn_jax.data.tfds_sources",
                   "dgcnn_jax.metrics")
 EXPERIMENT_PACKAGES = ("experiments.training", "experiments.sweep")
 

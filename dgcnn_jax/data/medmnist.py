@@ -1,9 +1,12 @@
-"""28 px archives in the MedMNIST layout: locate, download, verify and load.
+"""Archives in the MedMNIST layout: locate, download, verify and load.
 
-The MedMNIST 2D datasets (official ``.npz`` archives) and ``pbc`` (``pbc28.npz``, PBC
-blood cells, see :mod:`dgcnn_jax.data.pbc`). Keys ``{split}_images`` uint8 ``[N, 28,
-28]`` or ``[N, 28, 28, 3]`` and ``{split}_labels`` ``[N, L]``, with fixed splits
-``train`` / ``val`` / ``test``. The data directory is, in order: the ``data_dir``
+The MedMNIST 2D datasets (official ``.npz`` archives), ``pbc`` (``pbc28.npz``, PBC
+blood cells, see :mod:`dgcnn_jax.data.pbc`), ``idc`` (``idc50.npz``, breast
+histopathology, :mod:`dgcnn_jax.data.idc`) and any archive built with
+:mod:`dgcnn_jax.data.folder` (found by its ``<name>.report.json``). Keys
+``{split}_images`` uint8 ``[N, H, W]`` or ``[N, H, W, C]`` and ``{split}_labels``
+``[N, L]``, with fixed splits ``train`` / ``val`` / ``test`` (and, for datasets with
+groups such as IDC's patients, ``{split}_<group key>``). The data directory is, in order: the ``data_dir``
 argument, the environment variable ``DGCNN_DATA_DIR``, or a user cache folder
 (``$XDG_CACHE_HOME/dgcnn_jax/medmnist``, default ``~/.cache/dgcnn_jax/medmnist``).
 ``data_dir`` and ``DGCNN_DATA_DIR`` may name several folders separated by ``os.pathsep``
@@ -12,8 +15,8 @@ argument, the environment variable ``DGCNN_DATA_DIR``, or a user cache folder
 A missing MedMNIST file is downloaded from the official release, written to a temporary
 file in the data directory, checked against the official MD5 and only then renamed
 into place; a file whose checksum does not match is never used (and never deleted).
-``pbc28.npz`` is not downloaded: it is built from the official PBC folder
-(``python -m experiments.prepare_data pbc``).
+Archives built locally (``pbc``, ``idc``, folders) are never downloaded: a missing one
+names the command that builds it (``python -m experiments.prepare_data ...``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import urllib.request
 
 import numpy as np
 
+from . import folder as _folder
+from . import idc as _idc
 from . import pbc as _pbc
 
 __all__ = [
@@ -41,6 +46,7 @@ __all__ = [
     "fetch",
     "info",
     "load",
+    "load_groups",
     "md5sum",
 ]
 
@@ -53,7 +59,7 @@ MEDMNIST_CITATION = ("J. Yang et al., MedMNIST v2 - A large-scale lightweight be
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """Facts of one 28 px dataset (MedMNIST v2 release, or :mod:`dgcnn_jax.data.pbc`)."""
+    """Facts of one dataset (MedMNIST v2 release, PBC, IDC, or one built from a folder)."""
 
     name: str
     md5: str
@@ -66,6 +72,11 @@ class DatasetInfo:
     citation: str = MEDMNIST_CITATION
     url: str | None = DEFAULT_URL  # download address template; None: built locally
     filename: str = ""  # default: "{name}.npz"
+    image_size: int = 28  # height and width of the archive's images
+    view_size: int = 0  # the size models see by default (0: image_size; see center_view)
+    group_key: str = ""  # archive key {split}_<group_key> of each image's group (patient)
+    caveat: str = ""  # what a user must know before comparing numbers
+    build: str = ""  # the command that builds a local archive (url None)
 
     @property
     def file(self) -> str:
@@ -102,7 +113,14 @@ DATASETS = {d.name: d for d in [
     DatasetInfo("organsmnist", "e5c39f1af030238290b9557d9503af9d", 11, 1, "multi-class",
                 (13940, 2452, 8829)),
     DatasetInfo("pbc", _pbc.MD5, len(_pbc.CLASSES), 3, "multi-class", (11952, 1707, 3415),
-                _pbc.CLASSES, _pbc.LICENCE, _pbc.CITATION, None, _pbc.FILENAME),
+                _pbc.CLASSES, _pbc.LICENCE, _pbc.CITATION, None, _pbc.FILENAME,
+                build="python -m experiments.prepare_data pbc --root "
+                      "PBC_dataset_normal_DIB --data-dir DIR"),
+    DatasetInfo("idc", _idc.MD5, 2, 3, "binary-class", (7162, 768, 2177), _idc.CLASSES,
+                _idc.LICENCE, _idc.CITATION, None, _idc.FILENAME, _idc.IMAGE_SIZE,
+                _idc.VIEW_SIZE, "patients", _idc.CAVEAT,
+                "python -m experiments.prepare_data idc --root FOLDER --data-dir DIR (FOLDER "
+                "in the Kaggle layout <patient>/<0|1>/*.png)"),
 ]}
 
 
@@ -110,12 +128,35 @@ class ChecksumError(ValueError):
     """A data file's checksum differs from the official one."""
 
 
-def info(name: str) -> DatasetInfo:
-    """The :class:`DatasetInfo` of a 28 px dataset; unknown names list known ones."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset: unknown MedMNIST dataset {name!r}; known datasets: "
-                         f"{', '.join(DATASETS)}")
-    return DATASETS[name]
+def info(name: str, data_dir: str | os.PathLike | None = None) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a built-in dataset, or of one built with
+    ``prepare_data folder`` (its ``<name>.report.json`` in a folder of ``data_dir``, see
+    :func:`fetch`); unknown names list the known ones."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if isinstance(name, str) and name and "/" not in name and not name.startswith("."):
+        for folder in _data_dirs(data_dir):
+            report = folder / f"{name}.report.json"
+            if report.is_file():
+                return _built_info(name, _folder.read_report(report))
+    raise ValueError(f"dataset: unknown dataset {name!r}; known datasets: "
+                     f"{', '.join(DATASETS)}, or one built with `python -m "
+                     f"experiments.prepare_data folder --name NAME` ({name}.npz and "
+                     f"{name}.report.json in a folder of data_dir or DGCNN_DATA_DIR)")
+
+
+def _built_info(name: str, report: dict) -> DatasetInfo:
+    classes = tuple(report["classes"])
+    height, width, channels = report["image_shape"]
+    sizes = tuple(report["split_sizes"][s] for s in SPLITS)
+    recipe = report.get("recipe") or {}
+    return DatasetInfo(name, report["md5"], len(classes), channels,
+                       "binary-class" if len(classes) == 2 else "multi-class", sizes,
+                       classes, "as the source folder's", f"built from {report.get('root')}",
+                       None, f"{name}.npz", height if height == width else 0,
+                       group_key=recipe.get("group_key", "") if report.get("split_groups")
+                       else "", build=f"python -m experiments.prepare_data folder --name "
+                       f"{name} --root {report.get('root')}")
 
 
 def _data_dirs(data_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
@@ -163,14 +204,13 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *, download: boo
       FileNotFoundError: the file is missing and cannot be downloaded; the message says
         where to put which file.
     """
-    meta = info(name)
+    meta = info(name, data_dir)
     folders = _data_dirs(data_dir)
     for folder in folders:
         if (folder / meta.file).is_file():
             path = folder / meta.file
             if meta.url is None:
-                _verify(path, meta.md5, "rebuild it with `python -m experiments.prepare_data "
-                        f"{name} --root FOLDER`")
+                _verify(path, meta.md5, f"rebuild it with `{meta.build}`")
             else:
                 _verify(path, meta.md5)
             return path
@@ -179,9 +219,8 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *, download: boo
     if meta.url is None:
         raise FileNotFoundError(
             f"{meta.file} not found in {', '.join(map(str, folders))}: it is not downloaded; "
-            f"build it from the official PBC_dataset_normal_DIB folder with `python -m "
-            f"experiments.prepare_data {name} --root FOLDER --data-dir DIR` (MD5 {meta.md5}) "
-            f"and point data_dir or DGCNN_DATA_DIR at DIR")
+            f"build it with `{meta.build}` (MD5 {meta.md5}) and point data_dir or "
+            f"DGCNN_DATA_DIR at DIR")
     source = url.format(name=name)
     where = (f"put the official {name}.npz (MD5 {meta.md5}, from {source}) into {folder}, "
              f"or set DGCNN_DATA_DIR to a folder that has it")
@@ -217,13 +256,13 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, *, download: boo
 def load(name: str = DEFAULT_DATASET, split: str = "train",
          data_dir: str | os.PathLike | None = None, *,
          download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``uint8 [N, 28, 28, C]`` (NHWC) and labels of one official split.
+    """Images ``uint8 [N, H, W, C]`` (NHWC) and labels of one official split.
 
     Labels are ``int32 [N]`` for single-label tasks and ``[N, L]`` for multi-label ones.
     """
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    meta = info(name)
+    meta = info(name, data_dir)
     path = fetch(name, data_dir, download=download)
     with np.load(path) as archive:
         images = archive[f"{split}_images"]
@@ -234,3 +273,18 @@ def load(name: str = DEFAULT_DATASET, split: str = "train",
     if meta.task != "multi-label":
         labels = labels.reshape(-1)
     return images, labels
+
+
+def load_groups(name: str, split: str = "train",
+                data_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The group (for ``idc``: the patient) of every image of one split, in the order of
+    :func:`load`; ``ValueError`` for a dataset without groups."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    meta = info(name, data_dir)
+    if not meta.group_key:
+        raise ValueError(f"dataset: {name} has no groups (datasets with groups: "
+                         f"{', '.join(n for n, d in DATASETS.items() if d.group_key)}, or "
+                         f"one built with a group key)")
+    with np.load(fetch(name, data_dir, download=False)) as archive:
+        return archive[f"{split}_{meta.group_key}"]
