@@ -92,6 +92,8 @@ def test_build_from_real_official_files(pbc_dir, pbc_raw_sample, tmp_path):
     assert written["md5"] == report.md5 == data.medmnist.md5sum(report.path)
     assert written["dropped"] == {k: list(v) for k, v in report.dropped.items()}
     assert written["split_sizes"] == {"train": 33, "val": 8, "test": 8}
+    # the bytes pbc.build wrote before it moved onto dgcnn_jax.data.folder (commit c87102c)
+    assert report.md5 == "846928b20e520c679592d5ef83ddeea7"
     built = np.load(report.path)
     assert tuple(built["classes"]) == pbc.CLASSES
     # every image traces to its source file and equals the published file's image of it
