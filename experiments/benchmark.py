@@ -104,38 +104,46 @@ def layer_rows(batch, size, fields, repeats, peak):
     return rows
 
 
-def model_rows(batch, repeats, peak, names):
+def model_rows(batch, repeats, peak, names, sizes=(None,), channels=None):
+    """One training step of each model in ``names`` at each of ``sizes`` (None: the
+    model's own input size) with ``channels`` image channels (None: the family's)."""
+    rows = []
+    for size in sizes:
+        for name in names:
+            rows.append(_model_row(batch, repeats, peak, name, size, channels))
+            print(_format(rows[-1]), flush=True)
+    return rows
+
+
+def _model_row(batch, repeats, peak, name, size, channels):
     from experiments import training  # needs the data stack (grain); layers do not
 
-    rows = []
-    for name in names:
-        spec = models.spec(name)
-        config = override(get_config(), [f"model={name}", f"batch_size={batch}",
-                                         "progress=false"])
-        mesh = training.make_mesh(config)
-        state = training.create_train_state(config, 2, spec.in_channels, 10, mesh)
-        shape = (batch, spec.input_size, spec.input_size, spec.in_channels)
-        sharding = NamedSharding(mesh, PartitionSpec("data"))
-        batch_data = jax.device_put(
-            {"image": jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32),
-             "label": jnp.zeros((batch,), jnp.int32)}, sharding)
-        tau = training.temperature(config, 0.0)
-        flops = 3 * batch * models.forward_flops(state.model(), shape[1:])
-        holder = [state]
+    spec = models.spec(name)
+    size, channels = size or spec.input_size, channels or spec.in_channels
+    config = override(get_config(), [f"model={name}", f"batch_size={batch}",
+                                     "progress=false"])
+    mesh = training.make_mesh(config)
+    state = training.create_train_state(config, 2, channels, 10, mesh)
+    shape = (batch, size, size, channels)
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    batch_data = jax.device_put(
+        {"image": jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32),
+         "label": jnp.zeros((batch,), jnp.int32)}, sharding)
+    tau = training.temperature(config, 0.0)
+    flops = 3 * batch * models.forward_flops(state.model(), shape[1:])
+    holder = [state]
 
-        def step():
-            holder[0], out = training.train_step(holder[0], batch_data, tau)
-            return out["loss"]
+    def step():
+        holder[0], out = training.train_step(holder[0], batch_data, tau)
+        return out["loss"]
 
-        start = time.perf_counter()
-        jax.block_until_ready(step())
-        compile_s = time.perf_counter() - start
-        timing = time_call(step, repeats=repeats, warmup=1)
-        timing["compile_s"] = compile_s
-        row = _row("train step", name, timing, batch, flops, peak)
-        rows.append(row)
-        print(_format(row), flush=True)
-    return rows
+    start = time.perf_counter()
+    jax.block_until_ready(step())
+    compile_s = time.perf_counter() - start
+    timing = time_call(step, repeats=repeats, warmup=1)
+    timing["compile_s"] = compile_s
+    label = name if size == spec.input_size else f"{name} {size}x{size}x{channels}"
+    return _row("train step", label, timing, batch, flops, peak)
 
 
 def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4,
@@ -155,7 +163,8 @@ def job_rows(epochs, peak, data_dir=None, pipelines=("host", "device"), seeds=4,
         config = override(get_config(), [*sets, f"pipeline={on}", "progress=false"])
         dataset = datasets.open_dataset(config.dataset, data_dir,
                                         train_fraction=config.train_fraction,
-                                        data_seed=config.data_seed)
+                                        data_seed=config.data_seed,
+                                        input_size=config.input_size)
         steps = dataset.num_train // config.batch_size
         mesh = training.make_mesh(config)
         together = seeds if pipeline == "seeds" else 1
@@ -224,6 +233,11 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--models", nargs="*", default=None, help="default: every registered model")
     p.add_argument("--skip-models", action="store_true")
+    p.add_argument("--sizes", type=int, nargs="*", default=None,
+                   help="image sizes of the model rows (default: each model's own)")
+    p.add_argument("--channels", type=int, default=None,
+                   help="image channels of the model rows (default: the family's)")
+    p.add_argument("--skip-layers", action="store_true")
     p.add_argument("--job-epochs", type=int, default=None,
                    help="epochs of the main job timed per pipeline after the first "
                         "(default 3, --quick 1; 0 skips the rows)")
@@ -242,13 +256,15 @@ def main(argv=None):
     results = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
                "machine": platform.machine(), "quick": args.quick, "batch": batch,
                "size": size, "fields": fields, "repeats": repeats,
-               "matmul_flops_per_s": peak, "rows": layer_rows(batch, size, fields, repeats,
+               "matmul_flops_per_s": peak,
+               "rows": [] if args.skip_layers else layer_rows(batch, size, fields, repeats,
                                                               peak)}
     if not args.skip_models:
         names = args.models if args.models is not None else (
             [n for n in models.available() if models.spec(n).input_size == 28]
             if args.quick else list(models.available()))
-        results["rows"] += model_rows(8 if args.quick else 32, repeats, peak, names)
+        results["rows"] += model_rows(8 if args.quick else 32, repeats, peak, names,
+                                      args.sizes or (None,), args.channels)
         epochs = args.job_epochs if args.job_epochs is not None else (1 if args.quick else 3)
         if epochs:
             results["rows"] += job_rows(epochs, peak, args.data_dir)

@@ -37,9 +37,11 @@ class LoadedRun:
     workdir: pathlib.Path
     config: Config
     state: training.TrainState  # an inference state: no optimizer
-    dataset: datasets.Dataset
+    dataset: datasets.Dataset | None  # None: loaded without its data (see load_run)
     best: dict  # the best checkpoint's meta: epoch, validation metrics, tau
     mesh: jax.sharding.Mesh
+    mean: np.ndarray  # the training split's normalisation
+    std: np.ndarray
 
     @property
     def tau(self) -> float:
@@ -48,13 +50,16 @@ class LoadedRun:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, C]`` of uint8 images, at :attr:`tau`."""
-        return training.predict(self.state, images, self.dataset.mean, self.dataset.std,
-                             self.tau, batch_size=self.config.eval_batch_size, mesh=self.mesh)
+        return training.predict(self.state, images, self.mean, self.std, self.tau,
+                                batch_size=self.config.eval_batch_size, mesh=self.mesh)
 
 
-def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> LoadedRun:
+def load_run(workdir: str | pathlib.Path, data_dir: str | None = None, *,
+             with_data: bool = True) -> LoadedRun:
     """Read a work directory's config, open its dataset and restore the best checkpoint's
-    model (parameters and batch statistics; no optimizer state)."""
+    model (parameters and batch statistics; no optimizer state). ``with_data=False``:
+    the normalisation and classes come from results.json (runs that recorded them), and
+    the dataset is not opened."""
     folder = training.Workdir(workdir)
     workdir = folder.path
     if not folder.config_file.is_file():
@@ -64,31 +69,40 @@ def load_run(workdir: str | pathlib.Path, data_dir: str | None = None) -> Loaded
     if fields.get("seeds") and not folder.has_checkpoint("best"):
         seeds = fields["seeds"].split(",")
         raise FileNotFoundError(f"{workdir} holds seeds {fields['seeds']} trained together: "
-                                f"evaluate one of them, e.g. {folder.seed(int(seeds[0])).path}")
+                                f"use one of them, e.g. {folder.seed(int(seeds[0])).path}")
     if data_dir is not None:
         fields["data_dir"] = data_dir
     config = Config(**from_stored(fields))
-    validate(config)
+    recorded = folder.results().get("normalization") if folder.has_results() else None
     checkpoints = Checkpoints(workdir)
     if checkpoints.best.latest_step() is None:
         raise FileNotFoundError(f"no best checkpoint in {workdir / 'checkpoints' / 'best'}")
-    dataset = datasets.open_dataset(config.dataset, config.data_dir,
-                                    train_fraction=config.train_fraction,
-                                    data_seed=config.data_seed)
+    if with_data or recorded is None:
+        validate(config)
+        dataset = datasets.open_dataset(config.dataset, config.data_dir,
+                                        train_fraction=config.train_fraction,
+                                        data_seed=config.data_seed,
+                                        input_size=config.input_size)
+        mean, std = dataset.mean, dataset.std
+        num_classes, channels = dataset.num_classes, dataset.channels
+    else:
+        dataset = None
+        mean = np.asarray(recorded["mean"], np.float32)
+        std = np.asarray(recorded["std"], np.float32)
+        num_classes, channels = len(folder.results()["classes"]), len(mean)
     mesh = training.make_mesh(config)
-    state = training.create_train_state(config, dataset.num_classes, dataset.channels, None,
-                                        mesh)
+    state = training.create_train_state(config, num_classes, channels, None, mesh)
     items, best = Checkpoints.restore(checkpoints.best, {"model": state.model_item()})
     state = jax.device_put(state.with_items(items["model"]),
                            NamedSharding(mesh, PartitionSpec()))
-    if not folder.finished():
+    if not folder.finished() and with_data:
         done = sum(1 for h in folder.history() if not h.get("partial"))
         print(f"warning: {workdir} has not finished training ({done} of {config.epochs} "
               f"epochs done): scoring its best checkpoint so far (epoch {best['epoch']})",
               file=sys.stderr)
     if "tau" not in best:  # checkpoints written before the meta recorded it
         best["tau"] = next(h["tau"] for h in folder.history() if h["epoch"] == best["epoch"])
-    return LoadedRun(workdir, config, state, dataset, best, mesh)
+    return LoadedRun(workdir, config, state, dataset, best, mesh, mean, std)
 
 
 def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = False,
@@ -109,10 +123,14 @@ def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = Fals
               "metrics": None}
     probs = probs_of(images)
     result["metrics"] = metrics.classification_metrics(probs, labels)
+    groups = run.dataset.groups(split)
+    if groups is not None:  # IDC: patients
+        result["metrics"]["auc_per_group"] = metrics.grouped_auc(probs, labels, groups)
     if d4 or tta:
-        # element 0 is the identity: its copy is the split itself, already scored
-        copies = [probs] + [probs_of(np.ascontiguousarray(P4M.transform_image(images, g)))
-                            for g in range(1, P4M.order)]
+        # element 0 is the identity: its copy is the split itself, already scored; the
+        # other 7 copies go through the model as one split (full batches, one program)
+        moved = np.concatenate([P4M.transform_image(images, g) for g in range(1, P4M.order)])
+        copies = [probs] + np.split(probs_of(moved), P4M.order - 1)
         if d4:
             per = [metrics.classification_metrics(p, labels) for p in copies]
             aucs = np.array([m["auc"] for m in per])
@@ -127,8 +145,10 @@ def evaluate(workdir, split: str = "test", *, d4: bool = False, tta: bool = Fals
             result["tta"] = metrics.classification_metrics(np.mean(copies, axis=0), labels)
     m = result["metrics"]
     print(f"{config.model} on {config.dataset}/{split}: AUC {m['auc']:.4f}  accuracy "
-          f"{m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  NLL "
-          f"{m['nll']:.4f}  (best epoch {best_meta['epoch']})")
+          f"{m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  F1 "
+          f"{m['f1']:.4f}  NLL {m['nll']:.4f}"
+          + (f"  per-group AUC {m['auc_per_group']:.4f}" if "auc_per_group" in m else "")
+          + f"  (best epoch {best_meta['epoch']})")
     if d4:
         r = result["d4"]
         print(f"  D4 copies: AUC {r['auc_min']:.4f} .. {r['auc_max']:.4f}, accuracy "

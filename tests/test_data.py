@@ -109,7 +109,8 @@ def test_read_only_data_directory_says_so(tmp_path, monkeypatch):
 
 
 def test_unknown_names_and_splits():
-    with pytest.raises(ValueError, match="unknown dataset 'brainmnist'.*breastmnist.*prepare_data folder"):
+    with pytest.raises(ValueError,
+                       match="unknown dataset 'brainmnist'.*breastmnist.*prepare_data folder"):
         data.load("brainmnist")
     with pytest.raises(ValueError, match="split: expected one of train, val, test"):
         data.load("breastmnist", "validation")

@@ -105,3 +105,24 @@ def test_curve_documents_from_runs(tmp_path):
     curves.plot(doc, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
     assert "| 0.05 | 100 | `p4m_gcnn` | 2 | 0.7000 +- 0.0707" in curves.markdown(doc)
+
+
+def test_epoch_times_document_from_finished_runs(tmp_path):
+    from experiments import epoch_times
+
+    results = {"model": "cnn", "dataset": "idc", "input_size": 24, "epochs_run": 2,
+               "steps": 446, "num_params": 101334, "train_seconds": 60.0,
+               "train_images_per_second": 238.0, "eval_images_per_second": 600.0,
+               "pipeline": "device", "finished": True}
+    for name, finished in (("done", True), ("stopped", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"batch_size": 32}))
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {**results, "finished": finished}))
+    doc = epoch_times.collect([str(tmp_path / "done")], "pinned")
+    assert doc["runs"][0]["epoch_seconds"] == 30.0 and doc["how"] == "pinned"
+    table = epoch_times.markdown(doc)
+    assert "| `cnn` | 24 px | 101,334 | 30 | 223 | 238 | 600 |" in table
+    assert table.endswith(", pinned.")
+    with pytest.raises(ValueError, match="stopped is not a finished training run"):
+        epoch_times.collect([str(tmp_path / "stopped")])

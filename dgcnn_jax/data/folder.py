@@ -68,7 +68,8 @@ class Recipe:
     """How :func:`build` turns a folder into an archive (see the module docstring)."""
 
     name: str
-    layout: str = "class"  # "class": ROOT/<class>/<file>; "group/class": ROOT/<group>/<class>/<file>
+    # "class": ROOT/<class>/<file>; "group/class": ROOT/<group>/<class>/<file>
+    layout: str = "class"
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # accepted suffixes; (): every file
     signature: bytes = b""  # accepted files must start with these bytes
     name_pattern: str | None = None  # file names must match (fullmatch)

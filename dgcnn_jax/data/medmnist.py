@@ -6,8 +6,9 @@ histopathology, :mod:`dgcnn_jax.data.idc`) and any archive built with
 :mod:`dgcnn_jax.data.folder` (found by its ``<name>.report.json``). Keys
 ``{split}_images`` uint8 ``[N, H, W]`` or ``[N, H, W, C]`` and ``{split}_labels``
 ``[N, L]``, with fixed splits ``train`` / ``val`` / ``test`` (and, for datasets with
-groups such as IDC's patients, ``{split}_<group key>``). The data directory is, in order: the ``data_dir``
-argument, the environment variable ``DGCNN_DATA_DIR``, or a user cache folder
+groups such as IDC's patients, ``{split}_<group key>``). The data directory is, in
+order: the ``data_dir`` argument, the environment variable ``DGCNN_DATA_DIR``, or a user
+cache folder
 (``$XDG_CACHE_HOME/dgcnn_jax/medmnist``, default ``~/.cache/dgcnn_jax/medmnist``).
 ``data_dir`` and ``DGCNN_DATA_DIR`` may name several folders separated by ``os.pathsep``
 (``:`` on Linux): a file is looked for in each, in order, and downloaded into the first.

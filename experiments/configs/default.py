@@ -21,6 +21,10 @@ class Config:
     # (the same images for every model and run seed; validation and test untouched)
     train_fraction: float = 1.0
     data_seed: int = 0
+    # the image size models see (dgcnn_jax.data.center_view: a centred crop averaged over
+    # blocks); 0: the dataset's default view (IDC: 24, its centre 48 crop averaged 2x2;
+    # the 28 px datasets: 28); 48 for IDC's full-resolution centre crop
+    input_size: int = 0
     # "device": the training split on the device and one compiled program per epoch
     # (shuffling and augmentation there too); "host": a grain pipeline feeding one step at
     # a time (needed for pcam and for mid-epoch checkpoints); "auto": "device" where the
@@ -82,6 +86,9 @@ class Config:
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
     max_steps: int = 0  # > 0: stop after this many steps (smoke tests)
     progress: bool = True
+    # false: no figures (learning curves, ROC, confusion matrix, dynamic diagnostics):
+    # for sweeps of many runs and tests; the numbers are the same
+    plots: bool = True
     # false: stop after the epochs without reading the test split (option selection on
     # validation data; results.json then has no test metrics)
     score_test: bool = True

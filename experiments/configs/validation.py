@@ -34,7 +34,7 @@ def validate(config: Config) -> None:
     if config.model not in models.available():
         raise ValueError(f"model: unknown model {config.model!r}; known models: "
                          f"{', '.join(models.available())}")
-    datasets.dataset_facts(config.dataset)  # raises for unknown names, listing known ones
+    datasets.dataset_facts(config.dataset, config.data_dir)  # unknown names list known ones
     for name in ("epochs", "batch_size", "eval_batch_size"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
@@ -86,6 +86,14 @@ def _check_data(config: Config) -> None:
                          f"{config.train_fraction!r}")
     if config.train_fraction != 1 and config.dataset == "pcam":
         raise ValueError("train_fraction: subsets are for the in-memory datasets, not pcam")
+    if isinstance(config.input_size, bool) or not isinstance(config.input_size, int) \
+            or config.input_size < 0:
+        raise ValueError(f"input_size: expected an int >= 0 (0: the dataset's default view), "
+                         f"got {config.input_size!r}")
+    size = datasets.view_size(config.dataset, config.input_size, config.data_dir)
+    if size < 4 or size % 2:
+        raise ValueError(f"input_size: the models pool by 2 exactly, which needs an even "
+                         f"size of at least 4; got {size}")
     if isinstance(config.data_seed, bool) or not isinstance(config.data_seed, int) \
             or config.data_seed < 0:
         raise ValueError(f"data_seed: expected an int >= 0, got {config.data_seed!r}")

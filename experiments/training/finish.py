@@ -45,7 +45,11 @@ def end_epoch(trainer: Trainer, member: Member, state: TrainState, epoch: int,
     if diagnostics:
         record["dynamic_layers"] = diagnostics
     progress.history.append(record)
-    improved = val["auc"] > progress.best_auc
+    # the first evaluation is always kept: a validation split of one class has no AUC
+    improved = val["auc"] > progress.best_auc or progress.best_epoch < 0
+    if np.isnan(val["auc"]) and progress.best_epoch < 0:
+        say(f"{prefix}warning: validation AUC is undefined (the validation split has one "
+            f"class): the first epoch's checkpoint stays the best")
     if improved:
         progress.best_auc, progress.best_epoch = val["auc"], epoch + 1
     member.workdir.write_history(progress.history)
@@ -62,6 +66,16 @@ def end_epoch(trainer: Trainer, member: Member, state: TrainState, epoch: int,
 def prefix_of(trainer: Trainer, member: Member) -> str:
     """``"seed N: "`` for a member of stacked seeds."""
     return f"seed {member.config.seed}: " if trainer.stacked else ""
+
+
+def preprocessing(dataset, config) -> dict:
+    """What a model of the run sees, for prediction on new images without the data:
+    the view, the training split's normalisation and the class names."""
+    return {"input_size": dataset.input_size,
+            "normalization": {"mean": [float(v) for v in dataset.mean],
+                              "std": [float(v) for v in dataset.std]},
+            "classes": list(datasets.class_names(config.dataset, config.data_dir)),
+            "image_recipe": datasets.image_recipe(config.dataset, config.data_dir)}
 
 
 def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int) -> dict:
@@ -82,14 +96,15 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
                "finished": progress.epoch >= config.epochs,
                "train_seconds": progress.train_seconds, "pipeline": trainer.pipeline,
                "seeds_trained_together": together,
-               "devices": num_devices(config), "backend": jax.default_backend()}
+               "devices": num_devices(config), "backend": jax.default_backend(),
+               **preprocessing(trainer.dataset, config)}
     if not results["finished"]:
         results["position"] = {"epoch": progress.epoch, "batch": progress.batch}
         say(f"{prefix_of(trainer, member)}stopped at step {int(state.step)} (max_steps), "
             f"{progress.epoch} of {config.epochs} epochs and {progress.batch} batches "
             f"done: run the command again without max_steps to finish it")
     title = f"{config.model} on {config.dataset}"
-    if primary():
+    if primary() and config.plots:
         plots.learning_curves(progress.history, workdir.path / "learning_curves.png")
         if any("dynamic_layers" in h for h in progress.history):
             plots.dynamic_diagnostics(progress.history,
@@ -107,6 +122,9 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
     probs = trainer.predict(best_state, test_x, best["tau"])
     eval_seconds = time.perf_counter() - eval_start
     test = metrics.classification_metrics(probs, test_y)
+    groups = trainer.dataset.groups("test")
+    if groups is not None:  # IDC: patients
+        test["auc_per_group"] = metrics.grouped_auc(probs, test_y, groups)
     results.update({
         "test": test, "forward_flops": models.forward_flops(state.model(), test_x.shape[1:]),
         "train_images_per_second": int(state.step) * config.batch_size * together
@@ -114,12 +132,13 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
         "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9)})
     workdir.write_results(results)
     if primary():
-        classes = datasets.class_names(config.dataset)
+        np.save(workdir.path / "test_probs.npy", probs)
+        np.save(workdir.path / "test_labels.npy", np.asarray(test_y))
+    if primary() and config.plots:
+        classes = datasets.class_names(config.dataset, config.data_dir)
         plots.roc(probs, test_y, workdir.path / "roc_test.png", f"{title} (test)", classes)
         plots.confusion(test["confusion_matrix"], workdir.path / "confusion_test.png",
                         f"{title} (test)", classes)
-        np.save(workdir.path / "test_probs.npy", probs)
-        np.save(workdir.path / "test_labels.npy", np.asarray(test_y))
     say(f"test AUC {test['auc']:.4f}  acc {test['accuracy']:.4f}  (best epoch "
         f"{best['epoch']}; results in {workdir.results_file})")
     return results

@@ -36,7 +36,8 @@ def open_data(config: Config) -> tuple[datasets.Dataset, int, jax.sharding.Mesh]
     """The dataset of ``config``, the steps of an epoch and the mesh."""
     dataset = datasets.open_dataset(config.dataset, config.data_dir,
                                     train_fraction=config.train_fraction,
-                                    data_seed=config.data_seed)
+                                    data_seed=config.data_seed,
+                                    input_size=config.input_size)
     steps = data.num_batches(dataset.num_train, config.batch_size, drop_remainder=True)
     if steps < 1:
         raise ValueError(f"batch_size: {config.batch_size} exceeds the {dataset.num_train} "
