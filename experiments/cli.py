@@ -22,7 +22,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-__all__ = ["Parser", "run", "USER_ERRORS", "debug_requested"]
+__all__ = ["Parser", "run", "call", "USER_ERRORS", "debug_requested"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -61,10 +61,12 @@ def _leave(code: int, line: str):
     os._exit(code)
 
 
-def run(main: Callable, module: str, *, on_interrupt: str = "the last checkpoint is kept; "
-        "resume with the same command", argv: list[str] | None = None) -> None:
-    """Call ``main(argv)`` (argv without ``--debug``) and end as this module says."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def call(main: Callable, module: str, argv: list[str], *,
+         on_interrupt: str = "the last checkpoint is kept; resume with the same command"
+         ) -> tuple[int, str | None]:
+    """Call ``main(argv)`` (``--debug`` taken out) and say how the command ends:
+    ``(exit code, the one line for stderr or None)``. With ``--debug`` the traceback
+    propagates instead."""
     debug = debug_requested(argv)
     argv = [a for a in argv if a != "--debug"]
     from experiments.training import TrainingError
@@ -74,14 +76,29 @@ def run(main: Callable, module: str, *, on_interrupt: str = "the last checkpoint
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        _leave(130, f"interrupted: {on_interrupt}: python -m {module} {shlex.join(argv)}"
-               .rstrip())
+        return 130, (f"interrupted: {on_interrupt}: python -m {module} {shlex.join(argv)}"
+                     .rstrip())
     except TrainingError as err:
         if debug:
             raise
-        _leave(1, f"error: {err}")
+        return 1, f"error: {err}"
     except _user_errors() as err:
         if debug:
             raise
-        text = " ".join(str(err).split()) or type(err).__name__
-        _leave(2, f"error: {text}")
+        return 2, f"error: {' '.join(str(err).split()) or type(err).__name__}"
+    except SystemExit as err:  # argparse (its one line is printed) or an explicit exit
+        return (err.code if isinstance(err.code, int) else 0 if err.code is None else 1), None
+    return 0, None
+
+
+def run(main: Callable, module: str, *, on_interrupt: str = "the last checkpoint is kept; "
+        "resume with the same command", argv: list[str] | None = None) -> None:
+    """Call ``main(argv)`` (argv without ``--debug``) and end as this module says."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    code, line = call(main, module, argv, on_interrupt=on_interrupt)
+    if line is not None:
+        _leave(code, line)
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        raise SystemExit(code)

@@ -1,12 +1,18 @@
 """Nothing silently wrong, every user error in one line: the command lines as a new user
 meets them (small settings, real subprocesses)."""
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -14,30 +20,21 @@ import pytest
 from tests.training_helpers import FAST, ROOT
 
 
+def _default_sigint():
+    """In the child before exec: SIGINT's default action (a background job of a shell
+    inherits it ignored, and Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _command(module, args, env_extra=None, data_dir=None, wait=True):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
     if data_dir is not None:
         env["DGCNN_DATA_DIR"] = str(data_dir)
     cmd = [sys.executable, "-m", f"experiments.{module}", *map(str, args)]
-    if not wait:
+    if not wait:  # SIGINT as a terminal sends it, even where the tests run with it ignored
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def _reads_from(pid, folder):
-    """Whether process ``pid`` has a file under ``folder`` open (Linux /proc)."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(folder)):
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _one_line_error(out, code=2, *needles):
@@ -176,13 +173,38 @@ def test_ctrl_c_while_a_dataset_is_built_leaves_nothing(tmp_path, pbc_raw_sample
         for i in range(100):
             (folder / f"{path.stem}_{i}.jpg").write_bytes(data + i.to_bytes(2, "big"))
     out = tmp_path / "out"
-    proc = _command("prepare_data", ["pbc", "--root", root, "--data-dir", out], wait=False)
-    deadline = time.time() + 120  # interrupt once it reads the image files
-    while time.time() < deadline and not _reads_from(proc.pid, root):
-        time.sleep(0.02)
+    # stderr on a terminal: the progress bar shows, and says when the images are read
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.prepare_data", "pbc",
+                             "--root", str(root), "--data-dir", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=terminal, preexec_fn=_default_sigint)
+    os.close(terminal)
+    shown = b""
+    deadline = time.time() + 120
+    while time.time() < deadline and not re.search(rb"pbc28: +[0-9]+%.* [1-9][0-9]*/5300", shown):
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                shown += os.read(master, 4096)
+            except OSError:  # the process ended
+                break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    lines = err.strip().splitlines()
-    assert proc.returncode == 130, err
-    assert len(lines) == 1 and lines[0].startswith("interrupted: nothing was written"), err
+    proc.wait(timeout=120)
+    while True:  # the rest of what it wrote
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    text = shown.decode(errors="replace")
+    lines = [line for line in re.split(r"[\r\n]+", text) if line.strip()]
+    assert proc.returncode == 130, text
+    assert "/5300" in text  # the bar counted the files
+    assert lines[-1].startswith("interrupted: nothing was written"), text
+    assert "Traceback" not in text
     assert not out.exists() or list(out.iterdir()) == []

@@ -43,6 +43,7 @@ def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
     rows = select.main(["--workdir", str(tmp_path), "--dataset", "breastmnist", "--variants",
                         "p4m_gcnn", "--seeds", "0", "--workers", "1",
                         "--set", "epochs=1", "--set", "steps_per_epoch=2",
+                        "--set", "plots=false", "--set", "eval_batch_size=160",
                         "--set", f"data_dir={medmnist_dir}"])
     work = tmp_path / "breastmnist" / "p4m_gcnn" / "seed0"
     results = json.loads((work / "results.json").read_text())
@@ -64,7 +65,8 @@ def test_learning_curves_sweep(tmp_path, medmnist_dir, monkeypatch):
     argv = ["--workdir", "curves", "--datasets", "breastmnist", "--models", "cnn",
             "p4m_gcnn", "--fractions", "0.3", "1", "--seeds", "0", "1",
             "--set", "steps_per_epoch=3", "--set", "epochs=2", "--set", "batch_size=16",
-            "--set", "progress=false", "--set", f"data_dir={medmnist_dir}",
+            "--set", "progress=false", "--set", "plots=false", "--set", "eval_batch_size=160",
+            "--set", f"data_dir={medmnist_dir}",
             "--results", "results/curves.json", "--figure", "docs/curves.png"]
     doc = compare.main(argv)
     out = tmp_path / "curves"

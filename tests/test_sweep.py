@@ -21,7 +21,8 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
             "p4m_dgcnn", "--ablations", "p4m_dgcnn_k1", "--seeds", "0", "1",
             "--set", "epochs=1", "--set", "steps_per_epoch=2",
-            "--set", "progress=false", "--set", f"data_dir={medmnist_dir}"]
+            "--set", "progress=false", "--set", "plots=false", "--set", "eval_batch_size=160",
+            "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(argv)
     assert [(r["model"], r["seeds"]) for r in rows] == [
         ("cnn", 2), ("p4m_dgcnn", 2), ("p4m_dgcnn_k1", 2)]
@@ -233,6 +234,7 @@ def test_compare_tunes_on_validation_then_trains_the_seeds(tmp_path, medmnist_di
     argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
             "--seeds", "0", "--tune", "learning_rate=0.001,0.01", "--tune-seeds", "7",
             "--set", "epochs=1", "--set", "steps_per_epoch=3", "--set", "progress=false",
+            "--set", "plots=false", "--set", "eval_batch_size=160",
             "--set", f"data_dir={medmnist_dir}", "--results-dir", "res"]
     compare.main(argv)
     aucs = {}

@@ -27,7 +27,9 @@ from tests.training_helpers import (
 def test_bad_config_fails_before_training(tmp_path):
     base = get_config()
     for sets, match in ((["model=resnet"], "model: unknown model 'resnet'"),
-                        (["dataset=mnist"], "unknown MedMNIST dataset 'mnist'"),
+                        (["dataset=mnist"], "unknown dataset 'mnist'"),
+                        (["dataset=idc", "input_size=3"], "input_size: the models pool by 2"),
+                        (["dataset=idc", "input_size=49"], "input_size: 49 cannot be"),
                         (["learning_rate=-0.1"], "learning_rate: expected a finite value > 0"),
                         (["learning_rate=inf"], "learning_rate: expected a finite value > 0"),
                         (["weight_decay=nan"], "weight_decay: expected a finite value >= 0"),
@@ -153,7 +155,7 @@ def test_two_host_devices_match_one(tmp_path, medmnist_dir):
     curves = {}
     for devices in (1, 2):
         out = run_train(tmp_path / f"d{devices}", medmnist_dir,
-                   FAST + ["epochs=1", "max_steps=8", "train_fraction=1",
+                   FAST + ["epochs=1", "max_steps=8", "train_fraction=1", "batch_size=32",
                            f"num_devices={devices}"],
                    env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
         assert out.returncode == 0, out.stdout + out.stderr
@@ -232,8 +234,8 @@ def test_work_directory_guards(tmp_path, medmnist_dir):
     out = run_train(work, medmnist_dir, sets + ["eval_batch_size=64"])
     assert out.returncode == 0, out.stderr
     # a second process on the same folder is refused while the first holds it
-    with training.Workdir(work).locked():
-        out = run_train(work, medmnist_dir, sets)
+    with training.Workdir(work).locked():  # a second process
+        out = run_train(work, medmnist_dir, sets, process=True)
         assert out.returncode == 2 and "is in use by process" in out.stderr
         assert "Traceback" not in out.stderr
     # best/N saved but latest gone (as after a kill between the two saves): the rerun

@@ -31,8 +31,8 @@ class WorkdirError(RuntimeError):
 
 
 # Config fields that do not change what a run computes: a resumed run may differ in them.
-RESUMABLE_CHANGES = ("data_dir", "progress", "eval_batch_size", "checkpoint_every_steps",
-                     "num_devices", "max_steps", "score_test")
+RESUMABLE_CHANGES = ("data_dir", "progress", "plots", "eval_batch_size",
+                     "checkpoint_every_steps", "num_devices", "max_steps", "score_test")
 
 
 def config_differences(stored: dict, config: Config) -> list[str]:
