@@ -59,6 +59,19 @@ def learning_curves(history: Sequence[dict], path) -> None:
     _save(fig, path)
 
 
+def validation_curves(curves: dict[str, Sequence[float]], path,
+                      ylabel: str = "validation AUC") -> None:
+    """One line per label: a value per epoch (epochs from 1)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, label=label)
+    ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
 def dynamic_diagnostics(history: Sequence[dict], path, title: str) -> None:
     """Per-epoch records whose ``dynamic_layers`` list holds, per layer,
     ``attention_entropy``, ``attention_spread`` and ``bank_common_share``."""

@@ -126,3 +126,30 @@ def test_epoch_times_document_from_finished_runs(tmp_path):
     assert table.endswith(", pinned.")
     with pytest.raises(ValueError, match="stopped is not a finished training run"):
         epoch_times.collect([str(tmp_path / "stopped")])
+
+
+def test_pilot_document_reads_validation_curves_only(tmp_path):
+    from experiments import pilot
+
+    history = [{"epoch": e, "step": 10 * e, "val_auc": auc, "val_accuracy": 0.8,
+                "val_nll": 0.4} for e, auc in enumerate([0.80, 0.906, 0.897, 0.91], 1)]
+    history.append({"epoch": 5, "step": 43, "val_auc": 0.5, "val_accuracy": 0.5,
+                    "val_nll": 0.9, "partial": True})  # a stopped epoch is left out
+    for name, score_test in (("pilot", False), ("tested", True)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(
+            {"model": "p4m_gcnn", "dataset": "idc", "seed": 0, "epochs": 20,
+             "score_test": score_test}))
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps(h) + "\n" for h in history))
+    doc = pilot.collect([str(tmp_path / "pilot")])
+    run = doc["runs"][0]
+    assert run["epochs_done"] == 4 and run["steps_per_epoch"] == 10
+    assert run["val_auc"] == [0.80, 0.906, 0.897, 0.91]
+    assert pilot.flat_from(run["val_auc"]) == 2  # 0.906 is within 0.005 of the best
+    assert pilot.flat_from([0.8, 0.9, 0.91]) == 3 and pilot.flat_from([]) is None
+    table = pilot.markdown(doc)  # epochs 1, 2 and 4 shown
+    assert "| `p4m_gcnn` seed 0 | 4 of 20 | 0.8000 | 0.9060 | 0.9100 | 0.9100 (4) | 2 |" \
+        in table
+    with pytest.raises(ValueError, match="tested reads the test split"):
+        pilot.collect([str(tmp_path / "tested")])

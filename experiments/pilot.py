@@ -1,0 +1,96 @@
+"""Validation curves of pilot runs, which choose the step budget of a protocol.
+
+    python -m experiments.pilot RUN... --out results/idc_pilot.json [--figure FILE]
+
+Each ``RUN`` is a training folder, finished or not (a pilot reads validation only:
+``--set score_test=false``). The document holds, per run, the model, dataset, view,
+seed, steps per epoch, the epochs planned and done, and per epoch the validation AUC,
+accuracy and NLL; :func:`markdown` renders the table that ``experiments.report``
+writes into the docs (block kind ``pilot``), with the best epoch and the first epoch
+within ``TOLERANCE`` of the best validation AUC ("flat from").
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from experiments import cli
+
+__all__ = ["TOLERANCE", "collect", "flat_from", "markdown", "plot", "main"]
+
+TOLERANCE = 0.005  # validation AUC within this of the run's best counts as flat
+
+
+def collect(workdirs: list[str]) -> dict:
+    """The document of the (pilot) runs in ``workdirs``."""
+    from experiments import report, training
+
+    runs = []
+    for name in workdirs:
+        folder = training.Workdir(name)
+        if not folder.config_file.is_file():
+            raise FileNotFoundError(f"runs: {folder.config_file} not found")
+        config = folder.config()
+        if config.get("score_test", True):
+            raise ValueError(f"runs: {folder.path} reads the test split (score_test is not "
+                             f"false): a pilot chooses on validation only")
+        history = [h for h in folder.history() if not h.get("partial")]
+        runs.append({
+            "model": config["model"], "dataset": config["dataset"],
+            "input_size": config.get("input_size", 0), "seed": config["seed"],
+            "epochs_planned": config["epochs"], "epochs_done": len(history),
+            "steps_per_epoch": history[0]["step"] if history else None,
+            "val_auc": [h["val_auc"] for h in history],
+            "val_accuracy": [h["val_accuracy"] for h in history],
+            "val_nll": [h["val_nll"] for h in history]})
+    return {"runs": runs, "tolerance": TOLERANCE, "machine": report.machine()}
+
+
+def flat_from(aucs: list[float], tolerance: float = TOLERANCE) -> int | None:
+    """The first epoch (1-based) whose AUC is within ``tolerance`` of the best."""
+    if not aucs:
+        return None
+    best = max(aucs)
+    return next(i + 1 for i, a in enumerate(aucs) if a >= best - tolerance)
+
+
+def markdown(doc: dict) -> str:
+    width = max((len(r["val_auc"]) for r in doc["runs"]), default=0)
+    shown = [e for e in range(1, width + 1) if e == 1 or e % 2 == 0 or e == width]
+    lines = ["| run | epochs | " + " | ".join(f"{e}" for e in shown)
+             + " | best (epoch) | flat from |",
+             "|---|---|" + "---|" * len(shown) + "---|---|"]
+    for r in doc["runs"]:
+        aucs = r["val_auc"]
+        cells = [f"{aucs[e - 1]:.4f}" if e <= len(aucs) else "" for e in shown]
+        best = (f"{max(aucs):.4f} ({aucs.index(max(aucs)) + 1})" if aucs else "")
+        lines.append(f"| `{r['model']}` seed {r['seed']} | {r['epochs_done']} of "
+                     f"{r['epochs_planned']} | " + " | ".join(cells)
+                     + f" | {best} | {flat_from(aucs, doc['tolerance']) or ''} |")
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path) -> None:
+    from experiments import plots
+
+    plots.validation_curves({f"{r['model']} seed {r['seed']}": r["val_auc"]
+                             for r in doc["runs"]}, path)
+
+
+def main(argv=None):
+    p = cli.Parser(__doc__)
+    p.add_argument("runs", nargs="+", help="training folders of the pilot")
+    p.add_argument("--out", required=True, help="the JSON document to write")
+    p.add_argument("--figure", default=None, help="also plot the curves here")
+    args = p.parse_args(argv)
+    doc = collect(args.runs)
+    pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    if args.figure:
+        plot(doc, args.figure)
+    print(markdown(doc))
+    return doc
+
+
+if __name__ == "__main__":
+    cli.run(main, "experiments.pilot")
