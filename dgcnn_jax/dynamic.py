@@ -21,6 +21,12 @@ Shapes: images ``[B, H, W, C]``, group feature maps ``[B, H, W, C, |G|]``; lifti
 kernels ``[K, k, k, C_in, C_out]``, group kernels ``[K, k, k, C_in, |G|, C_out]``,
 biases ``[K, C_out]``; invariant weights ``[B, K]``, equivariant weights ``[B, K, |G|]``.
 
+**Omni-dimensional attention** (:func:`omni_attention`, :func:`omni_conv`; ODConv of Li
+et al. 2022): invariant sigmoid attention over the base kernel's positions, input fields
+and output fields besides the banks (softmax or signed, L1-normalised mixing), applied to
+the base kernel before its filter bank is built, so the layer stays exactly equivariant;
+``K = 1`` with attention over positions or fields is a valid layer.
+
 How the convolutions run (grouped, per example, batched matmul, or the K responses
 mixed by linearity) is the ``impl`` argument, one vocabulary with the static layers:
 see :mod:`dgcnn_jax.execution`. This module holds the attention and the mixing maths.
@@ -53,6 +59,12 @@ __all__ = [
     "attention_entropy",
     "attention_spread",
     "bank_common_share",
+    "TARGETS",
+    "BANK_MIXES",
+    "omni_param_shapes",
+    "omni_attention",
+    "modulated_kernels",
+    "omni_conv",
 ]
 
 ATTENTION_MODES = ("invariant", "equivariant")
@@ -389,3 +401,14 @@ def bank_common_share(banks: jax.Array, initial: jax.Array) -> jax.Array:
     total = jnp.sum(d * d)
     common = d.shape[0] * jnp.sum(jnp.mean(d, axis=0) ** 2)
     return jnp.where(total > 0, common / jnp.where(total > 0, total, 1.0), jnp.nan)
+
+
+# Omni-dimensional attention (attention over positions and fields as well as banks)
+from ._omni import (  # noqa: E402  (its functions use this module's helpers)
+    BANK_MIXES,
+    TARGETS,
+    modulated_kernels,
+    omni_attention,
+    omni_conv,
+    omni_param_shapes,
+)

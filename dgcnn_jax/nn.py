@@ -167,6 +167,32 @@ class GroupPool(nnx.Module):
         return ops.orientation_pool(x, self.kind)
 
 
+def _check_omni(targets, bank_mix, num_kernels, attention, parameterization, impl):
+    """The layer's attention targets (in the order of ``dynamic.TARGETS``) and bank mix."""
+    if isinstance(targets, str):  # "banks,positions", as a config gives it
+        targets = tuple(t for t in targets.split(",") if t)
+    targets = tuple(dynamic.TARGETS[i] for i in sorted(
+        dynamic.TARGETS.index(check_choice(t, "targets", dynamic.TARGETS)) for t in targets))
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f"targets: expected distinct names from "
+                         f"{', '.join(dynamic.TARGETS)}, got {targets!r}")
+    check_choice(bank_mix, "bank_mix", dynamic.BANK_MIXES)
+    if "banks" not in targets and num_kernels != 1:
+        raise ValueError(f"targets: {num_kernels} kernel banks need attention over 'banks' "
+                         f"(or num_kernels=1)")
+    if targets != ("banks",) or bank_mix != "softmax":
+        if attention != "invariant":
+            raise ValueError("targets, bank_mix: attention over positions or fields, and "
+                             "signed bank mixing, are invariant attention only")
+        if parameterization != "banks":
+            raise ValueError("targets, bank_mix: attention over positions or fields, and "
+                             "signed bank mixing, take the 'banks' parameterization")
+        if impl == "linear":
+            raise ValueError("impl: 'linear' mixes K responses and cannot apply attention "
+                             "over positions or fields; use a per-example impl")
+    return targets, bank_mix
+
+
 class _DynamicBase(nnx.Module):
     """K kernel banks mixed per input by an attention branch (see :mod:`dgcnn_jax.dynamic`)."""
 
@@ -175,7 +201,8 @@ class _DynamicBase(nnx.Module):
                  use_bias: bool, kernel_init, num_kernels: int, attention: str,
                  reduction: float, min_hidden: int, impl: str, parameterization: str,
                  bank_init: str, delta_scale: float, descriptor: str, freeze_banks: bool,
-                 precision: str, rngs: nnx.Rngs):
+                 precision: str, rngs: nnx.Rngs, targets=("banks",),
+                 bank_mix: str = "softmax"):
         self.group = get_group(group)
         execution.as_precision(precision)  # validates early
         self.precision = precision  # see dgcnn_jax.execution.PRECISIONS
@@ -203,6 +230,8 @@ class _DynamicBase(nnx.Module):
         self.delta_scale = delta_scale
         self.descriptor = check_choice(descriptor, "descriptor", tuple(dynamic.DESCRIPTORS))
         self.freeze_banks = bool(freeze_banks)
+        self.targets, self.bank_mix = _check_omni(targets, bank_mix, num_kernels, attention,
+                                                  parameterization, impl)
         k, cin, cout, nk = kernel_size, in_channels, out_channels, num_kernels
         shape = (k, k, cin, cout) if lifting else (k, k, cin, self.group.order, cout)
         residual = parameterization == "residual"
@@ -221,12 +250,48 @@ class _DynamicBase(nnx.Module):
                                                 lifting=lifting, descriptor=descriptor)
         self.att_w1 = nnx.Param(default_kernel_init(rngs.params(), shapes["w1"], jnp.float32))
         self.att_b1 = nnx.Param(jnp.zeros(shapes["b1"], jnp.float32))
-        self.att_w2 = nnx.Param(jax.nn.initializers.lecun_normal()(
-            rngs.params(), shapes["w2"], jnp.float32))
-        self.att_b2 = nnx.Param(jnp.zeros(shapes["b2"], jnp.float32))
+        if "banks" in self.targets:  # the bank head (absent for K = 1 without it)
+            self.att_w2 = nnx.Param(jax.nn.initializers.lecun_normal()(
+                rngs.params(), shapes["w2"], jnp.float32))
+            self.att_b2 = nnx.Param(jnp.zeros(shapes["b2"], jnp.float32))
+        else:
+            self.att_w2 = self.att_b2 = None
+        heads = dynamic.omni_param_shapes(self.targets, shapes["w1"][0], self.hidden, nk, k,
+                                          cin, cout)
+        for target in self.targets[1:] if "banks" in self.targets else self.targets:
+            setattr(self, f"att_w_{target}", nnx.Param(jax.nn.initializers.lecun_normal()(
+                rngs.params(), heads[f"w_{target}"], jnp.float32)))
+            setattr(self, f"att_b_{target}", nnx.Param(jnp.zeros(heads[f"b_{target}"],
+                                                                  jnp.float32)))
+
+    @property
+    def omni(self) -> bool:
+        """Whether the layer attends to more than the banks (or mixes them signed)."""
+        return self.targets != ("banks",) or self.bank_mix != "softmax"
+
+    def omni_attention(self, x: jax.Array, tau=1.0) -> dict[str, jax.Array]:
+        """The invariant attention over every target of the layer (see
+        :func:`dgcnn_jax.dynamic.omni_attention`)."""
+        self._check_input(x)
+        params = {"w1": self.att_w1[...], "b1": self.att_b1[...]}
+        for target in self.targets:
+            if target == "banks":
+                params["w_banks"], params["b_banks"] = self.att_w2[...], self.att_b2[...]
+            else:
+                params[f"w_{target}"] = getattr(self, f"att_w_{target}")[...]
+                params[f"b_{target}"] = getattr(self, f"att_b_{target}")[...]
+        return dynamic.omni_attention(x, params, self.targets, tau,
+                                      kernel_size=self.kernel_size, descriptor=self.descriptor,
+                                      bank_mix=self.bank_mix, precision=self.precision)
 
     def attention_weights(self, x: jax.Array, tau=1.0) -> jax.Array:
-        """Mixing weights: ``[B, K]`` (invariant) or ``[B, K, |G|]`` (equivariant)."""
+        """Mixing weights: ``[B, K]`` (invariant) or ``[B, K, |G|]`` (equivariant); a
+        layer without attention over banks (K = 1) has weight 1."""
+        if self.omni:
+            if "banks" in self.targets:
+                return self.omni_attention(x, tau)["banks"]
+            self._check_input(x)
+            return jnp.ones((x.shape[0], 1), jnp.float32)
         self._check_input(x)
         args = (x, self.att_w1[...], self.att_b1[...], self.att_w2[...], self.att_b2[...], tau)
         if self.attention == "invariant":
@@ -249,10 +314,13 @@ class _DynamicBase(nnx.Module):
     def __call__(self, x: jax.Array, *, tau=1.0) -> jax.Array:
         """Apply the layer; ``tau`` is the attention temperature (a call input, so a
         schedule can change it without recompiling)."""
-        weights = self.attention_weights(x, tau)
         biases = self.biases[...] if self.biases is not None else None
         common = dict(padding=self.padding, dilation=self.dilation, impl=self.impl,
                       precision=self.precision)
+        if self.omni:
+            return dynamic.omni_conv(x, self.kernels[...], biases, self.omni_attention(x, tau),
+                                     self.group, **common)
+        weights = self.attention_weights(x, tau)
         if self.parameterization == "residual":
             common["base_kernel"] = self.kernel[...]
             common["base_bias"] = self.bias[...] if self.bias is not None else None
@@ -281,7 +349,12 @@ class DynamicLiftingConv(_DynamicBase):
     their initial values, a :class:`FrozenBank`: the control that mixes untrained
     kernels) and ``precision`` (of every convolution and matrix product, a name of
     :data:`dgcnn_jax.execution.PRECISIONS`; ``"highest"``, the default, keeps exact
-    equivariance on GPUs and TPUs).
+    equivariance on GPUs and TPUs). ``targets`` (:data:`dgcnn_jax.dynamic.TARGETS`):
+    what the invariant attention acts on, ``("banks",)`` by default (the published
+    layer); adding ``"positions"``, ``"in_fields"`` or ``"out_fields"`` gives sigmoid
+    attention over the base kernel's ``k x k`` positions and fields (ODConv), each with its
+    head ``att_w_<target>``, ``att_b_<target>``; without ``"banks"`` K must be 1.
+    ``bank_mix``: ``"softmax"`` or ``"signed"`` (L1-normalised, negative weights allowed).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -291,14 +364,16 @@ class DynamicLiftingConv(_DynamicBase):
                  min_hidden: int = 4, impl: str = "auto", parameterization: str = "banks",
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
                  descriptor: str = "mean", freeze_banks: bool = False,
-                 precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
+                 precision: str = execution.DEFAULT_PRECISION, targets=("banks",),
+                 bank_mix: str = "softmax", rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=True,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
                          reduction=reduction, min_hidden=min_hidden, impl=impl,
                          parameterization=parameterization, bank_init=bank_init,
                          delta_scale=delta_scale, descriptor=descriptor,
-                         freeze_banks=freeze_banks, precision=precision, rngs=rngs)
+                         freeze_banks=freeze_banks, precision=precision, rngs=rngs,
+                         targets=targets, bank_mix=bank_mix)
 
 
 class DynamicGroupConv(_DynamicBase):
@@ -315,11 +390,13 @@ class DynamicGroupConv(_DynamicBase):
                  min_hidden: int = 4, impl: str = "auto", parameterization: str = "banks",
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
                  descriptor: str = "mean", freeze_banks: bool = False,
-                 precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
+                 precision: str = execution.DEFAULT_PRECISION, targets=("banks",),
+                 bank_mix: str = "softmax", rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=False,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
                          reduction=reduction, min_hidden=min_hidden, impl=impl,
                          parameterization=parameterization, bank_init=bank_init,
                          delta_scale=delta_scale, descriptor=descriptor,
-                         freeze_banks=freeze_banks, precision=precision, rngs=rngs)
+                         freeze_banks=freeze_banks, precision=precision, rngs=rngs,
+                         targets=targets, bank_mix=bank_mix)
