@@ -203,3 +203,28 @@ def test_layer_option_errors():
     names = {"/".join(map(str, path)) for path, _ in nnx.iter_graph(plain)
              if isinstance(_, nnx.Param)}
     assert names == {"kernels", "biases", "att_w1", "att_b1", "att_w2", "att_b2"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["p4m_odgcnn", "p4m_odgcnn_k1"])
+def test_the_registered_third_form_trains_and_reports_its_attention(tmp_path, medmnist_dir,
+                                                                    model):
+    import json
+
+    from .training_helpers import FAST, run_train
+
+    sets = FAST + [f"model={model}", "epochs=1", "max_steps=2", "bank_mix=signed"]
+    done = run_train(tmp_path / "run", medmnist_dir, sets)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    layers = record["dynamic_layers"]
+    assert [d["layer"] for d in layers] == [f"convs/{i}" for i in range(1, 6)]  # static stem
+    for d in layers:
+        if model == "p4m_odgcnn_k1":  # one kernel: weight 1, nothing to share
+            assert d["attention_entropy"] == pytest.approx(0.0, abs=1e-6)
+        assert np.isfinite(d["attention_spread"])
+    from experiments.configs import get_config, model_kwargs, override
+
+    kwargs = model_kwargs(override(get_config(), [f"model={model}",
+                                                  "attention_targets=banks,out_fields"]))
+    assert kwargs["targets"] == "banks,out_fields" and "attention_targets" not in kwargs

@@ -44,12 +44,14 @@ def _dense(name, group, growth, dynamic, description, **fixed):
     return ModelSpec(name, description, group, dynamic, build, input_size=96)
 
 
-def _small(name, group, width, dynamic, description):
+def _small(name, group, width, dynamic, description, **fixed):
     def build(num_classes, in_channels, rngs, **kwargs):
         return SmallGCNN(in_channels, num_classes, group, width, dynamic=dynamic,
-                         rngs=rngs, **kwargs)
+                         rngs=rngs, **{**fixed, **kwargs})
     return ModelSpec(name, description, group, dynamic, build)
 
+
+_OMNI = ("banks", "positions", "in_fields", "out_fields")
 
 # Widths matched so that the parameter counts agree within 10% (docs/models.md).
 _SPECS = {s.name: s for s in [
@@ -61,6 +63,11 @@ _SPECS = {s.name: s for s in [
     # FLOP-matched: the width of the static counterpart (about K times the parameters)
     _small("p4_dgcnn_wide", "p4", 24, True, "dynamic p4 G-CNN, K=4, width of p4_gcnn"),
     _small("p4m_dgcnn_wide", "p4m", 17, True, "dynamic p4m G-CNN, K=4, width of p4m_gcnn"),
+    # the third form: invariant attention over banks, kernel positions and fields (ODConv)
+    _small("p4m_odgcnn", "p4m", 17, True, "dynamic p4m G-CNN, K=4, attention over banks, "
+           "positions and fields, width of p4m_gcnn", targets=_OMNI),
+    _small("p4m_odgcnn_k1", "p4m", 17, True, "p4m G-CNN, one kernel, attention over "
+           "positions and fields, width of p4m_gcnn", num_kernels=1, targets=_OMNI[1:]),
     _dense("densenet", "z2", 26, False, "DenseNet for 96 px PCam, growth 26"),
     _dense("p4_densenet", "p4", 13, False, "p4 DenseNet, growth 13"),
     _dense("p4m_densenet", "p4m", 9, False, "p4m DenseNet, growth 9 (Veeling et al.)"),

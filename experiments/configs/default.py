@@ -53,6 +53,11 @@ class Config:
     descriptor: str = "mean_max"
     static_stem: bool = True  # keep the first (lifting) convolution static
     freeze_banks: bool = False  # control: the banks keep their initial (random) values
+    # what the invariant attention acts on, comma-separated from banks, positions,
+    # in_fields, out_fields ("": the model's; dgcnn_jax.dynamic.TARGETS), and how the
+    # banks are mixed, "softmax" or "signed" ("": the model's)
+    attention_targets: str = ""
+    bank_mix: str = ""
     # optimisation
     epochs: int = 30
     batch_size: int = 32

@@ -23,7 +23,8 @@ PIPELINES = ("auto", "device", "host")
 """Values of ``Config.pipeline``."""
 
 DYNAMIC_FIELDS = ("num_kernels", "attention", "parameterization", "bank_init", "delta_scale",
-                  "descriptor", "static_stem", "freeze_banks")
+                  "descriptor", "static_stem", "freeze_banks", "attention_targets",
+                  "bank_mix")
 """Config fields that set options of the dynamic layers (only for dynamic models)."""
 
 
@@ -153,6 +154,14 @@ def _check_model(config: Config) -> None:
         if getattr(config, name) and getattr(config, name) not in choices:
             raise ValueError(f"{name}: expected one of {', '.join(choices)} ('': the model's "
                              f"default), got {getattr(config, name)!r}")
+    if config.bank_mix and config.bank_mix not in dynamic.BANK_MIXES:
+        raise ValueError(f"bank_mix: expected one of {', '.join(dynamic.BANK_MIXES)} ('': the "
+                         f"model's default), got {config.bank_mix!r}")
+    for target in filter(None, str(config.attention_targets).split(",")):
+        if target not in dynamic.TARGETS:
+            raise ValueError(f"attention_targets: expected names from "
+                             f"{', '.join(dynamic.TARGETS)} separated by commas ('': the "
+                             f"model's), got {config.attention_targets!r}")
     if config.num_kernels or config.attention:
         if isinstance(config.num_kernels, bool) or not isinstance(config.num_kernels, int) \
                 or config.num_kernels < 0:
@@ -205,5 +214,6 @@ def model_kwargs(config: Config) -> dict:
     if spec.dynamic and spec.input_size == 28:  # the options of the 28 px dynamic family
         for name in DYNAMIC_FIELDS[2:]:
             if getattr(config, name) != "":  # "": the layer's own default
-                kwargs[name] = getattr(config, name)
+                kwargs["targets" if name == "attention_targets" else name] = \
+                    getattr(config, name)
     return kwargs

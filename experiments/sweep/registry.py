@@ -84,6 +84,10 @@ RUNS = {
     # by a trained attention (what mixing untrained kernels gives)
     "p4m_dgcnn_wide_k1": Entry("p4m_dgcnn_wide", "flop-matched", {"num_kernels": 1}),
     "p4m_dgcnn_wide_frozen": Entry("p4m_dgcnn_wide", "flop-matched", {"freeze_banks": True}),
+    # the third form at the same width: attention over banks, kernel positions and fields,
+    # and its one-kernel form (attention over positions and fields only)
+    "p4m_odgcnn": Entry("p4m_odgcnn", "flop-matched"),
+    "p4m_odgcnn_k1": Entry("p4m_odgcnn_k1", "flop-matched"),
     "p4m_dgcnn_k1": Entry("p4m_dgcnn", "ablations", {"num_kernels": 1}),
     "p4m_dgcnn_k2": Entry("p4m_dgcnn", "ablations", {"num_kernels": 2}),
     "p4m_dgcnn_k8": Entry("p4m_dgcnn", "ablations", {"num_kernels": 8}),
@@ -150,10 +154,12 @@ COMPARISONS = (
     ("p4m_dgcnn_wide", "cnn"), ("p4m_dgcnn", "cnn"), ("p4m_gcnn", "cnn_augment"),
     ("p4m_dgcnn_wide", "p4m_dgcnn_wide_k1"), ("p4m_dgcnn_wide", "p4m_dgcnn_wide_frozen"),
     ("p4m_dgcnn_wide", "cnn_augment"), ("p4m_dgcnn_wide", "p4m_dgcnn"),
-    ("p4m_dgcnn", "cnn_augment"), ("cnn_augment", "cnn"))
+    ("p4m_dgcnn", "cnn_augment"), ("cnn_augment", "cnn"),
+    ("p4m_odgcnn", "p4m_gcnn"), ("p4m_odgcnn", "p4m_dgcnn_wide"), ("p4m_odgcnn", "p4m_odgcnn_k1"))
 """The paired comparisons (A vs B: differences A - B) tested wherever both ran: dynamic
 vs static p4m at the same width (primary) and parameter-matched, p4m vs the CNN, the
-symmetry control, and the dynamic net against its one-bank and frozen-bank controls."""
+symmetry control, the dynamic net against its one-bank and frozen-bank controls, and the
+third form against the static net, the published layer and its one-kernel form."""
 
 
 def entry(name: str) -> Entry:
