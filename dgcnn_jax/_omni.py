@@ -27,11 +27,16 @@ from . import execution, ops
 from ._checks import check_choice, shape_of
 from .groups import Group, get_group
 
-__all__ = ["TARGETS", "BANK_MIXES", "omni_param_shapes", "omni_attention",
-           "modulated_kernels", "omni_conv"]
+__all__ = ["TARGETS", "BANK_MIXES", "ASSIGNMENT_LOGIT", "omni_param_shapes",
+           "omni_attention", "bank_assignment", "modulated_kernels", "omni_conv"]
 
-TARGETS = ("banks", "positions", "in_fields", "out_fields")
-"""What the invariant attention may act on."""
+TARGETS = ("banks", "field_banks", "positions", "in_fields", "out_fields")
+"""What the invariant attention may act on: the K banks as a whole (``[B, K]``), or per
+output field (``field_banks``, ``[B, K, C_out]``: each output field mixes the banks'
+kernels of that field with its own weights), kernel positions, input and output fields."""
+ASSIGNMENT_LOGIT = 4.0
+"""The bank logit of a field's assigned bank in the assignment start (see
+:func:`bank_assignment`)."""
 BANK_MIXES = ("softmax", "signed")
 """How the bank weights are normalised."""
 
@@ -43,11 +48,15 @@ def _check_targets(targets) -> tuple[str, ...]:
                          f"{targets!r}")
     for t in targets:
         check_choice(t, "targets", TARGETS)
+    if "banks" in targets and "field_banks" in targets:
+        raise ValueError("targets: 'banks' and 'field_banks' are two ways to mix the banks; "
+                         "name one")
     return tuple(t for t in TARGETS if t in targets)  # one order everywhere
 
 
 def _sizes(targets, num_kernels, kernel_size, in_channels, out_channels) -> dict[str, int]:
-    sizes = {"banks": num_kernels, "positions": kernel_size * kernel_size,
+    sizes = {"banks": num_kernels, "field_banks": num_kernels * out_channels,
+             "positions": kernel_size * kernel_size,
              "in_fields": in_channels, "out_fields": out_channels}
     return {t: sizes[t] for t in _check_targets(targets)}
 
@@ -67,11 +76,14 @@ def omni_param_shapes(targets, descriptor_size: int, hidden: int, num_kernels: i
 
 def omni_attention(x: jax.Array, params: dict, targets, tau, *, kernel_size: int,
                    descriptor: str = "mean", bank_mix: str = "softmax",
+                   num_kernels: int | None = None,
                    precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION
                    ) -> dict[str, jax.Array]:
     """Invariant attention over ``targets`` from the descriptor of ``x`` (images or group
     feature maps): ``{target: weights}`` with the shapes of the module docstring.
-    ``tau`` (> 0) divides the bank logits of ``bank_mix="softmax"``."""
+    ``tau`` (> 0) divides the bank logits of ``bank_mix="softmax"``; the banks are
+    normalised over K (per output field for ``field_banks``, which needs
+    ``num_kernels``)."""
     from .dynamic import check_temperature, invariant_descriptor
 
     targets = _check_targets(targets)
@@ -85,15 +97,32 @@ def omni_attention(x: jax.Array, params: dict, targets, tau, *, kernel_size: int
     out = {}
     for target in targets:
         z = jnp.matmul(h, params[f"w_{target}"], precision=precision) + params[f"b_{target}"]
-        if target != "banks":
+        if target not in ("banks", "field_banks"):
             out[target] = jax.nn.sigmoid(z)
-        elif bank_mix == "softmax":
-            out[target] = jax.nn.softmax(z / check_temperature(tau), axis=-1)
+            continue
+        if target == "field_banks":  # [B, K * C_out] -> [B, K, C_out]
+            if num_kernels is None:
+                raise ValueError("num_kernels: needed to shape the 'field_banks' weights")
+            z = z.reshape(z.shape[0], num_kernels, -1)
+        if bank_mix == "softmax":
+            out[target] = jax.nn.softmax(z / check_temperature(tau), axis=1)
         else:
-            out[target] = z / jnp.maximum(jnp.sum(jnp.abs(z), axis=-1, keepdims=True), 1e-6)
+            out[target] = z / jnp.maximum(jnp.sum(jnp.abs(z), axis=1, keepdims=True), 1e-6)
     if "positions" in out:
         out["positions"] = out["positions"].reshape(-1, kernel_size, kernel_size)
     return out
+
+
+def bank_assignment(num_kernels: int, out_channels: int) -> jax.Array:
+    """The assignment start of ``field_banks``: bank ``o mod K`` for output field ``o``,
+    one-hot ``[K, C_out]``. A layer starting from it (``bank_start="assignment"``: this
+    times :data:`ASSIGNMENT_LOGIT` as the head's bias) gives different fields different
+    banks from the first step, so the banks receive different gradients and can separate
+    (KernelWarehouse's remedy for banks that never do under a near-uniform start); the
+    learned attention moves away from it as it trains."""
+    fields = jnp.arange(out_channels)
+    return (fields[None, :] % num_kernels == jnp.arange(num_kernels)[:, None]).astype(
+        jnp.float32)
 
 
 def modulated_kernels(kernels: jax.Array, attention: dict[str, jax.Array], *,
@@ -113,11 +142,14 @@ def modulated_kernels(kernels: jax.Array, attention: dict[str, jax.Array], *,
     every = slice(None)
     if "banks" in attention:
         w = jnp.tensordot(attention["banks"], kernels, axes=1, precision=precision)
+    elif "field_banks" in attention:  # each output field its own mixture
+        w = jnp.einsum("bko,k...o->b...o", attention["field_banks"], kernels,
+                       precision=precision)
     elif kshape[0] == 1:
         w = jnp.broadcast_to(kernels, (batch, *kshape[1:]))
     else:
         raise ValueError(f"attention: {kshape[0]} kernel banks need attention over 'banks' "
-                         f"(or num_kernels=1)")
+                         f"or 'field_banks' (or num_kernels=1)")
     if "positions" in attention:
         w = w * attention["positions"][(every, every, every, None, *extra, None)]
     if "in_fields" in attention:
@@ -152,8 +184,12 @@ def omni_conv(x: jax.Array, kernels: jax.Array, biases: jax.Array | None,
     y = execution.per_example_conv(_flat(x), mats, pad, dilation, precision, impl)
     y = y.reshape(*y.shape[:3], kshape[-1], group.order)
     if biases is not None:
-        bias = (jnp.matmul(attention["banks"], biases, precision=precision)
-                if "banks" in attention else jnp.broadcast_to(biases[0], (x.shape[0],
-                                                                          kshape[-1])))
+        if "banks" in attention:
+            bias = jnp.matmul(attention["banks"], biases, precision=precision)
+        elif "field_banks" in attention:
+            bias = jnp.einsum("bko,ko->bo", attention["field_banks"], biases,
+                              precision=precision)
+        else:
+            bias = jnp.broadcast_to(biases[0], (x.shape[0], kshape[-1]))
         y = y + bias[:, None, None, :, None].astype(y.dtype)
     return y

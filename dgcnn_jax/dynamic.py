@@ -61,8 +61,10 @@ __all__ = [
     "bank_common_share",
     "TARGETS",
     "BANK_MIXES",
+    "ASSIGNMENT_LOGIT",
     "omni_param_shapes",
     "omni_attention",
+    "bank_assignment",
     "modulated_kernels",
     "omni_conv",
 ]
@@ -405,8 +407,10 @@ def bank_common_share(banks: jax.Array, initial: jax.Array) -> jax.Array:
 
 # Omni-dimensional attention (attention over positions and fields as well as banks)
 from ._omni import (  # noqa: E402  (its functions use this module's helpers)
+    ASSIGNMENT_LOGIT,
     BANK_MIXES,
     TARGETS,
+    bank_assignment,
     modulated_kernels,
     omni_attention,
     omni_conv,

@@ -20,6 +20,7 @@ from .groups import Group, get_group
 __all__ = [
     "PARAMETERIZATIONS",
     "BANK_INITS",
+    "BANK_STARTS",
     "FrozenBank",
     "LiftingConv",
     "GroupConv",
@@ -167,7 +168,14 @@ class GroupPool(nnx.Module):
         return ops.orientation_pool(x, self.kind)
 
 
-def _check_omni(targets, bank_mix, num_kernels, attention, parameterization, impl):
+BANK_STARTS = ("random", "assignment")
+"""How the bank attention starts: ``"random"`` (the head's weights drawn, its bias 0) or
+``"assignment"`` (``field_banks`` only: output field ``o`` starts on bank ``o mod K``,
+see :func:`dgcnn_jax.dynamic.bank_assignment`)."""
+
+
+def _check_omni(targets, bank_mix, num_kernels, attention, parameterization, impl,
+                bank_start="random"):
     """The layer's attention targets (in the order of ``dynamic.TARGETS``) and bank mix."""
     if isinstance(targets, str):  # "banks,positions", as a config gives it
         targets = tuple(t for t in targets.split(",") if t)
@@ -177,9 +185,16 @@ def _check_omni(targets, bank_mix, num_kernels, attention, parameterization, imp
         raise ValueError(f"targets: expected distinct names from "
                          f"{', '.join(dynamic.TARGETS)}, got {targets!r}")
     check_choice(bank_mix, "bank_mix", dynamic.BANK_MIXES)
-    if "banks" not in targets and num_kernels != 1:
+    if "banks" in targets and "field_banks" in targets:
+        raise ValueError("targets: 'banks' and 'field_banks' are two ways to mix the banks; "
+                         "name one")
+    if "banks" not in targets and "field_banks" not in targets and num_kernels != 1:
         raise ValueError(f"targets: {num_kernels} kernel banks need attention over 'banks' "
-                         f"(or num_kernels=1)")
+                         f"or 'field_banks' (or num_kernels=1)")
+    check_choice(bank_start, "bank_start", BANK_STARTS)
+    if bank_start == "assignment" and "field_banks" not in targets:
+        raise ValueError("bank_start: the assignment start gives output fields their banks: "
+                         "it needs the 'field_banks' target")
     if targets != ("banks",) or bank_mix != "softmax":
         if attention != "invariant":
             raise ValueError("targets, bank_mix: attention over positions or fields, and "
@@ -202,7 +217,7 @@ class _DynamicBase(nnx.Module):
                  reduction: float, min_hidden: int, impl: str, parameterization: str,
                  bank_init: str, delta_scale: float, descriptor: str, freeze_banks: bool,
                  precision: str, rngs: nnx.Rngs, targets=("banks",),
-                 bank_mix: str = "softmax"):
+                 bank_mix: str = "softmax", bank_start: str = "random"):
         self.group = get_group(group)
         execution.as_precision(precision)  # validates early
         self.precision = precision  # see dgcnn_jax.execution.PRECISIONS
@@ -231,7 +246,8 @@ class _DynamicBase(nnx.Module):
         self.descriptor = check_choice(descriptor, "descriptor", tuple(dynamic.DESCRIPTORS))
         self.freeze_banks = bool(freeze_banks)
         self.targets, self.bank_mix = _check_omni(targets, bank_mix, num_kernels, attention,
-                                                  parameterization, impl)
+                                                  parameterization, impl, bank_start)
+        self.bank_start = bank_start
         k, cin, cout, nk = kernel_size, in_channels, out_channels, num_kernels
         shape = (k, k, cin, cout) if lifting else (k, k, cin, self.group.order, cout)
         residual = parameterization == "residual"
@@ -261,8 +277,10 @@ class _DynamicBase(nnx.Module):
         for target in self.targets[1:] if "banks" in self.targets else self.targets:
             setattr(self, f"att_w_{target}", nnx.Param(jax.nn.initializers.lecun_normal()(
                 rngs.params(), heads[f"w_{target}"], jnp.float32)))
-            setattr(self, f"att_b_{target}", nnx.Param(jnp.zeros(heads[f"b_{target}"],
-                                                                  jnp.float32)))
+            bias = jnp.zeros(heads[f"b_{target}"], jnp.float32)
+            if target == "field_banks" and bank_start == "assignment":
+                bias = dynamic.ASSIGNMENT_LOGIT * dynamic.bank_assignment(nk, cout).reshape(-1)
+            setattr(self, f"att_b_{target}", nnx.Param(bias))
 
     @property
     def omni(self) -> bool:
@@ -282,14 +300,17 @@ class _DynamicBase(nnx.Module):
                 params[f"b_{target}"] = getattr(self, f"att_b_{target}")[...]
         return dynamic.omni_attention(x, params, self.targets, tau,
                                       kernel_size=self.kernel_size, descriptor=self.descriptor,
-                                      bank_mix=self.bank_mix, precision=self.precision)
+                                      bank_mix=self.bank_mix, num_kernels=self.num_kernels,
+                                      precision=self.precision)
 
     def attention_weights(self, x: jax.Array, tau=1.0) -> jax.Array:
-        """Mixing weights: ``[B, K]`` (invariant) or ``[B, K, |G|]`` (equivariant); a
-        layer without attention over banks (K = 1) has weight 1."""
+        """Mixing weights: ``[B, K]`` (invariant) or ``[B, K, |G|]`` (equivariant); per
+        output field ``[B, K, C_out]`` (``field_banks``); a layer without attention over
+        banks (K = 1) has weight 1."""
         if self.omni:
-            if "banks" in self.targets:
-                return self.omni_attention(x, tau)["banks"]
+            for name in ("banks", "field_banks"):
+                if name in self.targets:
+                    return self.omni_attention(x, tau)[name]
             self._check_input(x)
             return jnp.ones((x.shape[0], 1), jnp.float32)
         self._check_input(x)
@@ -355,6 +376,9 @@ class DynamicLiftingConv(_DynamicBase):
     attention over the base kernel's ``k x k`` positions and fields (ODConv), each with its
     head ``att_w_<target>``, ``att_b_<target>``; without ``"banks"`` K must be 1.
     ``bank_mix``: ``"softmax"`` or ``"signed"`` (L1-normalised, negative weights allowed).
+    ``"field_banks"`` instead of ``"banks"`` mixes the banks per output field, and
+    ``bank_start="assignment"`` (:data:`BANK_STARTS`) starts field ``o`` on bank ``o mod
+    K`` so that the banks separate (KernelWarehouse).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -365,7 +389,7 @@ class DynamicLiftingConv(_DynamicBase):
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
                  descriptor: str = "mean", freeze_banks: bool = False,
                  precision: str = execution.DEFAULT_PRECISION, targets=("banks",),
-                 bank_mix: str = "softmax", rngs: nnx.Rngs):
+                 bank_mix: str = "softmax", bank_start: str = "random", rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=True,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
@@ -373,7 +397,7 @@ class DynamicLiftingConv(_DynamicBase):
                          parameterization=parameterization, bank_init=bank_init,
                          delta_scale=delta_scale, descriptor=descriptor,
                          freeze_banks=freeze_banks, precision=precision, rngs=rngs,
-                         targets=targets, bank_mix=bank_mix)
+                         targets=targets, bank_mix=bank_mix, bank_start=bank_start)
 
 
 class DynamicGroupConv(_DynamicBase):
@@ -391,7 +415,7 @@ class DynamicGroupConv(_DynamicBase):
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
                  descriptor: str = "mean", freeze_banks: bool = False,
                  precision: str = execution.DEFAULT_PRECISION, targets=("banks",),
-                 bank_mix: str = "softmax", rngs: nnx.Rngs):
+                 bank_mix: str = "softmax", bank_start: str = "random", rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=False,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
@@ -399,4 +423,4 @@ class DynamicGroupConv(_DynamicBase):
                          parameterization=parameterization, bank_init=bank_init,
                          delta_scale=delta_scale, descriptor=descriptor,
                          freeze_banks=freeze_banks, precision=precision, rngs=rngs,
-                         targets=targets, bank_mix=bank_mix)
+                         targets=targets, bank_mix=bank_mix, bank_start=bank_start)

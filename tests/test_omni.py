@@ -34,20 +34,23 @@ def _layer(group, kernels, biases, params, targets, *, bank_mix="softmax", impl=
            descriptor="mean_max"):
     def fn(x):
         att = omni_attention(x, params, targets, 2.0, kernel_size=KSIZE,
-                             descriptor=descriptor, bank_mix=bank_mix)
+                             descriptor=descriptor, bank_mix=bank_mix,
+                             num_kernels=kernels.shape[0])
         return omni_conv(x, kernels, biases, att, group, impl=impl)
     return fn
 
 
-# every non-empty set of targets; with one kernel, the sets without banks too
-TARGET_SETS = [t for n in range(1, 5) for t in itertools.combinations(ALL, n)]
+# every non-empty set of targets; with one kernel, the sets without banks too; the
+# per-field bank mixture with the others
+TARGET_SETS = [t for n in range(1, 5) for t in itertools.combinations(ALL, n)] + [
+    ("field_banks",), ("field_banks", "positions", "in_fields", "out_fields")]
 
 
 @pytest.mark.parametrize("group", ["p4", "p4m"])
 @pytest.mark.parametrize("lifting", [True, False])
 @pytest.mark.parametrize("targets", TARGET_SETS, ids="+".join)
 def test_every_combination_is_exactly_equivariant(group, lifting, targets):
-    num_kernels = K if "banks" in targets else 1
+    num_kernels = K if "banks" in targets or "field_banks" in targets else 1
     kernels, biases, params, x = _setup(group, lifting, targets, num_kernels)
     fn = jax.jit(_layer(group, kernels, biases, params, targets))
     errors = testing.assert_equivariant(fn, group, x, input_kind="image" if lifting else
@@ -89,6 +92,45 @@ def test_the_modulated_kernel_by_hand():
     signed = omni_attention(x, params, ("banks",), 2.0, kernel_size=KSIZE,
                             descriptor="mean_max", bank_mix="signed")["banks"]
     np.testing.assert_allclose(jnp.abs(signed).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_banks_mixed_per_output_field_and_the_assignment_start():
+    kernels, biases, params, x = _setup("p4m", False, ("field_banks",))
+    att = omni_attention(x, params, ("field_banks",), 2.0, kernel_size=KSIZE,
+                         descriptor="mean_max", num_kernels=K)
+    assert att["field_banks"].shape == (2, K, COUT)
+    np.testing.assert_allclose(att["field_banks"].sum(axis=1), 1.0, rtol=1e-6)
+    w = dynamic.modulated_kernels(kernels, att)
+    want = np.einsum("ko,kuvigo->uvigo", np.asarray(att["field_banks"][1]),
+                     np.asarray(kernels))
+    np.testing.assert_allclose(w[1], want, rtol=1e-5, atol=1e-6)
+    # the assignment: field o on bank o mod K
+    a = np.asarray(dynamic.bank_assignment(3, 7))
+    assert a.shape == (3, 7) and (a.sum(axis=0) == 1).all()
+    assert [int(a[:, o].argmax()) for o in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    from flax import nnx
+
+    import dgcnn_jax as dg
+
+    layer = dg.DynamicGroupConv(4, 6, group="p4m", num_kernels=3, targets=("field_banks",),
+                                bank_mix="signed", bank_start="assignment",
+                                rngs=nnx.Rngs(0))
+    v = jnp.asarray(normal(7, 4, 8, 8, 4, 8))
+    start = np.asarray(layer.attention_weights(v, 1.0))  # [B, K, C_out]
+    assert start.shape == (4, 3, 6)
+    for o in range(6):  # each field starts mostly on its own bank
+        assert (start[:, o % 3, o] > 0.6).all(), start[:, :, o]
+    testing.assert_equivariant(lambda v: layer(v, tau=1.0), "p4m", v, input_kind="group",
+                               rtol=RTOL)
+    with pytest.raises(ValueError, match="it needs the 'field_banks' target"):
+        dg.DynamicGroupConv(4, 6, bank_start="assignment", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="'banks' and 'field_banks' are two ways"):
+        dg.DynamicGroupConv(4, 6, targets=("banks", "field_banks"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="'banks' and 'field_banks' are two ways"):
+        omni_param_shapes(("banks", "field_banks"), 6, 8, K, KSIZE, CIN, COUT)
+    with pytest.raises(ValueError, match="num_kernels: needed"):
+        omni_attention(x, params, ("field_banks",), 2.0, kernel_size=KSIZE,
+                       descriptor="mean_max")
 
 
 def test_bank_attention_alone_equals_the_published_dynamic_layer():
@@ -215,7 +257,9 @@ def test_the_registered_third_form_trains_and_reports_its_attention(tmp_path, me
     from .training_helpers import FAST, run_train
 
     model = "p4m_odgcnn"  # (its one-kernel form: the layer tests above)
-    sets = FAST + [f"model={model}", "epochs=1", "max_steps=2", "bank_mix=signed"]
+    sets = FAST + [f"model={model}", "epochs=1", "max_steps=2", "bank_mix=signed",
+                   "attention_targets=field_banks,positions,in_fields,out_fields",
+                   "bank_start=assignment"]  # the sweep's p4m_odgcnn_assign
     done = run_train(tmp_path / "run", medmnist_dir, sets)
     assert done.returncode == 0, done.stdout + done.stderr
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])

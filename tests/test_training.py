@@ -31,6 +31,7 @@ def test_bad_config_fails_before_training(tmp_path):
                         (["dataset=idc", "input_size=3"], "input_size: the models pool by 2"),
                         (["attention_targets=banks,pixels"], "attention_targets: expected"),
                         (["bank_mix=l2"], "bank_mix: expected one of softmax, signed"),
+                        (["bank_start=orthogonal"], "bank_start: expected one of random"),
                         (["model=p4m_gcnn", "bank_mix=signed"], "p4m_gcnn has no dynamic"),
                         (["dataset=idc", "input_size=49"], "input_size: 49 cannot be"),
                         (["learning_rate=-0.1"], "learning_rate: expected a finite value > 0"),

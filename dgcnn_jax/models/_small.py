@@ -68,7 +68,7 @@ class SmallGCNN(nnx.Module):
                  static_stem: bool = False, parameterization: str = "banks",
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
                  descriptor: str = "mean", freeze_banks: bool = False,
-                 targets=("banks",), bank_mix: str = "softmax",
+                 targets=("banks",), bank_mix: str = "softmax", bank_start: str = "random",
                  dropout: float = 0.1, readout: str = "invariant",
                  precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
         check_choice(readout, "readout", READOUTS)
@@ -81,7 +81,7 @@ class SmallGCNN(nnx.Module):
                      parameterization=parameterization, bank_init=bank_init,
                      delta_scale=delta_scale, descriptor=descriptor,
                      freeze_banks=freeze_banks, targets=targets,
-                     bank_mix=bank_mix) if dynamic else {}
+                     bank_mix=bank_mix, bank_start=bank_start) if dynamic else {}
         extra["precision"] = precision
         self.static_stem = bool(static_stem)
         lift_cls = DynamicLiftingConv if dynamic and not static_stem else LiftingConv

@@ -58,6 +58,9 @@ class Config:
     # banks are mixed, "softmax" or "signed" ("": the model's)
     attention_targets: str = ""
     bank_mix: str = ""
+    # "assignment" (with the field_banks target): output field o starts on bank o mod K,
+    # so that the banks separate; "" or "random": the head's usual start
+    bank_start: str = ""
     # optimisation
     epochs: int = 30
     batch_size: int = 32

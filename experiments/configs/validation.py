@@ -24,7 +24,7 @@ PIPELINES = ("auto", "device", "host")
 
 DYNAMIC_FIELDS = ("num_kernels", "attention", "parameterization", "bank_init", "delta_scale",
                   "descriptor", "static_stem", "freeze_banks", "attention_targets",
-                  "bank_mix")
+                  "bank_mix", "bank_start")
 """Config fields that set options of the dynamic layers (only for dynamic models)."""
 
 
@@ -154,6 +154,9 @@ def _check_model(config: Config) -> None:
         if getattr(config, name) and getattr(config, name) not in choices:
             raise ValueError(f"{name}: expected one of {', '.join(choices)} ('': the model's "
                              f"default), got {getattr(config, name)!r}")
+    if config.bank_start and config.bank_start not in nn.BANK_STARTS:
+        raise ValueError(f"bank_start: expected one of {', '.join(nn.BANK_STARTS)} ('': the "
+                         f"model's default), got {config.bank_start!r}")
     if config.bank_mix and config.bank_mix not in dynamic.BANK_MIXES:
         raise ValueError(f"bank_mix: expected one of {', '.join(dynamic.BANK_MIXES)} ('': the "
                          f"model's default), got {config.bank_mix!r}")

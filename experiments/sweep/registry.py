@@ -88,6 +88,10 @@ RUNS = {
     # and its one-kernel form (attention over positions and fields only)
     "p4m_odgcnn": Entry("p4m_odgcnn", "flop-matched"),
     "p4m_odgcnn_k1": Entry("p4m_odgcnn_k1", "flop-matched"),
+    # banks mixed per output field, signed, starting from a bank per field (KernelWarehouse)
+    "p4m_odgcnn_assign": Entry("p4m_odgcnn", "flop-matched", {
+        "attention_targets": "field_banks,positions,in_fields,out_fields", "bank_mix": "signed",
+        "bank_start": "assignment"}),
     "p4m_dgcnn_k1": Entry("p4m_dgcnn", "ablations", {"num_kernels": 1}),
     "p4m_dgcnn_k2": Entry("p4m_dgcnn", "ablations", {"num_kernels": 2}),
     "p4m_dgcnn_k8": Entry("p4m_dgcnn", "ablations", {"num_kernels": 8}),
@@ -155,7 +159,8 @@ COMPARISONS = (
     ("p4m_dgcnn_wide", "p4m_dgcnn_wide_k1"), ("p4m_dgcnn_wide", "p4m_dgcnn_wide_frozen"),
     ("p4m_dgcnn_wide", "cnn_augment"), ("p4m_dgcnn_wide", "p4m_dgcnn"),
     ("p4m_dgcnn", "cnn_augment"), ("cnn_augment", "cnn"),
-    ("p4m_odgcnn", "p4m_gcnn"), ("p4m_odgcnn", "p4m_dgcnn_wide"), ("p4m_odgcnn", "p4m_odgcnn_k1"))
+    ("p4m_odgcnn", "p4m_gcnn"), ("p4m_odgcnn", "p4m_dgcnn_wide"), ("p4m_odgcnn", "p4m_odgcnn_k1"),
+    ("p4m_odgcnn_assign", "p4m_odgcnn"))
 """The paired comparisons (A vs B: differences A - B) tested wherever both ran: dynamic
 vs static p4m at the same width (primary) and parameter-matched, p4m vs the CNN, the
 symmetry control, the dynamic net against its one-bank and frozen-bank controls, and the
