@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import dynamic, execution, norm, ops
+from ._omni import _check_targets
 from ._checks import check_choice, check_feature_map, check_image, check_positive_int
 from .groups import Group, get_group
 
@@ -179,15 +180,8 @@ def _check_omni(targets, bank_mix, num_kernels, attention, parameterization, imp
     """The layer's attention targets (in the order of ``dynamic.TARGETS``) and bank mix."""
     if isinstance(targets, str):  # "banks,positions", as a config gives it
         targets = tuple(t for t in targets.split(",") if t)
-    targets = tuple(dynamic.TARGETS[i] for i in sorted(
-        dynamic.TARGETS.index(check_choice(t, "targets", dynamic.TARGETS)) for t in targets))
-    if not targets or len(set(targets)) != len(targets):
-        raise ValueError(f"targets: expected distinct names from "
-                         f"{', '.join(dynamic.TARGETS)}, got {targets!r}")
+    targets = _check_targets(targets)  # the functional core's rules, in its order
     check_choice(bank_mix, "bank_mix", dynamic.BANK_MIXES)
-    if "banks" in targets and "field_banks" in targets:
-        raise ValueError("targets: 'banks' and 'field_banks' are two ways to mix the banks; "
-                         "name one")
     if "banks" not in targets and "field_banks" not in targets and num_kernels != 1:
         raise ValueError(f"targets: {num_kernels} kernel banks need attention over 'banks' "
                          f"or 'field_banks' (or num_kernels=1)")
