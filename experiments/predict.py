@@ -51,20 +51,13 @@ def prepare_image(raw: bytes, recipe: dict, input_size: int) -> np.ndarray | str
         return "not an image Pillow can read"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return f"a damaged or unsupported image ({err})"
-    w, h = im.size
-    need = recipe.get("require_size")
-    if need is not None and [h, w] != list(need):
-        return f"is {h}x{w} (height x width); this run's images are {need[0]}x{need[1]}"
-    crop, size = recipe.get("crop"), recipe.get("size")
-    if crop is not None:
-        if min(w, h) < crop:
-            return f"is {h}x{w}, smaller than this run's centre crop of {crop}"
-        left, top = (w - crop) // 2, (h - crop) // 2
-        im = im.crop((left, top, left + crop, top + crop))
-    if size is not None:
-        im = im.resize((size, size), Image.BOX)
-    image = np.asarray(im, np.uint8)
-    image = image if image.ndim == 3 else image[..., None]
+    need, crop = recipe.get("require_size"), recipe.get("crop")
+    image = data.folder.shape_image(im, need, crop, recipe.get("size"))
+    if isinstance(image, str):  # the builder's reason, said for this file
+        w, h = im.size
+        if image == data.folder.WRONG_SIZE:
+            return f"is {h}x{w} (height x width); this run's images are {need[0]}x{need[1]}"
+        return f"is {h}x{w}, smaller than this run's centre crop of {crop}"
     if image.shape[0] != image.shape[1]:
         return f"is {image.shape[0]}x{image.shape[1]}; this run's images are square"
     if image.shape[0] == input_size:

@@ -52,7 +52,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Recipe", "BuildReport", "build", "read_report", "IMAGE_EXTENSIONS",
+__all__ = ["Recipe", "BuildReport", "build", "read_report", "shape_image", "IMAGE_EXTENSIONS",
            "PNG_SIGNATURE", "LAYOUTS", "SPLITS", "REASONS", "NOT_IMAGE", "BAD_SIGNATURE",
            "BAD_NAME", "NAME_DISAGREES", "NO_GROUP", "WRONG_SIZE", "TOO_SMALL", "CONFLICT",
            "COPY"]
@@ -223,16 +223,26 @@ def _decode(data: bytes, recipe: Recipe) -> np.ndarray | str:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError):
         return NOT_IMAGE
+    return shape_image(im, recipe.require_size, recipe.crop, recipe.size)
+
+
+def shape_image(im, require_size=None, crop=None, size=None) -> np.ndarray | str:
+    """A decoded PIL image through a recipe's geometry (required ``(height, width)``,
+    centre ``crop``, BOX resize to ``size``): uint8 ``[H, W, C]``, or the reason
+    (:data:`WRONG_SIZE`, :data:`TOO_SMALL`) it does not fit. The builder and
+    ``experiments.predict`` share it, so a new file is made as the archive's were."""
+    from PIL import Image
+
     w, h = im.size
-    if recipe.require_size is not None and (h, w) != tuple(recipe.require_size):
+    if require_size is not None and (h, w) != tuple(require_size):
         return WRONG_SIZE
-    if recipe.crop is not None:
-        if min(w, h) < recipe.crop:
+    if crop is not None:
+        if min(w, h) < crop:
             return TOO_SMALL
-        left, top = (w - recipe.crop) // 2, (h - recipe.crop) // 2
-        im = im.crop((left, top, left + recipe.crop, top + recipe.crop))
-    if recipe.size is not None:
-        im = im.resize((recipe.size, recipe.size), Image.BOX)
+        left, top = (w - crop) // 2, (h - crop) // 2
+        im = im.crop((left, top, left + crop, top + crop))
+    if size is not None:
+        im = im.resize((size, size), Image.BOX)
     image = np.asarray(im, np.uint8)
     return image if image.ndim == 3 else image[..., None]
 
