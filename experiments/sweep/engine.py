@@ -83,7 +83,7 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
     of the runs with results (a run stopped by ``max_steps`` has them, marked
     ``"finished": false``, and is trained on the next time) and the names of those
     missing."""
-    runs, missing = [], []
+    runs, missing, planned = [], [], []
     d4 = sweep.d4 and not sweep.validation_only  # D4-score the tested runs
     for dataset, name in pairs:
         tuned = tune(sweep, base, dataset, name, fraction) if sweep.tune else None
@@ -93,14 +93,17 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
         chosen = (tuned["field"], tuned["chosen"]) if tuned else None
         tasks = [Task(dataset, name, s, fraction, validation_only=sweep.validation_only)
                  for s in sweep.seeds[dataset]]
-        jobs = [(t, t.config(base, chosen), t.workdir(sweep.root)) for t in tasks]
-        if not sweep.no_train:
-            execute.train(jobs, sweep.mode, workers=sweep.workers)
+        planned.append((tuned, [(t, t.config(base, chosen), t.workdir(sweep.root))
+                                for t in tasks]))
+    if not sweep.no_train:  # one pool for every run, seed by seed: pairs fill up early
+        jobs = sorted((job for _, jobs in planned for job in jobs), key=lambda j: j[0].seed)
+        execute.train(jobs, sweep.mode, workers=sweep.workers)
+    for tuned, jobs in planned:
         for task, config, work in jobs:
             if not work.has_results() or (d4 and not (_scored(work)
                                                       or work.has_checkpoint("best"))):
                 why = execute.log_tail(work) if sweep.mode == "pool" else ""
-                missing.append(f"{label}{dataset}/{name}/seed{task.seed}"
+                missing.append(f"{label}{task.dataset}/{task.name}/seed{task.seed}"
                                + (f" ({why})" if why else ""))
                 continue
             execute.check_finished_config(work, config)
