@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mean_interval", "paired_t", "paired_bootstrap"]
+__all__ = ["mean_interval", "paired_t", "paired_bootstrap", "weighted_auc",
+           "paired_bootstrap_auc"]
 
 
 def mean_interval(values, confidence: float = 0.95) -> dict:
@@ -71,5 +72,60 @@ def paired_bootstrap(correct_a, correct_b, *, resamples: int = 10_000, seed: int
     d = np.concatenate(draws)
     p = 2 * min(np.mean(d <= 0), np.mean(d >= 0))
     return {"images": int(n), "seeds": int(a.shape[0]), "difference": float(per_image.mean()),
+            "low": float(np.quantile(d, 0.025)), "high": float(np.quantile(d, 0.975)),
+            "p": float(min(1.0, max(p, 1.0 / resamples))), "resamples": int(resamples)}
+
+
+def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of ``scores`` ``[n]`` for the boolean labels ``positive`` ``[n]`` under each
+    row of image weights ``weights`` ``[r, n]`` (a bootstrap resample's counts): the
+    weighted probability that a positive scores above a negative, ties counting one half.
+    One sort for all rows. Returns ``[r]``."""
+    order = np.argsort(scores, kind="stable")
+    values, first = np.unique(scores[order], return_index=True)
+    w = weights[:, order]
+    pos = np.add.reduceat(w * positive[order], first, axis=1)
+    neg = np.add.reduceat(w * ~positive[order], first, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
+def _auc_rows(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC (two classes) or macro one-vs-rest AUC under each row of ``weights``."""
+    if probs.shape[1] == 2:
+        return weighted_auc(probs[:, 1], labels == 1, weights)
+    return np.mean([weighted_auc(probs[:, c], labels == c, weights)
+                    for c in range(probs.shape[1])], axis=0)
+
+
+def paired_bootstrap_auc(probs_a, probs_b, labels, *, resamples: int = 10_000, seed: int = 0,
+                         chunk: int = 500) -> dict:
+    """Paired bootstrap over test images of the difference in AUC (macro one-vs-rest for
+    more than two classes), A minus B, averaged over seeds.
+
+    ``probs_a``, ``probs_b``: ``[seeds, images, classes]``, seed ``s`` of A paired with seed
+    ``s`` of B; ``labels``: ``[images]``. Each resample draws the images with replacement
+    (the same draw for both models and every seed; a draw without both classes of a pair
+    is drawn again, which at test-set sizes does not happen). Returns what
+    :func:`paired_bootstrap` returns, for AUC."""
+    a, b = np.asarray(probs_a, np.float64), np.asarray(probs_b, np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[1] != labels.size:
+        raise ValueError(f"probs_a, probs_b: expected equal shapes [seeds, images, "
+                         f"classes] with images = {labels.size} labels, got {a.shape} and "
+                         f"{b.shape}")
+    ones = np.ones((1, labels.size))
+    observed = np.mean([_auc_rows(x, labels, ones)[0] - _auc_rows(y, labels, ones)[0]
+                        for x, y in zip(a, b)])
+    rng = np.random.default_rng(seed)
+    draws = []
+    for start in range(0, resamples, chunk):
+        weights = rng.multinomial(labels.size, np.full(labels.size, 1 / labels.size),
+                                  size=min(chunk, resamples - start)).astype(np.float64)
+        draws.append(np.mean([_auc_rows(x, labels, weights) - _auc_rows(y, labels, weights)
+                              for x, y in zip(a, b)], axis=0))
+    d = np.concatenate(draws)
+    p = 2 * min(np.mean(d <= 0), np.mean(d >= 0))
+    return {"images": int(labels.size), "seeds": int(a.shape[0]), "difference": float(observed),
             "low": float(np.quantile(d, 0.025)), "high": float(np.quantile(d, 0.975)),
             "p": float(min(1.0, max(p, 1.0 / resamples))), "resamples": int(resamples)}
