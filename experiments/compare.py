@@ -93,6 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="> 1: that many training processes at a time, each pinned to a core "
                         "(one per core on a CPU machine)")
+    p.add_argument("--records", default=None, metavar="DIR",
+                   help="keep run records: write DIR/<dataset>/<run>/seed<N>.json when a "
+                        "run is done, and treat a run with a record as done "
+                        "(experiments.sweep.records; the protocol: results/runs)")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: tables and plots from the finished runs only "
                         "(the missing ones are listed)")
@@ -130,6 +134,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.models = list(sweep.CURVE_RUNS)
         if args.results_dir:
             p.error("--results-dir: a learning-curve sweep writes one file (--results)")
+        if args.records:
+            p.error("--records: run records are kept for whole-split runs, not learning "
+                    "curves")
     elif args.results or args.figure:
         p.error("--results and --figure are for learning curves (--fractions)")
     return args
@@ -189,7 +196,8 @@ def _sweep_of(args: argparse.Namespace, *, d4: bool) -> sweep.Sweep:
     return sweep.Sweep(pathlib.Path(args.workdir), {d: seeds_of(args, d) for d in args.datasets
                                                     + [args.ablation_dataset]},
                        args.tune, tuple(args.tune_seeds), args.no_train,
-                       "pool" if args.workers > 1 else together, args.workers, d4)
+                       "pool" if args.workers > 1 else together, args.workers, d4,
+                       records=pathlib.Path(args.records) if args.records else None)
 
 
 def _settings(args: argparse.Namespace, base: Config, missing: list[str], drop) -> dict:
@@ -256,8 +264,8 @@ def main(argv=None):
     table = sweep.markdown(rows)
     (out / "results.md").write_text(table + "\n")
     sweep.write_plots(runs, rows, out)
-    first = [r for r in runs if r["model"] == "p4m_dgcnn"]
-    if first:
+    first = [r for r in runs if r["model"] == "p4m_dgcnn" and "workdir" in r]
+    if first:  # its checkpoint: a run known from its record alone has none here
         from experiments import figures
         figures.attention_figure(first[0]["workdir"], out / "attention.png")
         figures.equivariance_figure(first[0]["workdir"], out / "equivariance.png")

@@ -59,6 +59,26 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     compare.main(argv)  # finished runs are not trained again
     assert (out / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns \
         == first
+    # run records: written for the finished runs, enough without their work directories
+    recs = tmp_path / "records"
+    compare.main([*argv, "--records", str(recs)])
+    files = sorted(f.relative_to(recs).as_posix() for f in recs.rglob("*.json"))
+    assert files == [f"breastmnist/{m}/seed{s}.json" for m in ("cnn", "p4m_dgcnn",
+                                                                "p4m_dgcnn_k1") for s in (0, 1)]
+    record = sweep.records.read(recs / files[0])
+    probs, labels = sweep.records.probabilities(record)
+    assert probs.shape == (156, 2) and labels.shape == (156,)
+    assert np.allclose(probs, np.load(out / "breastmnist" / "cnn" / "seed0" / "test_probs.npy"),
+                       atol=0.5 / sweep.records.PROBABILITY_SCALE)
+    assert record["summary"]["test_auc"] == pytest.approx(runs[("cnn", 0)]["test_auc"], abs=1e-6)
+    assert record["d4"]["d4"]["auc_min"] == pytest.approx(runs[("cnn", 0)]["d4_auc_min"])
+    shutil.move(out, tmp_path / "moved")
+    again = compare.main([*argv, "--records", str(recs)])  # trains nothing
+    assert not (out / "breastmnist").exists() and not (out / "attention.png").exists()
+    assert [(r["model"], r["seeds"], r["auc_mean"]) for r in again] == \
+        [(r["model"], r["seeds"], pytest.approx(r["auc_mean"], abs=1e-6)) for r in rows]
+    shutil.rmtree(out)
+    shutil.move(tmp_path / "moved", out)
     # --no-train summarises the finished runs and trains nothing (seed 2 is missing)
     rows = compare.main([*argv, "--seeds", "0", "1", "2", "--no-train"])
     assert [(r["model"], r["seeds"]) for r in rows][0] == ("cnn", 2)

@@ -10,10 +10,13 @@ module          what
 ``execute``     train in this process, seeds together, or a pool of pinned processes
 ``collect``     the summary of a finished run (the one reader of run folders)
 ``engine``      :func:`run`: tune on validation, train, D4-score, collect
+``records``     run records kept in the repository: written when a run is done, validated
+                when read; a run with one is done
 ``tables``      aggregates over seeds, family tables, selection tables, plots
 ==============  ===========================================================================
 """
 
+from . import records
 from .collect import summary
 from .engine import Sweep, finished, run, tune
 from .execute import MODES, check_finished_config, train, train_pool, train_together
@@ -22,6 +25,7 @@ from .registry import (
     COMPARISONS,
     CURVE_RUNS,
     CURVE_SETTINGS,
+    EXTRA_SCORES,
     FAMILIES,
     PROTOCOL_DATASETS,
     PROTOCOL_RUNS,
@@ -45,10 +49,10 @@ from .tables import (
 )
 
 __all__ = [
-    "COMPARISONS", "CURVE_RUNS", "CURVE_SETTINGS", "Entry", "FAMILIES", "Family", "MODES",
+    "COMPARISONS", "CURVE_RUNS", "CURVE_SETTINGS", "EXTRA_SCORES", "Entry", "FAMILIES", "Family", "MODES",
     "PROTOCOL_DATASETS", "PROTOCOL_RUNS", "PROTOCOL_TUNE", "RUNS", "SCORES",
     "SELECTION_RUNS", "Sweep", "Task", "check_finished_config", "config_sets", "entry",
-    "finished", "fraction_dir", "markdown", "order", "run", "run_config", "sections",
+    "finished", "fraction_dir", "markdown", "order", "records", "run", "run_config", "sections",
     "selection_markdown", "selection_rows", "summarize", "summary", "tasks", "train",
     "train_pool", "train_together", "tune", "write_plots",
 ]

@@ -16,7 +16,7 @@ from experiments.configs import Config, model_kwargs
 from experiments.training import Workdir
 
 from .plan import Task
-from .registry import SCORES
+from .registry import EXTRA_SCORES, SCORES
 
 __all__ = ["summary", "d4_scores"]
 
@@ -49,6 +49,8 @@ def summary(task: Task, config: Config, work: Workdir) -> dict:
            "val_auc_curve": [h["val_auc"] for h in history]}
     if results.get("test"):
         out.update({f"test_{key}": results["test"][key] for key in SCORES})
+        out.update({f"test_{key}": results["test"][key] for key in EXTRA_SCORES
+                    if key in results["test"]})
     robust = d4_scores(work)
     if robust:
         out.update({"d4_auc_min": robust["d4"]["auc_min"], "d4_auc_max": robust["d4"]["auc_max"]})

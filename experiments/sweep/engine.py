@@ -18,7 +18,9 @@ from experiments import evaluate
 from experiments.configs import Config
 from experiments.training import Workdir
 
-from . import execute
+from experiments import report
+
+from . import execute, records
 from .collect import summary
 from .plan import Task
 
@@ -38,11 +40,39 @@ class Sweep:
     workers: int = 1
     d4: bool = True  # score each test run on the 8 D4 copies of the test split
     validation_only: bool = False
+    records: pathlib.Path | None = None  # run records: written when a run is done, and
+    # a run with one is done (experiments.sweep.records)
 
 
 def _scored(work: Workdir) -> bool:
     """Whether the run's D4 scores (``eval_test.json``) are there."""
     return (work.path / "eval_test.json").is_file()
+
+
+def _record(sweep: Sweep, task: Task) -> pathlib.Path | None:
+    """The record file of a test run of a sweep that keeps records (whether or not it
+    exists yet); ``None`` for tuning, validation-only and learning-curve runs."""
+    if sweep.records is None or task.tune or task.validation_only or task.fraction is not None:
+        return None
+    return records.path(sweep.records, task.dataset, task.name, task.seed)
+
+
+def _recorded_file(sweep: Sweep, task: Task) -> pathlib.Path | None:
+    """The task's record file if it exists."""
+    file = _record(sweep, task)
+    return file if file is not None and file.is_file() else None
+
+
+def _recorded(sweep: Sweep, jobs: list) -> list[dict]:
+    """The summaries of the jobs whose record exists (validated, same config): done."""
+    out = []
+    for task, config, _ in jobs:
+        file = _recorded_file(sweep, task)
+        if file:
+            record = records.read(file)
+            records.check_config(record, config, file)
+            out.append(records.run_summary(record, file))
+    return out
 
 
 def finished(work: Workdir | pathlib.Path, *, scored: bool = False) -> bool:
@@ -86,15 +116,20 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
     runs, missing, planned = [], [], []
     d4 = sweep.d4 and not sweep.validation_only  # D4-score the tested runs
     for dataset, name in pairs:
-        tuned = tune(sweep, base, dataset, name, fraction) if sweep.tune else None
+        tasks = [Task(dataset, name, s, fraction, validation_only=sweep.validation_only)
+                 for s in sweep.seeds[dataset]]
+        done = [_recorded_file(sweep, t) for t in tasks]
+        if tasks and all(done):  # recorded: its tuning too
+            tuned = records.read(done[0])["summary"].get("tuned")
+        else:
+            tuned = tune(sweep, base, dataset, name, fraction) if sweep.tune else None
         if sweep.tune and tuned is None:  # no_train before the tuning finished
             missing.append(f"{label}{dataset}/{name} (tuning)")
             continue
         chosen = (tuned["field"], tuned["chosen"]) if tuned else None
-        tasks = [Task(dataset, name, s, fraction, validation_only=sweep.validation_only)
-                 for s in sweep.seeds[dataset]]
-        planned.append((tuned, [(t, t.config(base, chosen), t.workdir(sweep.root))
-                                for t in tasks]))
+        jobs = [(t, t.config(base, chosen), t.workdir(sweep.root)) for t in tasks]
+        runs += _recorded(sweep, jobs)
+        planned.append((tuned, [job for job in jobs if not _recorded_file(sweep, job[0])]))
     if not sweep.no_train:  # one pool for every run, seed by seed: pairs fill up early
         jobs = sorted((job for _, jobs in planned for job in jobs), key=lambda j: j[0].seed)
         execute.train(jobs, sweep.mode, workers=sweep.workers)
@@ -110,4 +145,8 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
             if d4 and not _scored(work):
                 evaluate.evaluate(work.path, "test", d4=True)
             runs.append({**summary(task, config, work), **({"tuned": tuned} if tuned else {})})
+            if _record(sweep, task) and work.finished():
+                file = records.write(records.make(task, work, config, report.machine(), tuned),
+                                     sweep.records)
+                print(f"recorded {file}", flush=True)
     return runs, missing

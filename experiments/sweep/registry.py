@@ -17,7 +17,7 @@ from typing import Any
 from dgcnn_jax import models
 from experiments.configs import Config
 
-__all__ = ["Entry", "Family", "FAMILIES", "RUNS", "entry", "run_config", "SCORES",
+__all__ = ["Entry", "Family", "FAMILIES", "RUNS", "entry", "run_config", "SCORES", "EXTRA_SCORES",
            "COMPARISONS", "PROTOCOL_DATASETS", "PROTOCOL_RUNS", "PROTOCOL_TUNE",
            "CURVE_RUNS", "CURVE_SETTINGS", "SELECTION_RUNS", "order"]
 
@@ -152,6 +152,11 @@ per fraction and seed for the five curve runs on one core)."""
 
 SCORES = ("accuracy", "balanced_accuracy", "auc", "nll")
 """Test metrics kept per seed (``test_<name>`` in a run summary) and summarised."""
+
+EXTRA_SCORES = ("f1", "auc_per_group")
+"""Test metrics kept and summarised where a run has them: F1 (of class 1 for two classes,
+the literature's score on IDC; macro otherwise), and the AUC over groups (per patient on
+IDC) of a dataset with groups."""
 
 COMPARISONS = (
     ("p4m_dgcnn_wide", "p4m_gcnn"), ("p4m_dgcnn", "p4m_gcnn"), ("p4m_gcnn", "cnn"),

@@ -14,6 +14,7 @@ import numpy as np
 
 from experiments import plots, stats
 
+from .records import test_predictions
 from .registry import FAMILIES, RUNS, SCORES, Family, entry, order
 
 __all__ = ["summarize", "sections", "markdown", "write_plots", "selection_rows",
@@ -98,10 +99,9 @@ def write_plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
         for name in [r["model"] for r in rows if r["dataset"] == dataset
                      and FAMILIES.get(entry(r["model"]).family, Family("")).every_dataset]:
             rs = [r for r in runs if r["dataset"] == dataset and r["model"] == name]
-            work = pathlib.Path(rs[0]["workdir"])
-            curves.append({"label": name, "seed": rs[0]["seed"],
-                           "probs": np.load(work / "test_probs.npy"),
-                           "labels": np.load(work / "test_labels.npy"),
+            probs, labels = test_predictions(rs[0])
+            curves.append({"label": name, "seed": rs[0]["seed"], "probs": probs,
+                           "labels": labels,
                            "val_curves": [r["val_auc_curve"] for r in rs]})
         plots.roc_and_validation_curves(curves, out / f"roc_{dataset}.png", dataset)
 
