@@ -34,25 +34,28 @@ import jax
 import numpy as np
 
 from experiments import cli, stats
-from experiments.sweep.registry import COMPARISONS, SCORES
+from experiments.sweep import records
+from experiments.sweep.registry import COMPARISONS, EXTRA_SCORES, SCORES
 
 __all__ = ["TEST_COLUMNS", "BLOCKS", "paired_tests", "machine", "dataset_document",
            "write_results", "cell", "p_text", "pair_cells", "markdown", "render_block",
            "update_blocks", "main"]
 
 
-def _correct(run: dict) -> np.ndarray:
-    work = pathlib.Path(run["workdir"])
-    probs, labels = np.load(work / "test_probs.npy"), np.load(work / "test_labels.npy")
-    return (probs.argmax(axis=-1) == np.asarray(labels).reshape(-1)).astype(np.float64)
+AUC_RESAMPLES = 2_000
+"""Resamples of the paired AUC bootstrap of a dataset's results file (each weighs every
+test image of every seed and class: fewer than for accuracy, whose resamples are means)."""
 
 
-def paired_tests(runs: list[dict], pairs=COMPARISONS, *, resamples: int = 10_000) -> list[dict]:
+def paired_tests(runs: list[dict], pairs=COMPARISONS, *, resamples: int = 10_000,
+                 auc_resamples: int = 0) -> list[dict]:
     """For each (dataset, training fraction) and each pair (A, B) of ``pairs`` that both
     ran there (default: every comparison of
     :data:`experiments.sweep.registry.COMPARISONS`), on the seeds both have: paired t-tests over seeds of test accuracy and
-    macro AUC, and a paired bootstrap over test images of the seed-averaged accuracy
-    difference (:func:`experiments.stats.paired_bootstrap`)."""
+    macro AUC, and paired bootstraps over test images of the seed-averaged accuracy
+    difference (:func:`experiments.stats.paired_bootstrap`, ``resamples``) and AUC
+    difference (:func:`experiments.stats.paired_bootstrap_auc`, ``auc_resamples``; none
+    with 0)."""
     out = []
     groups = sorted({(r["dataset"], r.get("train_fraction", 1.0)) for r in runs})
     for dataset, fraction in groups:
@@ -66,13 +69,18 @@ def paired_tests(runs: list[dict], pairs=COMPARISONS, *, resamples: int = 10_000
                                  [here[b, s]["test_accuracy"] for s in seeds])
             auc = stats.paired_t([here[a, s]["test_auc"] for s in seeds],
                                  [here[b, s]["test_auc"] for s in seeds])
-            boot = stats.paired_bootstrap([_correct(here[a, s]) for s in seeds],
-                                          [_correct(here[b, s]) for s in seeds],
+            pa, pb = ([records.test_predictions(here[m, s]) for s in seeds] for m in (a, b))
+            labels = pa[0][1]
+            boot = stats.paired_bootstrap([p.argmax(-1) == y for p, y in pa],
+                                          [p.argmax(-1) == y for p, y in pb],
                                           resamples=resamples)
+            auc_boot = None if not auc_resamples else stats.paired_bootstrap_auc(
+                [p for p, _ in pa], [p for p, _ in pb], labels, resamples=auc_resamples)
             out.append({"dataset": dataset, "train_fraction": fraction, "a": a, "b": b,
                         "seeds": seeds, "accuracy_difference": acc["mean_difference"],
                         "t_test_p": acc["p"], "auc_difference": auc["mean_difference"],
-                        "auc_t_test_p": auc["p"], "bootstrap": boot})
+                        "auc_t_test_p": auc["p"], "bootstrap": boot,
+                        "auc_bootstrap": auc_boot})
     return out
 
 
@@ -107,11 +115,14 @@ def dataset_document(runs: list[dict], dataset: str, settings: dict, *,
                  "num_params": rs[0]["num_params"], "forward_flops": rs[0]["forward_flops"],
                  "train_seconds_mean": float(np.mean([r["train_seconds"] for r in rs])),
                  "tuned": rs[0].get("tuned")}
-        for key in SCORES:
+        extra = [k for k in EXTRA_SCORES if all(f"test_{k}" in r for r in rs)]
+        for key in (*SCORES, *extra):
             entry[key] = stats.mean_interval([r[f"test_{key}"] for r in rs])
+        for seed_scores, r in zip(entry["per_seed"], rs):
+            seed_scores.update({k: r[f"test_{k}"] for k in extra})
         models[name] = entry
     return {"dataset": dataset, "protocol": settings, "machine": machine(),
-            "models": models, "tests": paired_tests(runs)}
+            "models": models, "tests": paired_tests(runs, auc_resamples=AUC_RESAMPLES)}
 
 
 def write_results(runs: list[dict], directory: pathlib.Path, settings: dict, *,
@@ -154,23 +165,32 @@ def pair_cells(t: dict) -> str:
 def markdown(doc: dict) -> str:
     """The tables of one dataset's file: per model (mean +- std [95% interval] over
     seeds) and the paired tests."""
+    extra = [k for k in EXTRA_SCORES if all(k in m for m in doc["models"].values())]
+    names = {"f1": "test F1", "auc_per_group": "test AUC per group"}
     lines = [f"**{doc['dataset']}** (seeds per model: mean +- sample std [95% t-interval])",
              "", "| model | seeds | test accuracy | test balanced accuracy | test macro AUC | "
-             "test NLL | parameters | forward MFLOPs | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             + "".join(f"{names[k]} | " for k in extra)
+             + "test NLL | parameters | forward MFLOPs | train time (s) |",
+             "|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|---|"]
     for name, m in doc["models"].items():
         lines.append(f"| `{name}` | {len(m['seeds'])} | {cell(m['accuracy'])} | "
                      f"{cell(m['balanced_accuracy'])} | {cell(m['auc'])} | "
-                     f"{m['nll']['mean']:.4f} | {m['num_params']:,} | "
+                     + "".join(f"{cell(m[k])} | " for k in extra)
+                     + f"{m['nll']['mean']:.4f} | {m['num_params']:,} | "
                      f"{m['forward_flops'] / 1e6:.1f} | {m['train_seconds_mean']:.0f} |")
     if not doc["tests"]:
         lines += ["", "(no pair of the paired tests ran on this dataset)"]
     else:
-        lines += ["", f"| {TEST_COLUMNS} | AUC A - B | AUC paired t-test p |",
-                  "|---|---|---|---|---|---|---|---|"]
+        auc_boot = any(t.get("auc_bootstrap") for t in doc["tests"])
+        lines += ["", f"| {TEST_COLUMNS} | AUC A - B | AUC paired t-test p |"
+                  + (" AUC bootstrap 95% interval | AUC bootstrap p |" if auc_boot else ""),
+                  "|---|---|---|---|---|---|---|---|" + ("---|---|" if auc_boot else "")]
         for t in doc["tests"]:
+            b = t.get("auc_bootstrap")
             lines.append(f"| {pair_cells(t)} | {t['auc_difference']:+.4f} | "
-                         f"{p_text(t['auc_t_test_p'])} |")
+                         f"{p_text(t['auc_t_test_p'])} |"
+                         + (f" [{b['low']:+.4f}, {b['high']:+.4f}] | {p_text(b['p'])} |"
+                            if b else " | |" if auc_boot else ""))
     return "\n".join(lines)
 
 
@@ -179,15 +199,20 @@ BLOCK = re.compile(r"(<!-- generated by experiments\.report from (\S+) \(([a-z-]
 
 
 def _blocks() -> dict:
-    from experiments import curves, epoch_times, pilot
+    from experiments import benchmark_dynamic, curves, epoch_times, pilot, results
 
     return {"results": markdown, "curves": curves.markdown, "curves-headline": curves.headline,
-            "epoch-times": epoch_times.markdown, "pilot": pilot.markdown}
+            "epoch-times": epoch_times.markdown, "pilot": pilot.markdown,
+            "headline": results.headline,
+            "benchmark-dynamic": benchmark_dynamic.markdown_table}
 
 
-BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot")
+BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot", "headline",
+          "benchmark-dynamic")
 """Kinds of generated block: a dataset file's tables, a curve document's tables, a curve
-document's short table, an epoch-time document's table, a pilot's validation curves."""
+document's short table, an epoch-time document's table, a pilot's validation curves, a
+dataset file's headline (does the dynamic layer help; :func:`experiments.results.headline`),
+the static-vs-dynamic layer benchmark (:mod:`experiments.benchmark_dynamic`)."""
 
 
 def render_block(source: str, kind: str, root: pathlib.Path) -> str:
