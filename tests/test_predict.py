@@ -39,25 +39,26 @@ def test_idc_views_and_their_checks(idc_dir):
 
 @pytest.mark.slow
 def test_train_on_idc_then_predict_new_files(idc_dir, idc_raw_sample, tmp_path):
-    # the command of the issue: one epoch stopped after 3 steps, scored end to end
-    smoke = run_train(tmp_path / "smoke", idc_dir, ["dataset=idc", "epochs=1", "max_steps=3",
-                                                    "progress=false"])
+    # one epoch on 1% of the training split, stopped after its first step: scored end to
+    # end, but not finished
+    work = tmp_path / "run"
+    sets = ["dataset=idc", "epochs=1", "train_fraction=0.01", "model=cnn", "progress=false"]
+    smoke = run_train(work, idc_dir, sets + ["max_steps=1"])
     assert smoke.returncode == 0, smoke.stdout + smoke.stderr
-    results = json.loads((tmp_path / "smoke" / "results.json").read_text())
-    assert results["input_size"] == 24 and results["steps"] == 3
+    results = json.loads((work / "results.json").read_text())
+    assert results["input_size"] == 24 and results["steps"] == 1
     assert {"auc", "balanced_accuracy", "f1", "auc_per_group"} <= results["test"].keys()
     assert results["test"]["num_examples"] == 2177
     for figure in ("roc_test.png", "confusion_test.png", "learning_curves.png"):
-        assert (tmp_path / "smoke" / figure).is_file()
-    refused = _predict("--workdir", tmp_path / "smoke", idc_raw_sample)
+        assert (work / figure).is_file()
+    refused = _predict("--workdir", work, idc_raw_sample)
     assert refused.returncode == 2 and "has not finished training" in refused.stderr
     assert refused.stderr.count("\n") == 1, refused.stderr
 
-    # a finished run (1% of the training split, one epoch), then new files
-    work = tmp_path / "run"
-    done = run_train(work, idc_dir, ["dataset=idc", "epochs=1", "train_fraction=0.01",
-                                     "model=cnn", "progress=false"])
+    # the same command without the step limit finishes the run; then new files
+    done = run_train(work, idc_dir, sets)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((work / "results.json").read_text())["finished"] is True
     odd = tmp_path / "odd"
     odd.mkdir()
     rgb = np.asarray(Image.open(next(idc_raw_sample.glob("9262/1/*.png"))))
