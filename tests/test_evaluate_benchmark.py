@@ -59,3 +59,22 @@ def test_benchmark_times_the_main_job_per_pipeline(medmnist_dir):
                                                      / rows[0]["median_s"])
     assert "of host" in benchmark.markdown({"matmul_flops_per_s": 1e10, "device": "cpu",
                                             "rows": rows})
+
+
+def test_dynamic_benchmark_times_every_form_against_the_static_layer(tmp_path):
+    from experiments import benchmark_dynamic, report
+
+    out = tmp_path / "bench.json"
+    results = benchmark_dynamic.main(["--batch", "2", "--size", "8", "--fields", "2",
+                                      "--repeats", "2", "--groups", "p4", "--impls", "fast",
+                                      "--output", str(out)])
+    rows = results["rows"]
+    assert [(r["layer"], r["impl"]) for r in rows] == [
+        ("GroupConv", "-"), ("DynamicGroupConv", "fast"),
+        *[("DynamicGroupConv", form) for form in benchmark_dynamic.FORMS]]
+    for row in rows:  # every ratio against the static layer timed in the same process
+        assert row["ratio"] == pytest.approx(row["median_s"] / rows[0]["median_s"])
+        assert len(row["times_s"]) == 2 and row["median_s"] > 0
+    assert json.loads(out.read_text())["rows"] == rows
+    table = report.render_block(out.name, "benchmark-dynamic", tmp_path)
+    assert table.count("\n| p4 |") == len(rows) and "Measured on " in table
