@@ -141,6 +141,19 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_headline(results: dict) -> str:
+    """The p4m rows a reader compares (the static layer, the published dynamic layer as it
+    runs by default, the third form) as a short table."""
+    names = {"-": "static `GroupConv`", _default(): "published dynamic layer (K banks)",
+             "odconv": "third form (`p4m_odgcnn`)", "odconv_k1": "third form, one kernel",
+             "assign": "third form, assignment start"}
+    rows = [r for r in results["rows"] if r["group"] == "p4m" and r["impl"] in names]
+    lines = ["| p4m layer, fwd+bwd | median (ms) | / static |", "|---|---|---|"]
+    lines += [f"| {names[r['impl']]} | {r['median_s'] * 1e3:.1f} | {r['ratio']:.2f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = cli.Parser(__doc__)
     p.add_argument("--batch", type=int, default=64)

@@ -204,15 +204,17 @@ def _blocks() -> dict:
     return {"results": markdown, "curves": curves.markdown, "curves-headline": curves.headline,
             "epoch-times": epoch_times.markdown, "pilot": pilot.markdown,
             "headline": results.headline,
-            "benchmark-dynamic": benchmark_dynamic.markdown_table}
+            "benchmark-dynamic": benchmark_dynamic.markdown_table,
+            "benchmark-dynamic-headline": benchmark_dynamic.markdown_headline}
 
 
 BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot", "headline",
-          "benchmark-dynamic")
+          "benchmark-dynamic", "benchmark-dynamic-headline")
 """Kinds of generated block: a dataset file's tables, a curve document's tables, a curve
 document's short table, an epoch-time document's table, a pilot's validation curves, a
 dataset file's headline (does the dynamic layer help; :func:`experiments.results.headline`),
-the static-vs-dynamic layer benchmark (:mod:`experiments.benchmark_dynamic`)."""
+the static-vs-dynamic layer benchmark (:mod:`experiments.benchmark_dynamic`) in full and its
+p4m rows."""
 
 
 def render_block(source: str, kind: str, root: pathlib.Path) -> str:

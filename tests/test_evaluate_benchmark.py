@@ -66,7 +66,7 @@ def test_dynamic_benchmark_times_every_form_against_the_static_layer(tmp_path):
 
     out = tmp_path / "bench.json"
     results = benchmark_dynamic.main(["--batch", "2", "--size", "8", "--fields", "2",
-                                      "--repeats", "2", "--groups", "p4", "--impls", "fast",
+                                      "--repeats", "2", "--groups", "p4m", "--impls", "fast",
                                       "--output", str(out)])
     rows = results["rows"]
     assert [(r["layer"], r["impl"]) for r in rows] == [
@@ -77,4 +77,6 @@ def test_dynamic_benchmark_times_every_form_against_the_static_layer(tmp_path):
         assert len(row["times_s"]) == 2 and row["median_s"] > 0
     assert json.loads(out.read_text())["rows"] == rows
     table = report.render_block(out.name, "benchmark-dynamic", tmp_path)
-    assert table.count("\n| p4 |") == len(rows) and "Measured on " in table
+    assert table.count("\n| p4m |") == len(rows) and "Measured on " in table
+    short = report.render_block(out.name, "benchmark-dynamic-headline", tmp_path)
+    assert short.count("\n|") == 1 + len(rows) and "third form (`p4m_odgcnn`)" in short
