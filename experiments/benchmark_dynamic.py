@@ -137,7 +137,8 @@ def markdown_table(results: dict) -> str:
                   f"{results['batch']}, {results['size']}x{results['size']}, "
                   f"{results['fields']} fields in and out, {results['kernel_size']}x"
                   f"{results['kernel_size']}, K = {results['num_kernels']}; median of "
-                  f"{results['repeats']} runs after a warm-up."]
+                  f"{results['repeats']} runs after a warm-up"
+                  + (f"; {results['note']}." if results.get("note") else ".")]
     return "\n".join(lines)
 
 
@@ -169,10 +170,13 @@ def main(argv=None):
                         "measure highest and default")
     p.add_argument("--forms", nargs="*", choices=list(FORMS), default=list(FORMS),
                    help="third-form layers to time too (default precision, impl of their own)")
+    p.add_argument("--note", default="", help="how the machine was shared while it ran, "
+                   "kept with the numbers (e.g. 'pinned to one core beside a training run')")
     p.add_argument("--output", default="benchmark_dynamic.json")
     args = p.parse_args(argv)
     results = run(args.batch, args.size, args.fields, args.kernels, args.repeats, args.groups,
                   args.impls, precisions=args.precisions, forms=args.forms)
+    results["note"] = args.note
     out = pathlib.Path(args.output)
     out.write_text(json.dumps(results, indent=2))
     print(markdown_table(results))

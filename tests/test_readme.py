@@ -63,7 +63,7 @@ def test_a_stale_generated_table_is_found(tmp_path):
 
     page = tmp_path / "page.md"
     text = README.read_text()
-    page.write_text(text.replace("| `cnn` | 0.", "| `cnn` | 1.", 1))
+    page.write_text(text.replace("| static `GroupConv` | ", "| static `GroupConv` | 9", 1))
     assert page.read_text() != text
     assert report.update_blocks(page, ROOT, write=False)
 

@@ -56,12 +56,11 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     for layer in attention["layers"]:
         assert sum(layer["mean"]) == pytest.approx(1.0, abs=1e-5)
     first = (out / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns
-    compare.main(argv)  # finished runs are not trained again
+    recs = tmp_path / "records"
+    compare.main([*argv, "--records", str(recs)])  # finished runs are not trained again
     assert (out / "breastmnist" / "cnn" / "seed0" / "results.json").stat().st_mtime_ns \
         == first
     # run records: written for the finished runs, enough without their work directories
-    recs = tmp_path / "records"
-    compare.main([*argv, "--records", str(recs)])
     files = sorted(f.relative_to(recs).as_posix() for f in recs.rglob("*.json"))
     assert files == [f"breastmnist/{m}/seed{s}.json" for m in ("cnn", "p4m_dgcnn",
                                                                 "p4m_dgcnn_k1") for s in (0, 1)]
