@@ -120,7 +120,13 @@ def headline(doc: dict) -> str:
                      + (f" {report.cell(m['f1'])} |" if has_f1 else ""))
     missing = doc["protocol"].get("missing") or []
     if missing:
-        lines += ["", f"Not yet recorded: {', '.join(missing)}."]
+        seeds: dict[str, list[str]] = {}
+        for item in missing:
+            name, seed = item.split("/seed")
+            seeds.setdefault(name, []).append(seed)
+        lines += ["", f"Not yet recorded ({len(missing)} runs of the plan): "
+                      + "; ".join(f"`{n}` seeds {', '.join(s)}" for n, s in seeds.items())
+                      + "."]
     for a, b in _DYNAMIC:
         test = next((t for t in doc["tests"] if (t["a"], t["b"]) == (a, b)), None)
         if test is None:

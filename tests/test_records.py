@@ -124,7 +124,8 @@ def test_results_are_rebuilt_from_records_alone(recorded, tmp_path):
     assert test["auc_bootstrap"]["high"] < 0  # the weaker model, on every resample's mean
     text = results.headline(doc)
     assert "**Does the dynamic layer help on idc?**" in text
-    assert "the dynamic layer is worse" in text and "Not yet recorded: " in text
+    assert "the dynamic layer is worse" in text
+    assert "Not yet recorded (13 runs of the plan): `cnn_augment` seeds 0, 1, 2, 3, 4;" in text
     assert "| test F1 |" in report.markdown(doc) and "AUC bootstrap p" in report.markdown(doc)
     # nothing to build from: one line naming the folder
     with pytest.raises(ValueError, match="no run records"):
