@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 
+import jax.numpy as jnp
 import numpy as np
 
 from .groups import Group
@@ -57,7 +58,8 @@ def _check_batch_and_dtype(x, name: str, shape: tuple[int, ...]) -> None:
     if shape[0] < 1:
         raise ValueError(f"{name}: the batch is empty (shape {shape}); pass at least one example")
     dtype = getattr(x, "dtype", None)
-    if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
+    # JAX's notion of floating types: bfloat16 is one, although numpy's is not
+    if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{name}: expected a floating-point array, got dtype {dtype} (scale "
                          f"integer images to float first, e.g. x.astype('float32') / 255)")
 

@@ -19,6 +19,12 @@ several ways that give the same values and gradients (tested to 1e-5); the keywo
 ``"linear"``  --                                              the K kernel responses as one K times
                                                               wider convolution, mixed by linearity
                                                               (the only one for equivariant attention)
+``"orbit"``   lifting and group convolutions only            --
+              (:mod:`dgcnn_jax.ops`): ``out(., g) =
+              T_g[(L_g^-1 x) * w]``, the |G| moved copies
+              of the input correlated with the one base
+              kernel in one XLA call; exactly equivariant
+              whatever the precision (below)
 ``"auto"``    ``"fast"`` on the CPU for inputs of at least    ``"fast"`` on the CPU, ``"patches"``
               2**23 elements, else ``"xla"``                  elsewhere; ``"linear"`` for equivariant
                                                               attention
@@ -40,6 +46,15 @@ gradients, accumulated over chunks of the batch to bound memory:
 input) and ``dz[b, y, x', (j, o)] = dy[b, y, x' - j d, o]`` (k column shifts of the
 output gradient, zero outside) give ``dW = rows^T dz`` with the contraction over
 ``b, y, x'``.
+
+Why ``"orbit"``: with a filter bank, the |G| transformed kernels meet the data in
+different arrangements, and a convolution algorithm that rounds (TF32 or bfloat16 passes,
+Winograd) rounds them differently, which breaks equivariance by the rounding error. With
+the orbit, the copy of ``L_h x`` for element ``g`` is exactly the copy of ``x`` for
+``h^-1 g`` (90-degree rotations and mirrors move data, they do not round), every copy
+goes through the same arithmetic, and the outputs are equal bit for bit after the
+transform back. The moved copies are recomputed for the backward pass
+(``jax.checkpoint``), not kept.
 
 Precision: every convolution and matrix product takes ``precision``, one of
 :data:`PRECISIONS` (or a ``jax.lax.Precision``). The default, ``"highest"``, computes in
@@ -106,6 +121,10 @@ IMPLS = {impl.name: impl for impl in (
     Impl("patches", ("dynamic",), "row patches times per-example kernels, one batched matmul"),
     Impl("linear", ("dynamic", "equivariant"),
          "the K responses as one wider convolution, mixed by linearity"),
+    Impl("orbit", ("static",),
+         "lifting and group convolutions: the input moved by every group element's inverse, "
+         "one correlation with the base kernel, each output moved back (exactly "
+         "equivariant at any precision)"),
 )}
 """Every ``impl`` name, in one table."""
 
@@ -240,6 +259,13 @@ def _fast_bwd(padding, dilation, precision, residuals, dy):
 _fast_conv.defvjp(_fast_fwd, _fast_bwd)
 
 
+def _common_dtype(x, w):
+    """``x`` and ``w`` in their promoted floating type (JAX's rules: bfloat16 with float32
+    gives float32), as XLA's convolution takes one dtype."""
+    dtype = jnp.promote_types(x.dtype, w.dtype)
+    return x.astype(dtype), w.astype(dtype)
+
+
 def conv2d(x, w, padding, dilation: int = 1,
            precision: str | lax.Precision | None = DEFAULT_PRECISION,
            impl: str | None = "auto"):
@@ -250,9 +276,14 @@ def conv2d(x, w, padding, dilation: int = 1,
     gradients. ``precision``: see :data:`PRECISIONS`. Returns ``[B, H', W', O]``.
     """
     impl = resolve(impl, "static", x.size)
+    if impl == "orbit":
+        raise ValueError("impl: 'orbit' executes lifting and group convolutions "
+                         "(dgcnn_jax.lifting_conv, dgcnn_jax.group_conv), not a plain "
+                         "convolution; expected 'auto', 'fast' or 'xla'")
     precision = as_precision(precision)
     if w.shape[0] != w.shape[1]:
         raise ValueError(f"w: expected a square kernel, got shape {w.shape}")
+    x, w = _common_dtype(x, w)
     padding = tuple(tuple(p) for p in padding)
     if impl == "xla":
         return _xla_conv(x, w, padding, dilation, precision)

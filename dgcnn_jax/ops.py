@@ -72,6 +72,23 @@ def _check_spatial(in_hw, span, padding, name="x"):
             f"with padding {padding[0]}")
 
 
+def _orbit(move, x, kernel, group: Group, padding, dilation, precision) -> jax.Array:
+    """``out(., g) = T_g[(L_g^-1 x) * kernel]`` for every ``g`` (``impl="orbit"``).
+
+    ``move(x, g)`` gives ``L_g x`` as an image batch ``[B, H, W, C]``; ``kernel`` is the
+    base kernel ``[k, k, C, O]``. The |G| copies go through one XLA correlation (stacked
+    on the batch axis) and are recomputed, not kept, for the backward pass. Returns
+    ``[B, H', W', O, |G|]``."""
+
+    def responses(x, kernel):
+        copies = jnp.concatenate([move(x, group.invert(g)) for g in range(group.order)])
+        return execution.conv2d(copies, kernel, padding, dilation, precision, "xla")
+
+    z = jax.checkpoint(responses, policy=jax.checkpoint_policies.nothing_saveable)(x, kernel)
+    z = z.reshape(group.order, -1, *z.shape[1:])  # [G, B, H', W', O]
+    return jnp.stack([group.transform_image(z[g], g) for g in range(group.order)], axis=-1)
+
+
 def lifting_conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -93,8 +110,9 @@ def lifting_conv(
       precision: a name of :data:`dgcnn_jax.execution.PRECISIONS` (default ``"highest"``:
         full float32 on every backend, what exact equivariance needs).
       impl: how the convolution runs, a static entry of
-        :data:`dgcnn_jax.execution.IMPLS`: ``"auto"`` (default), ``"fast"`` or ``"xla"``
-        (the reference); same values and gradients.
+        :data:`dgcnn_jax.execution.IMPLS`: ``"auto"`` (default), ``"fast"``, ``"xla"``
+        (the reference) or ``"orbit"`` (exactly equivariant at any precision); same
+        values and gradients.
 
     Returns:
       ``[B, H', W', C_out, |G|]``, equivariant: ``f(L_g x) = L_g f(x)``.
@@ -107,6 +125,9 @@ def lifting_conv(
     b, h, w, c = check_image(x, "x", channels=kshape[2])
     pad = conv_padding(padding, kshape[0], dilation)
     _check_spatial(min(h, w), dilation * (kshape[0] - 1) + 1, pad)
+    if execution.resolve(impl, "static", x.size) == "orbit":
+        return _orbit(lambda x, g: group.transform_image(x, g), x, kernel, group, pad,
+                      dilation, precision)
     bank = lifting_filter_bank(kernel, group)  # [k, k, Cin, Cout, G]
     k = bank.shape[0]
     y = execution.conv2d(x, bank.reshape(k, k, c, -1), pad, dilation, precision, impl)
@@ -134,8 +155,9 @@ def group_conv(
       precision: a name of :data:`dgcnn_jax.execution.PRECISIONS` (default ``"highest"``:
         full float32 on every backend, what exact equivariance needs).
       impl: how the convolution runs, a static entry of
-        :data:`dgcnn_jax.execution.IMPLS`: ``"auto"`` (default), ``"fast"`` or ``"xla"``
-        (the reference); same values and gradients.
+        :data:`dgcnn_jax.execution.IMPLS`: ``"auto"`` (default), ``"fast"``, ``"xla"``
+        (the reference) or ``"orbit"`` (exactly equivariant at any precision); same
+        values and gradients.
 
     Returns:
       ``[B, H', W', C_out, |G|]``, equivariant: ``f(L_g x) = L_g f(x)``.
@@ -149,6 +171,10 @@ def group_conv(
     b, h, w, c, n = check_feature_map(x, group, "x", channels=kshape[2])
     pad = conv_padding(padding, kshape[0], dilation)
     _check_spatial(min(h, w), dilation * (kshape[0] - 1) + 1, pad)
+    if execution.resolve(impl, "static", x.size) == "orbit":
+        return _orbit(lambda x, g: group.transform_feature_map(x, g).reshape(b, h, w, c * n),
+                      x, kernel.reshape(*kshape[:2], c * n, kshape[4]), group, pad,
+                      dilation, precision)
     bank = group_filter_bank(kernel, group)  # [k, k, Cin, G, Cout, G]
     k = bank.shape[0]
     y = execution.conv2d(x.reshape(b, h, w, c * n), bank.reshape(k, k, c * n, -1), pad, dilation,
