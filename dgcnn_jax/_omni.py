@@ -77,19 +77,20 @@ def omni_param_shapes(targets, descriptor_size: int, hidden: int, num_kernels: i
 def omni_attention(x: jax.Array, params: dict, targets, tau, *, kernel_size: int,
                    descriptor: str = "mean", bank_mix: str = "softmax",
                    num_kernels: int | None = None,
-                   precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION
-                   ) -> dict[str, jax.Array]:
+                   precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION,
+                   ordered: bool = False) -> dict[str, jax.Array]:
     """Invariant attention over ``targets`` from the descriptor of ``x`` (images or group
     feature maps): ``{target: weights}`` with the shapes of the module docstring.
     ``tau`` (> 0) divides the bank logits of ``bank_mix="softmax"``; the banks are
     normalised over K (per output field for ``field_banks``, which needs
-    ``num_kernels``)."""
+    ``num_kernels``). ``ordered``: the descriptor reduced in sorted order
+    (:func:`dgcnn_jax.dynamic.invariant_descriptor`)."""
     from .dynamic import check_temperature, invariant_descriptor
 
     targets = _check_targets(targets)
     check_choice(bank_mix, "bank_mix", BANK_MIXES)
     precision = execution.as_precision(precision)
-    d = invariant_descriptor(x, descriptor)
+    d = invariant_descriptor(x, descriptor, ordered=ordered)
     if shape_of(params["w1"])[0] != d.shape[-1]:
         raise ValueError(f"w1: expected shape [{d.shape[-1]}, hidden], got "
                          f"{shape_of(params['w1'])}")
@@ -169,7 +170,7 @@ def omni_conv(x: jax.Array, kernels: jax.Array, biases: jax.Array | None,
     (``biases[0]`` without bank attention). ``impl``: a per-example entry of
     :data:`dgcnn_jax.execution.IMPLS` (``"linear"`` mixes K responses and cannot apply
     attention over positions or fields). Returns ``[B, H', W', C_out, |G|]``."""
-    from .dynamic import _bank_matrix, _check_dynamic_inputs, _flat
+    from .dynamic import _bank_matrix, _check_dynamic_inputs, _flat, _orbit_each
 
     group = get_group(group)
     precision = execution.as_precision(precision)
@@ -179,10 +180,13 @@ def omni_conv(x: jax.Array, kernels: jax.Array, biases: jax.Array | None,
             raise ValueError(f"attention[{target!r}]: expected {x.shape[0]} rows (the batch), "
                              f"got shape {shape_of(weights)}")
     w = modulated_kernels(kernels, attention, precision=precision)
-    mats = jax.vmap(lambda kernel: _bank_matrix(kernel, group, lifting))(w)
     pad = ops.conv_padding(padding, kshape[1], dilation)
-    y = execution.per_example_conv(_flat(x), mats, pad, dilation, precision, impl)
-    y = y.reshape(*y.shape[:3], kshape[-1], group.order)
+    if execution.resolve(impl, "dynamic") == "orbit":
+        y = _orbit_each(x, w, group, lifting, pad, dilation, precision)
+    else:
+        mats = jax.vmap(lambda kernel: _bank_matrix(kernel, group, lifting))(w)
+        y = execution.per_example_conv(_flat(x), mats, pad, dilation, precision, impl)
+        y = y.reshape(*y.shape[:3], kshape[-1], group.order)
     if biases is not None:
         if "banks" in attention:
             bias = jnp.matmul(attention["banks"], biases, precision=precision)

@@ -116,11 +116,23 @@ def check_temperature(tau):
     return tau
 
 
-def invariant_descriptor(x: jax.Array, kind: str = "mean") -> jax.Array:
+def invariant_descriptor(x: jax.Array, kind: str = "mean", *, ordered: bool = False
+                         ) -> jax.Array:
     """Statistics over the spatial and group axes (invariant): ``[B, H, W, C(, |G|)] ->
     [B, C * n]`` for the ``n`` statistics of ``DESCRIPTORS[kind]`` (``"mean"``: the mean;
-    ``"mean_max"``: mean and max; ``"mean_std"``: mean and standard deviation)."""
+    ``"mean_max"``: mean and max; ``"mean_std"``: mean and standard deviation).
+
+    ``ordered``: reduce each channel's values in sorted order. A transformed input holds
+    the same values in another order, so the statistics are then equal bit for bit, not
+    only to rounding (the orbit execution's exactness needs it)."""
     check_choice(kind, "descriptor", tuple(DESCRIPTORS))
+    if ordered:
+        c = x.shape[3]
+        x = jnp.sort(jnp.moveaxis(x, 3, 1).reshape(x.shape[0], c, -1), axis=-1)
+        stats = {"mean": lambda: x.mean(-1), "max": lambda: x.max(-1),
+                 "std": lambda: jnp.sqrt(jnp.var(x, axis=-1) + 1e-6)}
+        parts = [stats[stat]() for stat in DESCRIPTORS[kind]]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
     axes = tuple(a for a in range(1, x.ndim) if a != 3)  # all but batch and channels
     parts = []
     for stat in DESCRIPTORS[kind]:
@@ -133,7 +145,8 @@ def invariant_descriptor(x: jax.Array, kind: str = "mean") -> jax.Array:
 
 def invariant_attention(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array,
                         b2: jax.Array, tau, descriptor: str = "mean", *,
-                        precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION) -> jax.Array:
+                        precision: str | jax.lax.Precision | None = execution.DEFAULT_PRECISION,
+                        ordered: bool = False) -> jax.Array:
     """Invariant mixing weights ``softmax(Dense(ReLU(Dense(d(x)))) / tau)``: ``[B, K]``.
 
     Args:
@@ -143,10 +156,11 @@ def invariant_attention(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Arra
       tau: temperature (> 0), a traced scalar is fine.
       descriptor: a key of :data:`DESCRIPTORS`.
       precision: of the two matrix products (:data:`dgcnn_jax.execution.PRECISIONS`).
+      ordered: the descriptor reduced in sorted order (:func:`invariant_descriptor`).
     """
     tau = check_temperature(tau)
     precision = execution.as_precision(precision)
-    d = invariant_descriptor(x, descriptor)
+    d = invariant_descriptor(x, descriptor, ordered=ordered)
     if shape_of(w1)[0] != d.shape[-1]:
         raise ValueError(f"w1: expected shape [{d.shape[-1]}, hidden], got {shape_of(w1)}")
     h = jax.nn.relu(jnp.matmul(d, w1, precision=precision) + b1)
@@ -250,6 +264,25 @@ def _k_responses(xf, banks, group, pad, dilation, precision):
     return y.reshape(*y.shape[:3], banks.shape[0], -1, group.order)
 
 
+def _orbit_each(x, base_kernels, group, lifting, pad, dilation, precision):
+    """``impl="orbit"``: each example's orbit correlation (:func:`dgcnn_jax.ops.lifting_conv`,
+    :func:`dgcnn_jax.ops.group_conv`) with its own base kernel ``[B, k, k, ...]``, one
+    example at a time. Returns ``[B, H', W', C_out, |G|]``."""
+    b, k = base_kernels.shape[:2]
+    flat = base_kernels.reshape(b, k, k, -1, base_kernels.shape[-1])
+
+    def move(x, g):
+        if lifting:
+            return group.transform_image(x, g)
+        return _flat(group.transform_feature_map(x, g))
+
+    def one(args):
+        xb, kernel = args
+        return ops._orbit(move, xb[None], kernel, group, pad, dilation, precision)[0]
+
+    return jax.lax.map(one, (x, flat))
+
+
 def _flat(x):
     b, h, w = x.shape[:3]
     return x.reshape(b, h, w, -1)
@@ -274,7 +307,9 @@ def dynamic_conv(
     ``y_b = x_b * (sum_k w_bk W_k) + sum_k w_bk b_k``. Lifting when ``kernels`` is
     ``[K, k, k, C_in, C_out]`` (``x`` images), group convolution when it is
     ``[K, k, k, C_in, |G|, C_out]`` (``x`` group feature maps). ``impl``: a dynamic
-    entry of :data:`dgcnn_jax.execution.IMPLS`. Returns ``[B, H', W', C_out, |G|]``.
+    entry of :data:`dgcnn_jax.execution.IMPLS` (``"orbit"``: each example's mixed kernel
+    through :func:`dgcnn_jax.ops.group_conv`'s orbit execution, equivariant bit for bit
+    for given weights). Returns ``[B, H', W', C_out, |G|]``.
 
     Residual form: with ``base_kernel`` ``W_0`` (and ``base_bias`` ``b_0``), ``kernels``
     and ``biases`` are the per-bank changes and the mixed kernel is ``W_0 + sum_k w_bk
@@ -293,6 +328,11 @@ def dynamic_conv(
     pad = ops.conv_padding(padding, k, dilation)
     cout = kshape[-1]
     _check_base(base_kernel, base_bias, kshape, cout)
+    if impl == "orbit":  # the mixed base kernel of each example, then its orbit
+        mixed = aggregate(kernels, weights, precision=precision)
+        y = _orbit_each(x, mixed if base_kernel is None else base_kernel[None] + mixed, group,
+                        lifting, pad, dilation, precision)
+        return _dynamic_bias(y, weights, biases, base_bias, precision)
     xf = _flat(x)
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)
     base = None if base_kernel is None else _bank_matrix(base_kernel, group, lifting)
@@ -310,6 +350,11 @@ def dynamic_conv(
             mats = base[None] + mats
         y = execution.per_example_conv(xf, mats, pad, dilation, precision, impl)
         y = y.reshape(*y.shape[:3], cout, group.order)
+    return _dynamic_bias(y, weights, biases, base_bias, precision)
+
+
+def _dynamic_bias(y, weights, biases, base_bias, precision):
+    """``y`` plus the mixed bias ``weights @ biases`` (and the residual form's ``base_bias``)."""
     if biases is not None:
         y = y + jnp.matmul(weights, biases, precision=precision)[:, None, None, :, None].astype(
             y.dtype)

@@ -19,10 +19,10 @@ several ways that give the same values and gradients (tested to 1e-5); the keywo
 ``"linear"``  --                                              the K kernel responses as one K times
                                                               wider convolution, mixed by linearity
                                                               (the only one for equivariant attention)
-``"orbit"``   lifting and group convolutions only            --
-              (:mod:`dgcnn_jax.ops`): ``out(., g) =
-              T_g[(L_g^-1 x) * w]``, the |G| moved copies
-              of the input correlated with the one base
+``"orbit"``   lifting and group convolutions only            the same with each example's mixed
+              (:mod:`dgcnn_jax.ops`): ``out(., g) =           base kernel, one example at a time
+              T_g[(L_g^-1 x) * w]``, the |G| moved copies     (``lax.map``); no per-example form
+              of the input correlated with the one base       for plain convolutions
               kernel in one XLA call; exactly equivariant
               whatever the precision (below)
 ``"auto"``    ``"fast"`` on the CPU for inputs of at least    ``"fast"`` on the CPU, ``"patches"``
@@ -121,7 +121,7 @@ IMPLS = {impl.name: impl for impl in (
     Impl("patches", ("dynamic",), "row patches times per-example kernels, one batched matmul"),
     Impl("linear", ("dynamic", "equivariant"),
          "the K responses as one wider convolution, mixed by linearity"),
-    Impl("orbit", ("static",),
+    Impl("orbit", ("static", "dynamic"),
          "lifting and group convolutions: the input moved by every group element's inverse, "
          "one correlation with the base kernel, each output moved back (exactly "
          "equivariant at any precision)"),
@@ -366,7 +366,9 @@ def per_example_conv(x, w, padding, dilation: int = 1,
                          f"{x.shape[-1]}, O], got shape {tuple(getattr(w, 'shape', ()))}")
     impl = resolve(impl, "dynamic")
     if impl not in _PER_EXAMPLE:
-        raise ValueError(f"impl: {impl!r} mixes K banks and has no per-example form; expected "
-                         f"one of auto, {', '.join(_PER_EXAMPLE)}")
+        why = ("mixes K banks" if impl == "linear" else
+               "moves the input of lifting and group convolutions")
+        raise ValueError(f"impl: {impl!r} {why} and has no per-example form for a plain "
+                         f"convolution; expected one of auto, {', '.join(_PER_EXAMPLE)}")
     padding = tuple(tuple(p) for p in padding)
     return _PER_EXAMPLE[impl](x, w, padding, dilation, precision)

@@ -295,7 +295,7 @@ class _DynamicBase(nnx.Module):
         return dynamic.omni_attention(x, params, self.targets, tau,
                                       kernel_size=self.kernel_size, descriptor=self.descriptor,
                                       bank_mix=self.bank_mix, num_kernels=self.num_kernels,
-                                      precision=self.precision)
+                                      precision=self.precision, ordered=self.impl == "orbit")
 
     def attention_weights(self, x: jax.Array, tau=1.0) -> jax.Array:
         """Mixing weights: ``[B, K]`` (invariant) or ``[B, K, |G|]`` (equivariant); per
@@ -310,7 +310,8 @@ class _DynamicBase(nnx.Module):
         self._check_input(x)
         args = (x, self.att_w1[...], self.att_b1[...], self.att_w2[...], self.att_b2[...], tau)
         if self.attention == "invariant":
-            return dynamic.invariant_attention(*args, self.descriptor, precision=self.precision)
+            return dynamic.invariant_attention(*args, self.descriptor, precision=self.precision,
+                                               ordered=self.impl == "orbit")
         return dynamic.equivariant_attention(*args, self.group, padding=self.padding,
                                              precision=self.precision)
 

@@ -88,8 +88,7 @@ def test_orbit_layers_and_refusals():
                                atol=1e-5 * float(jnp.abs(layer(f)).max()), rtol=0)
     with pytest.raises(ValueError, match="'orbit' executes lifting and group convolutions"):
         execution.conv2d(f[..., 0], jnp.ones((3, 3, 3, 2)), [(1, 1), (1, 1)], impl="orbit")
-    with pytest.raises(ValueError, match="impl: 'orbit' does not apply to a dynamic"):
-        execution.resolve("orbit", "dynamic")
+    assert execution.resolve("orbit", "dynamic") == "orbit"
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32],
@@ -103,3 +102,62 @@ def test_every_floating_dtype_is_accepted_and_integers_are_not(dtype):
     assert dg.group_conv(f.astype(dtype), kg, group).dtype == jnp.float32
     with pytest.raises(ValueError, match="expected a floating-point array, got dtype int32"):
         dg.group_conv(f.astype(jnp.int32), kg, group)
+
+
+FORMS = {"published": {}, "mean_std": {"descriptor": "mean_std"},
+         "third_form": {"targets": ("banks", "positions", "in_fields", "out_fields")},
+         "assignment": {"targets": ("field_banks", "positions"), "bank_mix": "signed",
+                        "bank_start": "assignment"}}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("name", GROUPS)
+def test_dynamic_orbit_layers_are_equivariant_bit_for_bit(name, form):
+    """Invariant attention from a descriptor reduced in sorted order (equal bit for bit
+    on a transformed input), each example's mixed kernel through the orbit."""
+    group = dg.get_group(name)
+    rng = np.random.default_rng(2)
+    for cls, shape in ((dg.DynamicLiftingConv, (2, 7, 7, 3)),
+                       (dg.DynamicGroupConv, (2, 7, 7, 3, group.order))):
+        move = group.transform_image if len(shape) == 4 else group.transform_feature_map
+        layer = cls(3, 4, 3, group, num_kernels=4, impl="orbit", rngs=nnx.Rngs(0),
+                    **FORMS[form])
+        fn = jax.jit(lambda x: layer(x, tau=1.0))
+        for dtype in DTYPES:
+            x = jnp.asarray(rng.standard_normal(shape), dtype)
+            _assert_bitwise_equivariant(fn, x, group, move)
+        x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+        reference = cls(3, 4, 3, group, num_kernels=4, rngs=nnx.Rngs(0), **FORMS[form])
+        want = reference(x, tau=1.0)
+        np.testing.assert_allclose(fn(x), want, atol=1e-5 * float(jnp.abs(want).max()), rtol=0)
+        if form == "published" and cls is dg.DynamicGroupConv:  # negative control
+            plain = jax.jit(lambda x: reference(x, tau=1.0))
+            y = np.asarray(plain(x))
+            assert any(not np.array_equal(np.asarray(plain(move(x, g))),
+                                          np.asarray(group.transform_feature_map(y, g)))
+                       for g in range(group.order))
+
+
+def test_dynamic_orbit_function_and_refusals():
+    group = dg.get_group("p4m")
+    rng = np.random.default_rng(4)
+    f = jnp.asarray(rng.standard_normal((3, 7, 7, 2, 8)), jnp.float32)
+    kernels = jnp.asarray(rng.standard_normal((4, 3, 3, 2, 8, 5)), jnp.float32)
+    biases = jnp.asarray(rng.standard_normal((4, 5)), jnp.float32)
+    weights = jax.nn.softmax(jnp.asarray(rng.standard_normal((3, 4)), jnp.float32))
+
+    def loss(impl):
+        return lambda k: jnp.sum(jnp.sin(dg.dynamic.dynamic_conv(f, k, biases, weights, group,
+                                                                 impl=impl)))
+
+    got, want = (dg.dynamic.dynamic_conv(f, kernels, biases, weights, group, impl=i)
+                 for i in ("orbit", "fast"))
+    np.testing.assert_allclose(got, want, atol=1e-5 * float(jnp.abs(want).max()), rtol=0)
+    g1, g2 = jax.grad(loss("orbit"))(kernels), jax.grad(loss("fast"))(kernels)
+    np.testing.assert_allclose(g1, g2, atol=1e-5 * float(jnp.abs(g2).max()), rtol=0)
+    with pytest.raises(ValueError, match="impl: 'orbit' does not apply to equivariant"):
+        dg.DynamicGroupConv(2, 2, 3, group, attention="equivariant", impl="orbit",
+                            rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="'orbit' moves the input of lifting and group"):
+        execution.per_example_conv(f[..., 0], jnp.ones((3, 3, 3, 2, 2)), [(1, 1), (1, 1)],
+                                   impl="orbit")
