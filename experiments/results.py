@@ -98,10 +98,13 @@ def build(records_dir: pathlib.Path, out: pathlib.Path, figures: pathlib.Path | 
     return written
 
 
-def _verdict(auc: dict, boot: dict | None) -> str:
-    sure = auc["p"] is not None and auc["p"] < 0.05 and boot is not None and boot["p"] < 0.05
+def _verdict(auc: dict, boot: dict | None, seeds: int) -> str:
+    if auc["p"] is None:
+        return (f"not decided yet ({seeds} seed{'s' if seeds != 1 else ''}: the paired "
+                f"t-test needs at least two with differing results)")
+    sure = auc["p"] < 0.05 and boot is not None and boot["p"] < 0.05
     if not sure:
-        return "no difference this protocol can detect"
+        return f"no difference this protocol can detect at {seeds} seeds"
     return "the dynamic layer is better" if auc["mean_difference"] > 0 else \
         "the dynamic layer is worse"
 
@@ -139,9 +142,10 @@ def headline(doc: dict) -> str:
                     if boot else "")
         lines += ["", f"**Does the dynamic layer help on {doc['dataset']}?** `{a}` minus "
                       f"`{b}` (the same width): test AUC {test['auc_difference']:+.4f} "
-                      f"(paired t-test over {len(test['seeds'])} seeds p "
+                      f"(paired t-test over {len(test['seeds'])} "
+                      f"seed{'s' if len(test['seeds']) != 1 else ''} p "
                       f"{report.p_text(test['auc_t_test_p'])}{interval}): "
-                      f"{_verdict(auc, boot)}."]
+                      f"{_verdict(auc, boot, len(test['seeds']))}."]
     return "\n".join(lines)
 
 

@@ -137,9 +137,11 @@ def test_the_verdict_needs_both_tests():
         {"a": "p4m_dgcnn_wide", "b": "p4m_gcnn", "seeds": [0, 1, 2, 3, 4],
          "auc_difference": 0.01, "auc_t_test_p": 0.01,
          "auc_bootstrap": {"images": 100, "low": -0.001, "high": 0.02, "p": 0.08}}]}
-    assert "no difference this protocol can detect" in results.headline(doc)
+    assert "no difference this protocol can detect at 5 seeds" in results.headline(doc)
     doc["tests"][0]["auc_bootstrap"]["p"] = 0.01
     assert "the dynamic layer is better" in results.headline(doc)
+    doc["tests"][0].update(seeds=[0], auc_t_test_p=None)  # one seed: no t-test yet
+    assert "not decided yet (1 seed: the paired t-test needs" in results.headline(doc)
 
 
 def test_weighted_auc_is_the_auc_of_the_resampled_images():
