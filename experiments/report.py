@@ -205,16 +205,25 @@ def _blocks() -> dict:
             "epoch-times": epoch_times.markdown, "pilot": pilot.markdown,
             "headline": results.headline,
             "benchmark-dynamic": benchmark_dynamic.markdown_table,
-            "benchmark-dynamic-headline": benchmark_dynamic.markdown_headline}
+            "benchmark-dynamic-headline": benchmark_dynamic.markdown_headline,
+            "selection": _selection}
+
+
+def _selection(doc: dict) -> str:
+    from experiments import sweep
+
+    table = sweep.selection_markdown(doc["rows"], doc["title"], doc["reference"])
+    missing = doc.get("missing") or []
+    return table + (f"\n\nNot finished: {', '.join(missing)}." if missing else "")
 
 
 BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot", "headline",
-          "benchmark-dynamic", "benchmark-dynamic-headline")
+          "benchmark-dynamic", "benchmark-dynamic-headline", "selection")
 """Kinds of generated block: a dataset file's tables, a curve document's tables, a curve
 document's short table, an epoch-time document's table, a pilot's validation curves, a
 dataset file's headline (does the dynamic layer help; :func:`experiments.results.headline`),
 the static-vs-dynamic layer benchmark (:mod:`experiments.benchmark_dynamic`) in full and its
-p4m rows."""
+p4m rows, a validation-only selection (``experiments.select --results``)."""
 
 
 def render_block(source: str, kind: str, root: pathlib.Path) -> str:

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="training processes at a time, each pinned to a core (>= 1)")
     p.add_argument("--reference", default="p4m_gcnn",
                    help="variant the others are compared with (paired over seeds)")
+    p.add_argument("--results", default=None, metavar="PATH",
+                   help="also write the table's data here (e.g. results/idc_selection.json; "
+                        "a generated block of kind 'selection' renders it)")
     return p
 
 
@@ -70,6 +73,14 @@ def main(argv=None) -> list[dict]:
     out = pathlib.Path(args.workdir)
     (out / f"selection_{args.dataset}.md").write_text(table + "\n")
     (out / f"selection_{args.dataset}.json").write_text(json.dumps(rows, indent=2))
+    if args.results:
+        doc = {"title": title, "reference": args.reference, "missing": missing,
+               "rows": [{**r, "runs": [{k: v for k, v in run.items() if k != "workdir"}
+                                       for run in r["runs"]]} for r in rows]}
+        path = pathlib.Path(args.results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {path}")
     print(table)
     return rows
 

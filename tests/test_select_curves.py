@@ -44,13 +44,19 @@ def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
                         "p4m_gcnn", "--seeds", "0", "--workers", "1",
                         "--set", "epochs=1", "--set", "steps_per_epoch=2",
                         "--set", "plots=false", "--set", "eval_batch_size=160",
-                        "--set", f"data_dir={medmnist_dir}"])
+                        "--set", f"data_dir={medmnist_dir}",
+                        "--results", str(tmp_path / "results" / "selection.json")])
     work = tmp_path / "breastmnist" / "p4m_gcnn" / "seed0"
     results = json.loads((work / "results.json").read_text())
     assert results["test"] is None and not (work / "test_probs.npy").exists()
     assert rows[0]["variant"] == "p4m_gcnn" and rows[0]["seeds"] == 1
     assert rows[0]["val_auc_mean"] == pytest.approx(results["val"]["auc"])
     assert (tmp_path / "selection_breastmnist.md").is_file()
+    from experiments import report  # the committed form: a generated block renders it
+
+    block = report.render_block("results/selection.json", "selection", tmp_path)
+    assert block == (tmp_path / "selection_breastmnist.md").read_text().strip()
+    assert "workdir" not in (tmp_path / "results" / "selection.json").read_text()
     with pytest.raises(ValueError, match="score_test: the sweep reports test metrics"):
         from experiments import compare
         compare.main(["--workdir", str(tmp_path), "--models", "cnn", "--set",
