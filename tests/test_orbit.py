@@ -161,3 +161,29 @@ def test_dynamic_orbit_function_and_refusals():
     with pytest.raises(ValueError, match="'orbit' moves the input of lifting and group"):
         execution.per_example_conv(f[..., 0], jnp.ones((3, 3, 3, 2, 2)), [(1, 1), (1, 1)],
                                    impl="orbit")
+
+
+@pytest.mark.slow
+def test_the_trainer_runs_a_model_in_orbit_execution(tmp_path, medmnist_dir):
+    from dgcnn_jax import models
+    from experiments.configs import get_config, override, validate
+
+    from .training_helpers import FAST, run_train
+
+    # a registered model in orbit execution: the same logits as the default execution
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 28, 28, 1)), jnp.float32)
+    orbit = models.create("p4m_dgcnn", num_classes=2, impl="orbit", rngs=nnx.Rngs(0))
+    plain = models.create("p4m_dgcnn", num_classes=2, rngs=nnx.Rngs(0))
+    orbit.eval(), plain.eval()
+    want = plain(x, tau=1.0)
+    np.testing.assert_allclose(orbit(x, tau=1.0), want,
+                               atol=1e-5 * float(jnp.abs(want).max()), rtol=0)
+    with pytest.raises(ValueError, match="impl: expected one of"):
+        validate(override(get_config(), ["impl=winograd"]))
+    out = run_train(tmp_path / "run", medmnist_dir, FAST + ["impl=orbit", "epochs=1",
+                                                            "max_steps=2"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    import json
+
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["impl"] == "orbit" and results["steps"] == 2

@@ -33,6 +33,8 @@ class DenseGNet(nnx.Module):
       blocks: dense layers per block; a transition with 2x2 pooling follows every
         block but the last, so inputs need sides divisible by ``2 ** (len(blocks) - 1)``.
       dynamic: dynamic convolutions (``num_kernels`` banks, invariant attention).
+      impl: how every lifting and group convolution runs (a name of
+        :data:`dgcnn_jax.execution.IMPLS`; ``"orbit"``: exactly equivariant at any precision).
       precision: of every convolution and matrix product (a name of
         :data:`dgcnn_jax.execution.PRECISIONS`).
     """
@@ -40,14 +42,15 @@ class DenseGNet(nnx.Module):
     def __init__(self, in_channels: int, num_classes: int, group: Group | str, growth: int, *,
                  blocks: tuple[int, ...] = (2, 2, 2, 2), dynamic: bool = False,
                  num_kernels: int = 4, attention: str = "invariant", dropout: float = 0.1,
-                 precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
+                 precision: str = execution.DEFAULT_PRECISION, impl: str = "auto",
+                 rngs: nnx.Rngs):
         self.group = get_group(group)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.dynamic = dynamic
         self.blocks = tuple(blocks)
         extra = dict(num_kernels=num_kernels, attention=attention) if dynamic else {}
-        extra["precision"] = precision
+        extra["precision"], extra["impl"] = precision, impl
         lift_cls = DynamicLiftingConv if dynamic else LiftingConv
         conv_cls = DynamicGroupConv if dynamic else GroupConv
         width = 2 * growth

@@ -51,6 +51,8 @@ class SmallGCNN(nnx.Module):
       parameterization, bank_init, delta_scale, descriptor, freeze_banks: options of the
         dynamic layers (see :class:`dgcnn_jax.DynamicGroupConv`).
       dropout: dropout rate before the head.
+      impl: how every lifting and group convolution runs (a name of
+        :data:`dgcnn_jax.execution.IMPLS`; ``"orbit"``: exactly equivariant at any precision).
       precision: of every convolution and matrix product, the head included (a name of
         :data:`dgcnn_jax.execution.PRECISIONS`; ``"highest"`` keeps exact equivariance on
         GPUs and TPUs).
@@ -70,7 +72,8 @@ class SmallGCNN(nnx.Module):
                  descriptor: str = "mean", freeze_banks: bool = False,
                  targets=("banks",), bank_mix: str = "softmax", bank_start: str = "random",
                  dropout: float = 0.1, readout: str = "invariant",
-                 precision: str = execution.DEFAULT_PRECISION, rngs: nnx.Rngs):
+                 precision: str = execution.DEFAULT_PRECISION, impl: str = "auto",
+                 rngs: nnx.Rngs):
         check_choice(readout, "readout", READOUTS)
         self.group = get_group(group)
         self.readout = readout
@@ -82,13 +85,13 @@ class SmallGCNN(nnx.Module):
                      delta_scale=delta_scale, descriptor=descriptor,
                      freeze_banks=freeze_banks, targets=targets,
                      bank_mix=bank_mix, bank_start=bank_start) if dynamic else {}
-        extra["precision"] = precision
+        extra["precision"], extra["impl"] = precision, impl
         self.static_stem = bool(static_stem)
         lift_cls = DynamicLiftingConv if dynamic and not static_stem else LiftingConv
         conv_cls = DynamicGroupConv if dynamic else GroupConv
         convs = [lift_cls(in_channels, width, 3, self.group, use_bias=False, rngs=rngs,
                           **(extra if lift_cls is DynamicLiftingConv else
-                             {"precision": precision}))]
+                             {"precision": precision, "impl": impl}))]
         convs += [conv_cls(width, width, 3, self.group, use_bias=False, rngs=rngs, **extra)
                   for _ in range(NUM_CONV - 1)]
         self.convs = nnx.List(convs)

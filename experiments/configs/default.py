@@ -38,6 +38,9 @@ class Config:
     # keeps exact equivariance on GPUs and TPUs; "default" lets them use TF32 / bfloat16
     # passes (faster, equivariant only to about 1e-3); the CPU computes the same for all
     precision: str = "highest"
+    # how every lifting and group convolution runs (dgcnn_jax.execution.IMPLS): "auto"
+    # (the measured default), or "orbit": exactly equivariant at any precision
+    impl: str = "auto"
     # 28 px models: "" or "invariant" (logits invariant under the group) or "orientation"
     # (the head sees every group element: equivariant layers, orientation-aware logits)
     readout: str = ""

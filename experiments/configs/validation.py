@@ -134,6 +134,9 @@ def _check_data(config: Config) -> None:
 def _check_model(config: Config) -> None:
     if not 0 <= config.dropout < 1:  # (NaN fails too)
         raise ValueError(f"dropout: expected a rate in [0, 1), got {config.dropout!r}")
+    if config.impl not in execution.IMPLS:
+        raise ValueError(f"impl: expected one of {', '.join(execution.IMPLS)}, got "
+                         f"{config.impl!r}")
     if config.precision not in execution.PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(execution.PRECISIONS)}, got "
                          f"{config.precision!r}")
@@ -204,9 +207,11 @@ def num_devices(config: Config) -> int:
 
 
 def model_kwargs(config: Config) -> dict:
-    """Keyword arguments for ``models.create`` from the config (dropout, precision, readout,
+    """Keyword arguments for ``models.create`` from the config (dropout, precision, impl, readout,
     and the dynamic layers' options for dynamic models)."""
     kwargs = {"dropout": config.dropout, "precision": config.precision}
+    if config.impl != "auto":
+        kwargs["impl"] = config.impl
     if config.num_kernels:
         kwargs["num_kernels"] = config.num_kernels
     if config.attention:
