@@ -426,8 +426,11 @@ def linear_temperature(epoch, *, initial: float = 30.0, final: float = 1.0,
 
 def attention_entropy(weights: jax.Array) -> jax.Array:
     """Mean entropy (nats) of mixing weights ``[B, K]`` or ``[B, K, |G|]`` over ``K``:
-    ``log K`` for uniform weights, 0 for one-hot ones."""
-    w = jnp.asarray(weights)
+    ``log K`` for uniform weights, 0 for one-hot ones. Signed weights (``bank_mix=
+    "signed"``) count by their share of the magnitude, ``|w_k| / sum_j |w_j|``; softmax
+    weights are their own shares."""
+    w = jnp.abs(jnp.asarray(weights))
+    w = w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1e-30)
     return jnp.mean(-jnp.sum(w * jnp.log(jnp.maximum(w, 1e-30)), axis=1))
 
 

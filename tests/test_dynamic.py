@@ -334,6 +334,10 @@ class DynamicOptionsTest(chex.TestCase):
         assert float(dynamic.attention_spread(uniform)) == 0.0
         onehot = jnp.eye(4)
         assert float(dynamic.attention_entropy(onehot)) == pytest.approx(0.0, abs=1e-6)
+        # signed weights (bank_mix="signed") by their share of the magnitude: in [0, log K]
+        signed = jnp.asarray([[0.5, -0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+        assert float(dynamic.attention_entropy(signed)) == pytest.approx(np.log(2) / 2)
+        assert float(dynamic.attention_entropy(-uniform)) == pytest.approx(np.log(4))
         assert float(dynamic.attention_spread(onehot)) == pytest.approx(np.sqrt(3) / 4)
 
     def test_option_errors(self):
