@@ -182,7 +182,7 @@ def omni_conv(x: jax.Array, kernels: jax.Array, biases: jax.Array | None,
     w = modulated_kernels(kernels, attention, precision=precision)
     pad = ops.conv_padding(padding, kshape[1], dilation)
     if execution.resolve(impl, "dynamic") == "orbit":
-        y = _orbit_each(x, w, group, lifting, pad, dilation, precision)
+        y = _orbit_each(x, w, group, pad, dilation, precision)
     else:
         mats = jax.vmap(lambda kernel: _bank_matrix(kernel, group, lifting))(w)
         y = execution.per_example_conv(_flat(x), mats, pad, dilation, precision, impl)

@@ -126,18 +126,21 @@ def invariant_descriptor(x: jax.Array, kind: str = "mean", *, ordered: bool = Fa
     the same values in another order, so the statistics are then equal bit for bit, not
     only to rounding (the orbit execution's exactness needs it)."""
     check_choice(kind, "descriptor", tuple(DESCRIPTORS))
-    if ordered:
-        c = x.shape[3]
-        x = jnp.sort(jnp.moveaxis(x, 3, 1).reshape(x.shape[0], c, -1), axis=-1)
-        stats = {"mean": lambda: x.mean(-1), "max": lambda: x.max(-1),
-                 "std": lambda: jnp.sqrt(jnp.var(x, axis=-1) + 1e-6)}
-        parts = [stats[stat]() for stat in DESCRIPTORS[kind]]
-        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
-    axes = tuple(a for a in range(1, x.ndim) if a != 3)  # all but batch and channels
+    shape = shape_of(x)
+    if len(shape) not in (4, 5):
+        raise ValueError(f"x: expected [batch, height, width, channels] or [batch, height, "
+                         f"width, channels, |G|], got shape {shape}")
+    if ordered:  # [B, C, n]: each channel's values, sorted
+        x = jnp.sort(jnp.moveaxis(x, 3, 1).reshape(x.shape[0], x.shape[3], -1), axis=-1)
+        axes = (2,)
+    else:
+        axes = tuple(a for a in range(1, x.ndim) if a != 3)  # all but batch and channels
     parts = []
     for stat in DESCRIPTORS[kind]:
-        if stat in ("mean", "max"):
-            parts.append(ops.global_pool(x, stat))
+        if stat == "mean":
+            parts.append(jnp.mean(x, axis=axes))
+        elif stat == "max":
+            parts.append(jnp.max(x, axis=axes))
         else:  # std, with a floor that keeps its gradient finite for constant inputs
             parts.append(jnp.sqrt(jnp.var(x, axis=axes) + 1e-6))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
@@ -264,23 +267,12 @@ def _k_responses(xf, banks, group, pad, dilation, precision):
     return y.reshape(*y.shape[:3], banks.shape[0], -1, group.order)
 
 
-def _orbit_each(x, base_kernels, group, lifting, pad, dilation, precision):
+def _orbit_each(x, base_kernels, group, pad, dilation, precision):
     """``impl="orbit"``: each example's orbit correlation (:func:`dgcnn_jax.ops.lifting_conv`,
     :func:`dgcnn_jax.ops.group_conv`) with its own base kernel ``[B, k, k, ...]``, one
     example at a time. Returns ``[B, H', W', C_out, |G|]``."""
-    b, k = base_kernels.shape[:2]
-    flat = base_kernels.reshape(b, k, k, -1, base_kernels.shape[-1])
-
-    def move(x, g):
-        if lifting:
-            return group.transform_image(x, g)
-        return _flat(group.transform_feature_map(x, g))
-
-    def one(args):
-        xb, kernel = args
-        return ops._orbit(move, xb[None], kernel, group, pad, dilation, precision)[0]
-
-    return jax.lax.map(one, (x, flat))
+    return jax.lax.map(lambda a: ops._orbit(a[0][None], a[1], group, pad, dilation,
+                                            precision)[0], (x, base_kernels))
 
 
 def _flat(x):
@@ -331,7 +323,7 @@ def dynamic_conv(
     if impl == "orbit":  # the mixed base kernel of each example, then its orbit
         mixed = aggregate(kernels, weights, precision=precision)
         y = _orbit_each(x, mixed if base_kernel is None else base_kernel[None] + mixed, group,
-                        lifting, pad, dilation, precision)
+                        pad, dilation, precision)
         return _dynamic_bias(y, weights, biases, base_bias, precision)
     xf = _flat(x)
     banks = jax.vmap(lambda kern: _bank_matrix(kern, group, lifting))(kernels)

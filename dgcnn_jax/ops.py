@@ -72,20 +72,28 @@ def _check_spatial(in_hw, span, padding, name="x"):
             f"with padding {padding[0]}")
 
 
-def _orbit(move, x, kernel, group: Group, padding, dilation, precision) -> jax.Array:
+def _orbit(x, kernel, group: Group, padding, dilation, precision) -> jax.Array:
     """``out(., g) = T_g[(L_g^-1 x) * kernel]`` for every ``g`` (``impl="orbit"``).
 
-    ``move(x, g)`` gives ``L_g x`` as an image batch ``[B, H, W, C]``; ``kernel`` is the
-    base kernel ``[k, k, C, O]``. The |G| copies go through one XLA correlation (stacked
-    on the batch axis) and are recomputed, not kept, for the backward pass. Returns
-    ``[B, H', W', O, |G|]``."""
+    ``x``: images ``[B, H, W, C]`` with a lifting kernel ``[k, k, C, O]``, or group
+    feature maps ``[B, H, W, C, |G|]`` with a group kernel ``[k, k, C, |G|, O]``. The |G|
+    moved copies go through one XLA correlation (stacked on the batch axis) and are
+    recomputed, not kept, for the backward pass. Returns ``[B, H', W', O, |G|]``."""
+    b, h, w = x.shape[:3]
+    lifting = x.ndim == 4
+
+    def move(x, g):
+        if lifting:
+            return group.transform_image(x, g)
+        return group.transform_feature_map(x, g).reshape(b, h, w, -1)
 
     def responses(x, kernel):
         copies = jnp.concatenate([move(x, group.invert(g)) for g in range(group.order)])
-        return execution.conv2d(copies, kernel, padding, dilation, precision, "xla")
+        flat = kernel.reshape(*kernel.shape[:2], -1, kernel.shape[-1])
+        return execution.conv2d(copies, flat, padding, dilation, precision, "xla")
 
     z = jax.checkpoint(responses, policy=jax.checkpoint_policies.nothing_saveable)(x, kernel)
-    z = z.reshape(group.order, -1, *z.shape[1:])  # [G, B, H', W', O]
+    z = z.reshape(group.order, b, *z.shape[1:])  # [G, B, H', W', O]
     return jnp.stack([group.transform_image(z[g], g) for g in range(group.order)], axis=-1)
 
 
@@ -126,8 +134,7 @@ def lifting_conv(
     pad = conv_padding(padding, kshape[0], dilation)
     _check_spatial(min(h, w), dilation * (kshape[0] - 1) + 1, pad)
     if execution.resolve(impl, "static", x.size) == "orbit":
-        return _orbit(lambda x, g: group.transform_image(x, g), x, kernel, group, pad,
-                      dilation, precision)
+        return _orbit(x, kernel, group, pad, dilation, precision)
     bank = lifting_filter_bank(kernel, group)  # [k, k, Cin, Cout, G]
     k = bank.shape[0]
     y = execution.conv2d(x, bank.reshape(k, k, c, -1), pad, dilation, precision, impl)
@@ -172,9 +179,7 @@ def group_conv(
     pad = conv_padding(padding, kshape[0], dilation)
     _check_spatial(min(h, w), dilation * (kshape[0] - 1) + 1, pad)
     if execution.resolve(impl, "static", x.size) == "orbit":
-        return _orbit(lambda x, g: group.transform_feature_map(x, g).reshape(b, h, w, c * n),
-                      x, kernel.reshape(*kshape[:2], c * n, kshape[4]), group, pad,
-                      dilation, precision)
+        return _orbit(x, kernel, group, pad, dilation, precision)
     bank = group_filter_bank(kernel, group)  # [k, k, Cin, G, Cout, G]
     k = bank.shape[0]
     y = execution.conv2d(x.reshape(b, h, w, c * n), bank.reshape(k, k, c * n, -1), pad, dilation,

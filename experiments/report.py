@@ -59,6 +59,7 @@ def paired_tests(runs: list[dict], pairs=COMPARISONS, *, resamples: int = 10_000
     out = []
     groups = sorted({(r["dataset"], r.get("train_fraction", 1.0)) for r in runs})
     for dataset, fraction in groups:
+        predictions = {}  # (run name, seed) -> its test predictions, read once
         here = {(r["model"], r["seed"]): r for r in runs
                 if (r["dataset"], r.get("train_fraction", 1.0)) == (dataset, fraction)}
         for a, b in pairs:
@@ -69,7 +70,9 @@ def paired_tests(runs: list[dict], pairs=COMPARISONS, *, resamples: int = 10_000
                                  [here[b, s]["test_accuracy"] for s in seeds])
             auc = stats.paired_t([here[a, s]["test_auc"] for s in seeds],
                                  [here[b, s]["test_auc"] for s in seeds])
-            pa, pb = ([records.test_predictions(here[m, s]) for s in seeds] for m in (a, b))
+            for key in {(m, s) for m in (a, b) for s in seeds} - predictions.keys():
+                predictions[key] = records.test_predictions(here[key])
+            pa, pb = ([predictions[m, s] for s in seeds] for m in (a, b))
             labels = pa[0][1]
             boot = stats.paired_bootstrap([p.argmax(-1) == y for p, y in pa],
                                           [p.argmax(-1) == y for p, y in pb],

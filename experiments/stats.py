@@ -69,11 +69,16 @@ def paired_bootstrap(correct_a, correct_b, *, resamples: int = 10_000, seed: int
     for start in range(0, resamples, chunk):
         idx = rng.integers(0, n, size=(min(chunk, resamples - start), n), dtype=np.int64)
         draws.append(per_image[idx].mean(axis=1))
-    d = np.concatenate(draws)
+    return _bootstrap_summary(np.concatenate(draws), per_image.mean(), n, a.shape[0])
+
+
+def _bootstrap_summary(d: np.ndarray, observed, images: int, seeds: int) -> dict:
+    """The observed difference, the 95% percentile interval of the resampled ones ``d``
+    and the two-sided p-value ``2 * min(P(d <= 0), P(d >= 0))`` (at least ``1 / len(d)``)."""
     p = 2 * min(np.mean(d <= 0), np.mean(d >= 0))
-    return {"images": int(n), "seeds": int(a.shape[0]), "difference": float(per_image.mean()),
+    return {"images": int(images), "seeds": int(seeds), "difference": float(observed),
             "low": float(np.quantile(d, 0.025)), "high": float(np.quantile(d, 0.975)),
-            "p": float(min(1.0, max(p, 1.0 / resamples))), "resamples": int(resamples)}
+            "p": float(min(1.0, max(p, 1.0 / d.size))), "resamples": int(d.size)}
 
 
 def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -124,8 +129,4 @@ def paired_bootstrap_auc(probs_a, probs_b, labels, *, resamples: int = 10_000, s
                                   size=min(chunk, resamples - start)).astype(np.float64)
         draws.append(np.mean([_auc_rows(x, labels, weights) - _auc_rows(y, labels, weights)
                               for x, y in zip(a, b)], axis=0))
-    d = np.concatenate(draws)
-    p = 2 * min(np.mean(d <= 0), np.mean(d >= 0))
-    return {"images": int(labels.size), "seeds": int(a.shape[0]), "difference": float(observed),
-            "low": float(np.quantile(d, 0.025)), "high": float(np.quantile(d, 0.975)),
-            "p": float(min(1.0, max(p, 1.0 / resamples))), "resamples": int(resamples)}
+    return _bootstrap_summary(np.concatenate(draws), observed, labels.size, a.shape[0])

@@ -11,7 +11,7 @@ import pytest
 from dgcnn_jax import metrics
 from experiments import report, results, stats
 from experiments.configs import get_config
-from experiments.sweep import Task, records
+from experiments.sweep import Task, records, summary
 from experiments.training import Workdir
 
 N = 120  # test images of the synthetic runs
@@ -49,7 +49,8 @@ def recorded(tmp_path):
         for seed in ((0, 1, 2) if name != "cnn" else (0,)):
             task, config, work = _finished_run(tmp_path / "work" / name / f"seed{seed}",
                                                name, seed, skill)
-            records.write(records.make(task, work, config, report.machine()), root)
+            records.write(records.make(task, work, summary(task, config, work),
+                                       report.machine()), root)
     shutil.rmtree(tmp_path / "work")  # results come from the records alone
     return root
 

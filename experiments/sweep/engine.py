@@ -14,11 +14,9 @@ import pathlib
 
 import numpy as np
 
-from experiments import evaluate
+from experiments import evaluate, report
 from experiments.configs import Config
 from experiments.training import Workdir
-
-from experiments import report
 
 from . import execute, records
 from .collect import summary
@@ -57,22 +55,10 @@ def _record(sweep: Sweep, task: Task) -> pathlib.Path | None:
     return records.path(sweep.records, task.dataset, task.name, task.seed)
 
 
-def _recorded_file(sweep: Sweep, task: Task) -> pathlib.Path | None:
-    """The task's record file if it exists."""
+def _existing_record(sweep: Sweep, task: Task) -> dict | None:
+    """The task's record (validated) if the sweep keeps records and it has one."""
     file = _record(sweep, task)
-    return file if file is not None and file.is_file() else None
-
-
-def _recorded(sweep: Sweep, jobs: list) -> list[dict]:
-    """The summaries of the jobs whose record exists (validated, same config): done."""
-    out = []
-    for task, config, _ in jobs:
-        file = _recorded_file(sweep, task)
-        if file:
-            record = records.read(file)
-            records.check_config(record, config, file)
-            out.append(records.run_summary(record, file))
-    return out
+    return records.read(file) if file is not None and file.is_file() else None
 
 
 def finished(work: Workdir | pathlib.Path, *, scored: bool = False) -> bool:
@@ -118,9 +104,9 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
     for dataset, name in pairs:
         tasks = [Task(dataset, name, s, fraction, validation_only=sweep.validation_only)
                  for s in sweep.seeds[dataset]]
-        done = [_recorded_file(sweep, t) for t in tasks]
+        done = [_existing_record(sweep, t) for t in tasks]
         if tasks and all(done):  # recorded: its tuning too
-            tuned = records.read(done[0])["summary"].get("tuned")
+            tuned = done[0]["summary"].get("tuned")
         else:
             tuned = tune(sweep, base, dataset, name, fraction) if sweep.tune else None
         if sweep.tune and tuned is None:  # no_train before the tuning finished
@@ -128,8 +114,12 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
             continue
         chosen = (tuned["field"], tuned["chosen"]) if tuned else None
         jobs = [(t, t.config(base, chosen), t.workdir(sweep.root)) for t in tasks]
-        runs += _recorded(sweep, jobs)
-        planned.append((tuned, [job for job in jobs if not _recorded_file(sweep, job[0])]))
+        for (task, config, _), record in zip(jobs, done):
+            if record:  # done: the same config, or refused
+                file = _record(sweep, task)
+                records.check_config(record, config, file)
+                runs.append(records.run_summary(record, file))
+        planned.append((tuned, [job for job, record in zip(jobs, done) if not record]))
     if not sweep.no_train:  # one pool for every run, seed by seed: pairs fill up early
         jobs = sorted((job for _, jobs in planned for job in jobs), key=lambda j: j[0].seed)
         execute.train(jobs, sweep.mode, workers=sweep.workers)
@@ -146,7 +136,7 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
                 evaluate.evaluate(work.path, "test", d4=True)
             runs.append({**summary(task, config, work), **({"tuned": tuned} if tuned else {})})
             if _record(sweep, task) and work.finished():
-                file = records.write(records.make(task, work, config, report.machine(), tuned),
+                file = records.write(records.make(task, work, runs[-1], report.machine()),
                                      sweep.records)
                 print(f"recorded {file}", flush=True)
     return runs, missing

@@ -29,7 +29,7 @@ import numpy as np
 from experiments.configs import Config
 from experiments.training import Workdir, config_differences
 
-from .collect import d4_scores, summary
+from .collect import d4_scores
 from .plan import Task
 
 __all__ = ["VERSION", "PROBABILITY_SCALE", "RecordError", "path", "make", "write", "read",
@@ -66,18 +66,17 @@ def _rounded(value, digits: int = 6):
     return value
 
 
-def make(task: Task, work: Workdir, config: Config, machine: dict,
-         tuned: dict | None = None) -> dict:
-    """The record of the finished, tested run in ``work``."""
+def make(task: Task, work: Workdir, brief: dict, machine: dict) -> dict:
+    """The record of the finished, tested run in ``work`` whose sweep summary
+    (:func:`experiments.sweep.collect.summary`, with its tuning if any) is ``brief``."""
     results = work.results()
     if not work.finished() or not results.get("test"):
         raise RecordError(f"{work.path}: not a finished, tested run; no record")
     probs = np.load(work.path / "test_probs.npy")
     labels = np.asarray(np.load(work.path / "test_labels.npy")).reshape(-1)
-    brief = {k: v for k, v in summary(task, config, work).items() if k != "workdir"}
     record = {"version": VERSION, "dataset": task.dataset, "run": task.name,
               "seed": task.seed, "config": work.config(), "history": work.history(),
-              "summary": {**brief, **({"tuned": tuned} if tuned else {})},
+              "summary": {k: v for k, v in brief.items() if k != "workdir"},
               "test": results["test"], "test_labels": labels.astype(int).tolist(),
               "test_probs": np.rint(probs * PROBABILITY_SCALE).astype(int).tolist(),
               "machine": machine}
