@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from . import dynamic, execution, norm, ops
+from . import _init, dynamic, execution, norm, ops
 from ._omni import _check_targets
 from ._checks import check_choice, check_feature_map, check_image, check_positive_int
 from .groups import Group, get_group
@@ -32,9 +32,10 @@ __all__ = [
     "default_kernel_init",
 ]
 
-default_kernel_init = jax.nn.initializers.he_normal()
+default_kernel_init = _init.he_normal()
 """He-normal over the fan-in of the last-but-one axis times the receptive field; for
-group kernels ``[k, k, C_in, |G|, C_out]`` that is ``k * k * C_in * |G|``."""
+group kernels ``[k, k, C_in, |G|, C_out]`` that is ``k * k * C_in * |G|``. The values of
+``jax.nn.initializers.he_normal()``, from a few compiled programs (:mod:`._init`)."""
 
 
 PARAMETERIZATIONS = ("banks", "residual")
@@ -261,7 +262,7 @@ class _DynamicBase(nnx.Module):
         self.att_w1 = nnx.Param(default_kernel_init(rngs.params(), shapes["w1"], jnp.float32))
         self.att_b1 = nnx.Param(jnp.zeros(shapes["b1"], jnp.float32))
         if "banks" in self.targets:  # the bank head (absent for K = 1 without it)
-            self.att_w2 = nnx.Param(jax.nn.initializers.lecun_normal()(
+            self.att_w2 = nnx.Param(_init.lecun_normal()(
                 rngs.params(), shapes["w2"], jnp.float32))
             self.att_b2 = nnx.Param(jnp.zeros(shapes["b2"], jnp.float32))
         else:
@@ -269,7 +270,7 @@ class _DynamicBase(nnx.Module):
         heads = dynamic.omni_param_shapes(self.targets, shapes["w1"][0], self.hidden, nk, k,
                                           cin, cout)
         for target in self.targets[1:] if "banks" in self.targets else self.targets:
-            setattr(self, f"att_w_{target}", nnx.Param(jax.nn.initializers.lecun_normal()(
+            setattr(self, f"att_w_{target}", nnx.Param(_init.lecun_normal()(
                 rngs.params(), heads[f"w_{target}"], jnp.float32)))
             bias = jnp.zeros(heads[f"b_{target}"], jnp.float32)
             if target == "field_banks" and bank_start == "assignment":

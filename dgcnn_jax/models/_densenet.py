@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .. import execution, ops
+from .. import _init, execution, ops
 from .._checks import check_image
 from ..groups import Group, get_group
 from ..nn import DynamicGroupConv, DynamicLiftingConv, GroupBatchNorm, GroupConv, LiftingConv
@@ -74,6 +74,7 @@ class DenseGNet(nnx.Module):
         self.final_norm = GroupBatchNorm(width, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.head = nnx.Linear(width, num_classes, rngs=rngs,
+                               kernel_init=_init.lecun_normal(),
                                precision=execution.as_precision(precision))
 
     def check_input(self, x) -> None:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .. import execution, ops
+from .. import _init, execution, ops
 from .._checks import check_choice, check_image
 from ..groups import Group, get_group
 from ..nn import DynamicGroupConv, DynamicLiftingConv, GroupBatchNorm, GroupConv, LiftingConv
@@ -99,6 +99,7 @@ class SmallGCNN(nnx.Module):
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         features = width if readout == "invariant" else width * self.group.order
         self.head = nnx.Linear(features, num_classes, rngs=rngs,
+                               kernel_init=_init.lecun_normal(),
                                precision=execution.as_precision(precision))
 
     def check_input(self, x) -> None:
