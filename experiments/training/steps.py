@@ -168,16 +168,28 @@ def train_epoch_on_device(states: TrainState, images: jax.Array, labels: jax.Arr
 
 # --------------------------------------------------------------------------- prediction
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "batch_sharding"))
 def predict_on_device(states: TrainState, images: jax.Array, mean, std, tau, *,
                       batch_size: int, batch_sharding: NamedSharding) -> jax.Array:
     """Class probabilities ``[N, C]`` of uint8 images already on the device (eval mode),
     in batches of ``batch_size`` (the last one padded) as one program; for stacked states
-    and temperatures ``[S]``, ``[S, N, C]``."""
+    and temperatures ``[S]``, ``[S, N, C]``. The padding happens outside the program, so
+    that every split of the same number of batches shares one compiled program."""
     n = images.shape[0]
     batches = -(-n // batch_size)
-    x = jnp.pad(images, ((0, batches * batch_size - n),) + ((0, 0),) * (images.ndim - 1))
-    x = x.reshape(batches, batch_size, *images.shape[1:])
+    if batches * batch_size != n:
+        pad = ((0, batches * batch_size - n),) + ((0, 0),) * (images.ndim - 1)
+        images = jnp.pad(images, pad)
+    tau = jnp.asarray(tau, jnp.float32)  # a Python float and a float32 share a program
+    probs = _predict_batches(states, images, mean, std, tau, batch_size=batch_size,
+                             batch_sharding=batch_sharding)
+    return probs[..., :n, :]
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "batch_sharding"))
+def _predict_batches(states: TrainState, images: jax.Array, mean, std, tau, *,
+                     batch_size: int, batch_sharding: NamedSharding) -> jax.Array:
+    """:func:`predict_on_device` of images ``[B * batch_size, H, W, C]``."""
+    x = images.reshape(-1, batch_size, *images.shape[1:])
 
     def one(state, tau):
         def batch(xb):
@@ -185,7 +197,7 @@ def predict_on_device(states: TrainState, images: jax.Array, mean, std, tau, *,
                                                   batch_sharding)
             return jax.nn.softmax(state.model(training=False)(xb, tau=tau), axis=-1)
 
-        return jax.lax.map(batch, x).reshape(batches * batch_size, -1)[:n]
+        return jax.lax.map(batch, x).reshape(images.shape[0], -1)
 
     return jax.vmap(one)(states, tau) if jnp.ndim(tau) else one(states, tau)
 
