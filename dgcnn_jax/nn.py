@@ -52,12 +52,47 @@ class FrozenBank(nnx.Variable):
     """Kernel banks kept at their initial values (not an ``nnx.Param``: not trained)."""
 
 
+def _check_dtypes(dtype, param_dtype):
+    """``(dtype, param_dtype)`` as numpy dtypes (``dtype`` may be None), both floating."""
+    out = []
+    for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        if value is None and name == "dtype":
+            out.append(None)
+            continue
+        try:
+            value = jnp.dtype(value)
+        except TypeError:
+            raise ValueError(f"{name}: expected a floating dtype, got {value!r}") from None
+        if not jnp.issubdtype(value, jnp.floating):
+            raise ValueError(f"{name}: expected a floating dtype, got {value}")
+        out.append(value)
+    return tuple(out)
+
+
+def _compute_dtype(dtype, x, param_dtype):
+    """The dtype a layer computes in: ``dtype``, or (None) the promotion of the input's
+    and the parameters' (flax's rule). Integer inputs are left to the core to refuse."""
+    if dtype is not None:
+        return dtype
+    return jnp.promote_types(jnp.result_type(x), param_dtype)
+
+
+def _cast(x, dtype):
+    """``x`` in ``dtype`` if it is floating (other inputs reach the core's checks as they
+    are)."""
+    if x is None or not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        return x
+    return jnp.asarray(x).astype(dtype)
+
+
 class _ConvBase(nnx.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
                  group: Group | str, *, padding: ops.Padding, dilation: int, use_bias: bool,
                  kernel_init, kernel_shape: tuple[int, ...], rngs: nnx.Rngs,
-                 impl: str = "auto", precision: str = execution.DEFAULT_PRECISION):
+                 impl: str = "auto", precision: str = execution.DEFAULT_PRECISION,
+                 dtype=None, param_dtype=jnp.float32):
         self.group = get_group(group)
+        self.dtype, self.param_dtype = _check_dtypes(dtype, param_dtype)
         execution.resolve(impl, "static")  # validates early
         self.impl = impl  # see dgcnn_jax.execution.IMPLS
         execution.as_precision(precision)  # validates early
@@ -68,11 +103,15 @@ class _ConvBase(nnx.Module):
         self.dilation = check_positive_int(dilation, "dilation")
         ops.conv_padding(padding, kernel_size, dilation)  # validates early
         self.padding = padding
-        self.kernel = nnx.Param(kernel_init(rngs.params(), kernel_shape, jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if use_bias else None
+        self.kernel = nnx.Param(kernel_init(rngs.params(), kernel_shape, self.param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_channels,), self.param_dtype)) if use_bias \
+            else None
 
-    def _finish(self, y):
-        return ops.add_bias(y, self.bias[...]) if self.bias is not None else y
+    def _apply(self, op, x):
+        dt = _compute_dtype(self.dtype, x, self.param_dtype)
+        y = op(_cast(x, dt), self.kernel[...].astype(dt), self.group, padding=self.padding,
+               dilation=self.dilation, impl=self.impl, precision=self.precision)
+        return ops.add_bias(y, self.bias[...].astype(dt)) if self.bias is not None else y
 
 
 class LiftingConv(_ConvBase):
@@ -81,48 +120,48 @@ class LiftingConv(_ConvBase):
     Parameters: ``kernel [k, k, C_in, C_out]`` and ``bias [C_out]`` (shared over G).
     ``impl``: how the convolution runs (:data:`dgcnn_jax.execution.IMPLS`); ``precision``:
     of the convolution (:data:`dgcnn_jax.execution.PRECISIONS`, ``"highest"`` by default:
-    exact equivariance on GPUs and TPUs too).
+    exact equivariance on GPUs and TPUs too). ``dtype``: of the computation (None: the
+    promotion of the input's and the parameters'; ``jnp.bfloat16`` for mixed precision);
+    ``param_dtype``: of the stored parameters (float32), as in flax.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
                  impl: str = "auto", precision: str = execution.DEFAULT_PRECISION,
-                 rngs: nnx.Rngs):
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, padding=padding,
                          dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
                          kernel_shape=(kernel_size, kernel_size, in_channels, out_channels),
-                         rngs=rngs, impl=impl, precision=precision)
+                         rngs=rngs, impl=impl, precision=precision, dtype=dtype,
+                         param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = ops.lifting_conv(x, self.kernel[...], self.group, padding=self.padding,
-                             dilation=self.dilation, impl=self.impl, precision=self.precision)
-        return self._finish(y)
+        return self._apply(ops.lifting_conv, x)
 
 
 class GroupConv(_ConvBase):
     """Group convolution G -> G: ``[B, H, W, C_in, |G|] -> [B, H', W', C_out, |G|]``.
 
     Parameters: ``kernel [k, k, C_in, |G|, C_out]`` and ``bias [C_out]`` (shared over G).
-    ``impl`` and ``precision`` as for :class:`LiftingConv`.
+    ``impl``, ``precision``, ``dtype`` and ``param_dtype`` as for :class:`LiftingConv`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
                  group: Group | str = "p4m", *, padding: ops.Padding = "SAME",
                  dilation: int = 1, use_bias: bool = True, kernel_init=default_kernel_init,
                  impl: str = "auto", precision: str = execution.DEFAULT_PRECISION,
-                 rngs: nnx.Rngs):
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         order = get_group(group).order
         super().__init__(in_channels, out_channels, kernel_size, group, padding=padding,
                          dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
                          kernel_shape=(kernel_size, kernel_size, in_channels, order,
                                        out_channels),
-                         rngs=rngs, impl=impl, precision=precision)
+                         rngs=rngs, impl=impl, precision=precision, dtype=dtype,
+                         param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = ops.group_conv(x, self.kernel[...], self.group, padding=self.padding,
-                           dilation=self.dilation, impl=self.impl, precision=self.precision)
-        return self._finish(y)
+        return self._apply(ops.group_conv, x)
 
 
 class GroupBatchNorm(nnx.Module):
@@ -130,19 +169,23 @@ class GroupBatchNorm(nnx.Module):
 
     In training mode (``use_running_average=False``, set by ``model.train()``) it
     normalises with the batch statistics and updates the running averages; in eval
-    mode (``model.eval()``) it uses the running averages.
+    mode (``model.eval()``) it uses the running averages. The statistics and the
+    normalisation are computed in float32 whatever the input's dtype; the output is in
+    ``dtype`` (None: the promotion of the input's and ``param_dtype``).
     """
 
     def __init__(self, num_features: int, *, momentum: float = 0.9, epsilon: float = 1e-5,
-                 use_running_average: bool = False, rngs: nnx.Rngs | None = None):
+                 use_running_average: bool = False, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs | None = None):
         self.num_features = check_positive_int(num_features, "num_features")
+        self.dtype, self.param_dtype = _check_dtypes(dtype, param_dtype)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
         self.momentum = momentum
         self.epsilon = epsilon
         self.use_running_average = use_running_average
-        self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+        self.scale = nnx.Param(jnp.ones((num_features,), self.param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_features,), self.param_dtype))
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
 
@@ -151,13 +194,15 @@ class GroupBatchNorm(nnx.Module):
             raise ValueError(
                 f"x: expected [batch, height, width, {self.num_features}(, |G|)], got shape "
                 f"{tuple(x.shape)}")
+        dt = _compute_dtype(self.dtype, x, self.param_dtype)
+        f32 = jnp.float32
         y, mean, var = norm.apply_batch_norm(
-            x, self.mean[...], self.var[...], self.scale[...], self.bias[...],
-            use_running_average=self.use_running_average, momentum=self.momentum,
-            epsilon=self.epsilon)
+            _cast(x, f32), self.mean[...], self.var[...], self.scale[...].astype(f32),
+            self.bias[...].astype(f32), use_running_average=self.use_running_average,
+            momentum=self.momentum, epsilon=self.epsilon)
         if not self.use_running_average:  # store what the core computed
             self.mean[...], self.var[...] = mean, var
-        return y
+        return _cast(y, dt)
 
 
 class GroupPool(nnx.Module):
@@ -212,8 +257,11 @@ class _DynamicBase(nnx.Module):
                  reduction: float, min_hidden: int, impl: str, parameterization: str,
                  bank_init: str, delta_scale: float, descriptor: str, freeze_banks: bool,
                  precision: str, rngs: nnx.Rngs, targets=("banks",),
-                 bank_mix: str = "softmax", bank_start: str = "random"):
+                 bank_mix: str = "softmax", bank_start: str = "random", dtype=None,
+                 param_dtype=jnp.float32):
         self.group = get_group(group)
+        self.dtype, self.param_dtype = _check_dtypes(dtype, param_dtype)
+        pdt = self.param_dtype
         execution.as_precision(precision)  # validates early
         self.precision = precision  # see dgcnn_jax.execution.PRECISIONS
         self.in_channels = check_positive_int(in_channels, "in_channels")
@@ -247,34 +295,35 @@ class _DynamicBase(nnx.Module):
         shape = (k, k, cin, cout) if lifting else (k, k, cin, self.group.order, cout)
         residual = parameterization == "residual"
         if residual:  # the static kernel W_0 (He-normal) and its bias
-            self.kernel = nnx.Param(kernel_init(rngs.params(), shape, jnp.float32))
-            self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32)) if use_bias else None
+            self.kernel = nnx.Param(kernel_init(rngs.params(), shape, pdt))
+            self.bias = nnx.Param(jnp.zeros((cout,), pdt)) if use_bias else None
         keys = jax.random.split(rngs.params(), nk)
-        banks = jnp.stack([kernel_init(key, shape, jnp.float32) for key in keys])
+        banks = jnp.stack([kernel_init(key, shape, pdt) for key in keys])
         if residual:  # the changes dW_k: zero, or delta_scale times He-normal
             banks = banks * delta_scale
         elif bank_init == "mixture":
-            banks = banks * jnp.sqrt(jnp.float32(nk))
+            banks = banks * jnp.sqrt(jnp.asarray(nk, pdt))
         self.kernels = (FrozenBank if self.freeze_banks else nnx.Param)(banks)
-        self.biases = nnx.Param(jnp.zeros((nk, cout), jnp.float32)) if use_bias else None
+        self.biases = nnx.Param(jnp.zeros((nk, cout), pdt)) if use_bias else None
         shapes = dynamic.attention_param_shapes(attention, cin, self.hidden, nk, k, self.group,
                                                 lifting=lifting, descriptor=descriptor)
-        self.att_w1 = nnx.Param(default_kernel_init(rngs.params(), shapes["w1"], jnp.float32))
-        self.att_b1 = nnx.Param(jnp.zeros(shapes["b1"], jnp.float32))
+        self.att_w1 = nnx.Param(default_kernel_init(rngs.params(), shapes["w1"], pdt))
+        self.att_b1 = nnx.Param(jnp.zeros(shapes["b1"], pdt))
         if "banks" in self.targets:  # the bank head (absent for K = 1 without it)
             self.att_w2 = nnx.Param(_init.lecun_normal()(
-                rngs.params(), shapes["w2"], jnp.float32))
-            self.att_b2 = nnx.Param(jnp.zeros(shapes["b2"], jnp.float32))
+                rngs.params(), shapes["w2"], pdt))
+            self.att_b2 = nnx.Param(jnp.zeros(shapes["b2"], pdt))
         else:
             self.att_w2 = self.att_b2 = None
         heads = dynamic.omni_param_shapes(self.targets, shapes["w1"][0], self.hidden, nk, k,
                                           cin, cout)
         for target in self.targets[1:] if "banks" in self.targets else self.targets:
             setattr(self, f"att_w_{target}", nnx.Param(_init.lecun_normal()(
-                rngs.params(), heads[f"w_{target}"], jnp.float32)))
-            bias = jnp.zeros(heads[f"b_{target}"], jnp.float32)
+                rngs.params(), heads[f"w_{target}"], pdt)))
+            bias = jnp.zeros(heads[f"b_{target}"], pdt)
             if target == "field_banks" and bank_start == "assignment":
-                bias = dynamic.ASSIGNMENT_LOGIT * dynamic.bank_assignment(nk, cout).reshape(-1)
+                bias = (dynamic.ASSIGNMENT_LOGIT
+                        * dynamic.bank_assignment(nk, cout).reshape(-1)).astype(pdt)
             setattr(self, f"att_b_{target}", nnx.Param(bias))
 
     @property
@@ -293,7 +342,8 @@ class _DynamicBase(nnx.Module):
             else:
                 params[f"w_{target}"] = getattr(self, f"att_w_{target}")[...]
                 params[f"b_{target}"] = getattr(self, f"att_b_{target}")[...]
-        return dynamic.omni_attention(x, params, self.targets, tau,
+        params = {name: v.astype(jnp.float32) for name, v in params.items()}
+        return dynamic.omni_attention(_cast(x, jnp.float32), params, self.targets, tau,
                                       kernel_size=self.kernel_size, descriptor=self.descriptor,
                                       bank_mix=self.bank_mix, num_kernels=self.num_kernels,
                                       precision=self.precision, ordered=self.impl == "orbit")
@@ -309,7 +359,8 @@ class _DynamicBase(nnx.Module):
             self._check_input(x)
             return jnp.ones((x.shape[0], 1), jnp.float32)
         self._check_input(x)
-        args = (x, self.att_w1[...], self.att_b1[...], self.att_w2[...], self.att_b2[...], tau)
+        params = (self.att_w1[...], self.att_b1[...], self.att_w2[...], self.att_b2[...])
+        args = (_cast(x, jnp.float32), *(v.astype(jnp.float32) for v in params), tau)
         if self.attention == "invariant":
             return dynamic.invariant_attention(*args, self.descriptor, precision=self.precision,
                                                ordered=self.impl == "orbit")
@@ -331,21 +382,22 @@ class _DynamicBase(nnx.Module):
     def __call__(self, x: jax.Array, *, tau=1.0) -> jax.Array:
         """Apply the layer; ``tau`` is the attention temperature (a call input, so a
         schedule can change it without recompiling)."""
-        biases = self.biases[...] if self.biases is not None else None
+        dt = _compute_dtype(self.dtype, x, self.param_dtype)
+        kernels = self.kernels[...].astype(dt)
+        biases = self.biases[...].astype(dt) if self.biases is not None else None
         common = dict(padding=self.padding, dilation=self.dilation, impl=self.impl,
                       precision=self.precision)
         if self.omni:
-            return dynamic.omni_conv(x, self.kernels[...], biases, self.omni_attention(x, tau),
-                                     self.group, **common)
-        weights = self.attention_weights(x, tau)
+            attention = {name: w.astype(dt) for name, w in self.omni_attention(x, tau).items()}
+            return dynamic.omni_conv(_cast(x, dt), kernels, biases, attention, self.group,
+                                     **common)
+        weights = self.attention_weights(x, tau).astype(dt)
         if self.parameterization == "residual":
-            common["base_kernel"] = self.kernel[...]
-            common["base_bias"] = self.bias[...] if self.bias is not None else None
-        if self.attention == "invariant":
-            return dynamic.dynamic_conv(x, self.kernels[...], biases, weights, self.group,
-                                        **common)
-        return dynamic.dynamic_conv_equivariant(x, self.kernels[...], biases, weights,
-                                                self.group, **common)
+            common["base_kernel"] = self.kernel[...].astype(dt)
+            common["base_bias"] = self.bias[...].astype(dt) if self.bias is not None else None
+        conv = dynamic.dynamic_conv if self.attention == "invariant" \
+            else dynamic.dynamic_conv_equivariant
+        return conv(_cast(x, dt), kernels, biases, weights, self.group, **common)
 
 
 class DynamicLiftingConv(_DynamicBase):
@@ -374,7 +426,10 @@ class DynamicLiftingConv(_DynamicBase):
     ``bank_mix``: ``"softmax"`` or ``"signed"`` (L1-normalised, negative weights allowed).
     ``"field_banks"`` instead of ``"banks"`` mixes the banks per output field, and
     ``bank_start="assignment"`` (:data:`BANK_STARTS`) starts field ``o`` on bank ``o mod
-    K`` so that the banks separate (KernelWarehouse).
+    K`` so that the banks separate (KernelWarehouse). ``dtype`` (of the convolution and
+    the kernel mixing; None: the promotion of the input's and the parameters') and
+    ``param_dtype`` (float32) as for :class:`LiftingConv`; the attention (descriptor,
+    MLP, softmax) is computed in float32 whatever ``dtype`` is.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -385,7 +440,8 @@ class DynamicLiftingConv(_DynamicBase):
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
                  descriptor: str = "mean", freeze_banks: bool = False,
                  precision: str = execution.DEFAULT_PRECISION, targets=("banks",),
-                 bank_mix: str = "softmax", bank_start: str = "random", rngs: nnx.Rngs):
+                 bank_mix: str = "softmax", bank_start: str = "random", dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=True,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
@@ -393,7 +449,8 @@ class DynamicLiftingConv(_DynamicBase):
                          parameterization=parameterization, bank_init=bank_init,
                          delta_scale=delta_scale, descriptor=descriptor,
                          freeze_banks=freeze_banks, precision=precision, rngs=rngs,
-                         targets=targets, bank_mix=bank_mix, bank_start=bank_start)
+                         targets=targets, bank_mix=bank_mix, bank_start=bank_start,
+                         dtype=dtype, param_dtype=param_dtype)
 
 
 class DynamicGroupConv(_DynamicBase):
@@ -411,7 +468,8 @@ class DynamicGroupConv(_DynamicBase):
                  bank_init: str = "per_bank", delta_scale: float = 0.0,
                  descriptor: str = "mean", freeze_banks: bool = False,
                  precision: str = execution.DEFAULT_PRECISION, targets=("banks",),
-                 bank_mix: str = "softmax", bank_start: str = "random", rngs: nnx.Rngs):
+                 bank_mix: str = "softmax", bank_start: str = "random", dtype=None,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         super().__init__(in_channels, out_channels, kernel_size, group, lifting=False,
                          padding=padding, dilation=dilation, use_bias=use_bias,
                          kernel_init=kernel_init, num_kernels=num_kernels, attention=attention,
@@ -419,4 +477,5 @@ class DynamicGroupConv(_DynamicBase):
                          parameterization=parameterization, bank_init=bank_init,
                          delta_scale=delta_scale, descriptor=descriptor,
                          freeze_banks=freeze_banks, precision=precision, rngs=rngs,
-                         targets=targets, bank_mix=bank_mix, bank_start=bank_start)
+                         targets=targets, bank_mix=bank_mix, bank_start=bank_start,
+                         dtype=dtype, param_dtype=param_dtype)

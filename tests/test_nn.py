@@ -1,6 +1,7 @@
 """flax.nnx modules: exact equivariance, modes, initialisation and errors."""
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -136,3 +137,38 @@ def test_numpy_integers_empty_batches_and_integer_images():
         dg.LiftingConv(1, 2, 3, "p4", rngs=nnx.Rngs(0))(jnp.zeros((1, 5, 5, 1), jnp.uint8))
     with pytest.raises(ValueError, match="in_channels: expected a positive int, got True"):
         dg.GroupConv(True, 2, 3, "p4", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32],
+                         ids=["float16", "bfloat16", "float32"])
+def test_layers_compute_in_dtype_and_keep_float32_parameters_and_statistics(dtype):
+    """flax's ``dtype`` (computation) and ``param_dtype`` (storage): float32 parameters,
+    the convolutions in ``dtype``, batch-norm statistics and attention in float32."""
+    x = jnp.asarray(normal(4, 2, 6, 6, 3))
+    layers = [dg.LiftingConv(3, 4, 3, "p4", dtype=dtype, rngs=nnx.Rngs(0)),
+              dg.GroupConv(4, 2, 3, "p4", dtype=dtype, rngs=nnx.Rngs(0)),
+              dg.DynamicLiftingConv(3, 4, 3, "p4", num_kernels=2, dtype=dtype,
+                                    rngs=nnx.Rngs(0)),
+              dg.DynamicGroupConv(4, 2, 3, "p4", num_kernels=2, dtype=dtype,
+                                  targets=("banks", "positions"), rngs=nnx.Rngs(0))]
+    f = None
+    for layer in layers:
+        params = nnx.state(layer, nnx.Param)
+        assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+        inp = x if isinstance(layer, (dg.LiftingConv, dg.DynamicLiftingConv)) else f
+        y = layer(inp)  # a float32 input is cast to dtype
+        assert y.dtype == dtype, type(layer).__name__
+        f = y.astype(jnp.float32)
+        if isinstance(layer, dg.DynamicGroupConv):
+            assert layer.attention_weights(inp).dtype == jnp.float32
+    norm = dg.GroupBatchNorm(2, dtype=dtype, rngs=nnx.Rngs(0))
+    out = norm(y)
+    assert out.dtype == dtype and norm.mean[...].dtype == norm.var[...].dtype == jnp.float32
+    # the statistics of a reduced-precision input are those of its float32 copy
+    ref = dg.GroupBatchNorm(2, rngs=nnx.Rngs(0))
+    ref(y.astype(jnp.float32))
+    np.testing.assert_array_equal(norm.mean[...], ref.mean[...])
+    with pytest.raises(ValueError, match="dtype: expected a floating dtype, got int32"):
+        dg.GroupConv(4, 2, 3, "p4", dtype=jnp.int32, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="param_dtype: expected a floating dtype, got 'f4x'"):
+        dg.GroupBatchNorm(2, param_dtype="f4x")

@@ -37,13 +37,15 @@ class DenseGNet(nnx.Module):
         :data:`dgcnn_jax.execution.IMPLS`; ``"orbit"``: exactly equivariant at any precision).
       precision: of every convolution and matrix product (a name of
         :data:`dgcnn_jax.execution.PRECISIONS`).
+      dtype, param_dtype: of the convolutions (None: float32; ``jnp.bfloat16`` for mixed
+        precision) and of the stored parameters (float32), as for ``SmallGCNN``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, group: Group | str, growth: int, *,
                  blocks: tuple[int, ...] = (2, 2, 2, 2), dynamic: bool = False,
                  num_kernels: int = 4, attention: str = "invariant", dropout: float = 0.1,
                  precision: str = execution.DEFAULT_PRECISION, impl: str = "auto",
-                 rngs: nnx.Rngs):
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.group = get_group(group)
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -51,6 +53,8 @@ class DenseGNet(nnx.Module):
         self.blocks = tuple(blocks)
         extra = dict(num_kernels=num_kernels, attention=attention) if dynamic else {}
         extra["precision"], extra["impl"] = precision, impl
+        types = {"dtype": dtype, "param_dtype": param_dtype}
+        extra.update(types)
         lift_cls = DynamicLiftingConv if dynamic else LiftingConv
         conv_cls = DynamicGroupConv if dynamic else GroupConv
         width = 2 * growth
@@ -59,23 +63,23 @@ class DenseGNet(nnx.Module):
         layers, transitions = [], []
         for b, n in enumerate(self.blocks):
             for _ in range(n):
-                layers.append((GroupBatchNorm(width, rngs=rngs),
+                layers.append((GroupBatchNorm(width, rngs=rngs, **types),
                                conv_cls(width, growth, 3, self.group, use_bias=False,
                                         rngs=rngs, **extra)))
                 width += growth
             if b + 1 < len(self.blocks):
                 out = width // 2
-                transitions.append((GroupBatchNorm(width, rngs=rngs),
+                transitions.append((GroupBatchNorm(width, rngs=rngs, **types),
                                     conv_cls(width, out, 1, self.group, use_bias=False,
                                              rngs=rngs, **extra)))
                 width = out
         self.layers = nnx.List([nnx.List(pair) for pair in layers])
         self.transitions = nnx.List([nnx.List(pair) for pair in transitions])
-        self.final_norm = GroupBatchNorm(width, rngs=rngs)
+        self.final_norm = GroupBatchNorm(width, rngs=rngs, **types)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.head = nnx.Linear(width, num_classes, rngs=rngs,
-                               kernel_init=_init.lecun_normal(),
-                               precision=execution.as_precision(precision))
+                               kernel_init=_init.lecun_normal(), param_dtype=param_dtype,
+                               dtype=jnp.float32, precision=execution.as_precision(precision))
 
     def check_input(self, x) -> None:
         """Raise ``ValueError`` before any compute if ``x`` does not fit the model."""
@@ -104,5 +108,5 @@ class DenseGNet(nnx.Module):
                 norm, conv = self.transitions[b]
                 y = ops.spatial_pool(self._conv(conv, jax.nn.relu(norm(y)), tau), 2,
                                      kind="mean")
-        y = jax.nn.relu(self.final_norm(y))
+        y = jax.nn.relu(self.final_norm(y)).astype(jnp.float32)  # pooling, head: float32
         return self.head(self.dropout(ops.global_pool(y, "mean")))

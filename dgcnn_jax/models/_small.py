@@ -59,6 +59,10 @@ class SmallGCNN(nnx.Module):
       readout: ``"invariant"`` (mean over space and group: logits invariant under the
         group) or ``"orientation"`` (mean over space only; the head sees ``width * |G|``
         features and the logits are not invariant).
+      dtype: of the convolutions (None: float32; ``jnp.bfloat16`` for mixed
+        precision); batch-norm statistics, attention, global pooling and the head stay
+        float32, and the logits are float32.
+      param_dtype: of the stored parameters (float32).
 
     Call: ``model(x, tau=1.0)`` with ``x`` ``[B, H, W, in_channels]``, ``H`` and ``W``
     even and at least 4; returns logits ``[B, num_classes]``, invariant under the group
@@ -73,7 +77,7 @@ class SmallGCNN(nnx.Module):
                  targets=("banks",), bank_mix: str = "softmax", bank_start: str = "random",
                  dropout: float = 0.1, readout: str = "invariant",
                  precision: str = execution.DEFAULT_PRECISION, impl: str = "auto",
-                 rngs: nnx.Rngs):
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         check_choice(readout, "readout", READOUTS)
         self.group = get_group(group)
         self.readout = readout
@@ -86,21 +90,23 @@ class SmallGCNN(nnx.Module):
                      freeze_banks=freeze_banks, targets=targets,
                      bank_mix=bank_mix, bank_start=bank_start) if dynamic else {}
         extra["precision"], extra["impl"] = precision, impl
+        types = {"dtype": dtype, "param_dtype": param_dtype}
+        extra.update(types)
         self.static_stem = bool(static_stem)
         lift_cls = DynamicLiftingConv if dynamic and not static_stem else LiftingConv
         conv_cls = DynamicGroupConv if dynamic else GroupConv
         convs = [lift_cls(in_channels, width, 3, self.group, use_bias=False, rngs=rngs,
                           **(extra if lift_cls is DynamicLiftingConv else
-                             {"precision": precision, "impl": impl}))]
+                             {"precision": precision, "impl": impl, **types}))]
         convs += [conv_cls(width, width, 3, self.group, use_bias=False, rngs=rngs, **extra)
                   for _ in range(NUM_CONV - 1)]
         self.convs = nnx.List(convs)
-        self.norms = nnx.List([GroupBatchNorm(width, rngs=rngs) for _ in range(NUM_CONV)])
+        self.norms = nnx.List([GroupBatchNorm(width, rngs=rngs, **types) for _ in range(NUM_CONV)])
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         features = width if readout == "invariant" else width * self.group.order
         self.head = nnx.Linear(features, num_classes, rngs=rngs,
-                               kernel_init=_init.lecun_normal(),
-                               precision=execution.as_precision(precision))
+                               kernel_init=_init.lecun_normal(), param_dtype=param_dtype,
+                               dtype=jnp.float32, precision=execution.as_precision(precision))
 
     def check_input(self, x) -> None:
         """Raise ``ValueError`` before any compute if ``x`` does not fit the model."""
@@ -141,6 +147,7 @@ class SmallGCNN(nnx.Module):
                 record["features"].append(y)
             if i + 1 == POOL_AFTER:
                 y = ops.spatial_pool(y, 2)
+        y = y.astype(jnp.float32)  # the pooling and the head in float32
         if self.readout == "invariant":
             y = ops.global_pool(y, "mean")
         else:  # [B, H, W, width, |G|] -> [B, width * |G|]

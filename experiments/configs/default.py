@@ -41,6 +41,9 @@ class Config:
     # how every lifting and group convolution runs (dgcnn_jax.execution.IMPLS): "auto"
     # (the measured default), or "orbit": exactly equivariant at any precision
     impl: str = "auto"
+    # of the convolutions: "float32", or "bfloat16" / "float16" for mixed precision
+    # (float32 parameters, optimizer state, batch-norm statistics, attention and loss)
+    dtype: str = "float32"
     # 28 px models: "" or "invariant" (logits invariant under the group) or "orientation"
     # (the head sees every group element: equivariant layers, orientation-aware logits)
     readout: str = ""

@@ -22,6 +22,9 @@ __all__ = ["validate", "num_devices", "model_kwargs", "pipeline", "DYNAMIC_FIELD
 PIPELINES = ("auto", "device", "host")
 """Values of ``Config.pipeline``."""
 
+DTYPES = ("float32", "bfloat16", "float16")
+"""Values of ``Config.dtype``: of the convolutions (mixed precision below float32)."""
+
 DYNAMIC_FIELDS = ("num_kernels", "attention", "parameterization", "bank_init", "delta_scale",
                   "descriptor", "static_stem", "freeze_banks", "attention_targets",
                   "bank_mix", "bank_start")
@@ -137,6 +140,8 @@ def _check_model(config: Config) -> None:
     if config.impl not in execution.IMPLS:
         raise ValueError(f"impl: expected one of {', '.join(execution.IMPLS)}, got "
                          f"{config.impl!r}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {config.dtype!r}")
     if config.precision not in execution.PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(execution.PRECISIONS)}, got "
                          f"{config.precision!r}")
@@ -212,6 +217,8 @@ def model_kwargs(config: Config) -> dict:
     kwargs = {"dropout": config.dropout, "precision": config.precision}
     if config.impl != "auto":
         kwargs["impl"] = config.impl
+    if config.dtype != "float32":
+        kwargs["dtype"] = config.dtype
     if config.num_kernels:
         kwargs["num_kernels"] = config.num_kernels
     if config.attention:

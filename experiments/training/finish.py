@@ -95,7 +95,7 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
                "test": None, "epochs_run": progress.epoch, "steps": int(state.step),
                "finished": progress.epoch >= config.epochs,
                "train_seconds": progress.train_seconds, "pipeline": trainer.pipeline,
-               "impl": config.impl,
+               "impl": config.impl, "dtype": config.dtype,
                "seeds_trained_together": together,
                "devices": num_devices(config), "backend": jax.default_backend(),
                **preprocessing(trainer.dataset, config)}
