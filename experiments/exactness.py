@@ -1,9 +1,12 @@
 """Exactness and cost of every registered model at each precision, on this backend.
 
     python -m experiments.exactness [--data-dir DIR] [--images 32] [--repeats 10]
-        [--precisions highest default] [--models cnn p4m_gcnn ...] [--output FILE.json]
+        [--precisions highest default] [--impls auto orbit] [--dtypes float32 bfloat16]
+        [--models cnn p4m_gcnn ...] [--output FILE.json]
 
-For each model and precision (:data:`dgcnn_jax.execution.PRECISIONS`): the invariance
+For each model, precision (:data:`dgcnn_jax.execution.PRECISIONS`), execution (``auto``,
+the filter bank, or ``orbit``) and computation dtype (float32 or bfloat16, float32
+parameters): the invariance
 error of the logits on real BreastMNIST test images under every element of the model's
 group (``max |f(L_g x) - f(x)| / max |f(x)|``, the largest over the elements; the plain
 CNNs are measured under the p4m elements as a negative control) and the median time of a
@@ -32,7 +35,7 @@ from dgcnn_jax import P4M, execution, get_group, models
 from dgcnn_jax.testing import equivariance_errors
 from experiments import cli
 
-__all__ = ["real_images", "measure", "main"]
+__all__ = ["real_images", "measure", "table", "markdown", "markdown_headline", "main"]
 
 RTOL = 1e-5  # the library's promise: float32 equivariance error relative to the output
 
@@ -48,14 +51,16 @@ def real_images(data_dir: str | None, count: int) -> np.ndarray:
     raise FileNotFoundError(f"breastmnist.npz not found in {folders}: pass --data-dir")
 
 
-def measure(name: str, precision: str, images: np.ndarray, repeats: int) -> dict:
-    """Invariance error and fwd+bwd time of one model at one precision."""
+def measure(name: str, precision: str, images: np.ndarray, repeats: int, *,
+            impl: str = "auto", dtype: str = "float32") -> dict:
+    """Invariance error and fwd+bwd time of one model at one precision, execution and
+    computation dtype."""
     spec = models.spec(name)
     x = jnp.asarray(images)
     if spec.input_size != x.shape[1]:
         x = jax.image.resize(x, (x.shape[0], spec.input_size, spec.input_size, 1), "linear")
     model = models.create(name, num_classes=2, in_channels=1, rngs=nnx.Rngs(0),
-                          precision=precision)
+                          precision=precision, impl=impl, dtype=dtype)
     model.eval()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -76,7 +81,8 @@ def measure(name: str, precision: str, images: np.ndarray, repeats: int) -> dict
         start = time.perf_counter()
         jax.block_until_ready(grads(params, x))
         times.append(time.perf_counter() - start)
-    return {"model": name, "precision": precision, "group": get_group(group).name,
+    return {"model": name, "precision": precision, "impl": impl, "dtype": dtype,
+            "group": get_group(group).name,
             "invariance_error": float(errors.max()),
             "exact": bool(errors.max() <= RTOL) if spec.group != "z2" else None,
             "fwd_bwd_ms": 1e3 * float(np.median(times)), "batch": int(x.shape[0]),
@@ -90,6 +96,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--precisions", nargs="+", default=list(execution.PRECISIONS),
                    choices=list(execution.PRECISIONS))
+    p.add_argument("--impls", nargs="+", default=["auto"], choices=["auto", "orbit"])
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     p.add_argument("--models", nargs="+", default=list(models.available()),
                    choices=list(models.available()))
     p.add_argument("--output", default=None)
@@ -98,31 +106,71 @@ def main(argv=None) -> list[dict]:
     backend = jax.default_backend()
     print(f"JAX {jax.__version__} on {backend} ({jax.devices()[0].device_kind}); "
           f"{len(images)} BreastMNIST test images", flush=True)
+    settings = [(q, impl, dt) for q in args.precisions for impl in args.impls
+                for dt in args.dtypes]
     rows = []
     for name in args.models:
-        for precision in args.precisions:
-            rows.append({**measure(name, precision, images, args.repeats), "backend": backend,
-                         "device": jax.devices()[0].device_kind, "jax": jax.__version__})
+        for q, impl, dt in settings:
+            rows.append({**measure(name, q, images, args.repeats, impl=impl, dtype=dt),
+                         "backend": backend, "device": jax.devices()[0].device_kind,
+                         "jax": jax.__version__})
             r = rows[-1]
             if args.output:  # after every row: a run stopped at a time limit keeps its rows
                 pathlib.Path(args.output).write_text(json.dumps(rows, indent=2))
-            print(f"{name:20s} {precision:8s} invariance error {r['invariance_error']:.2e} "
-                  f"({'control' if r['exact'] is None else 'ok' if r['exact'] else 'NOT EXACT'})"
-                  f"  fwd+bwd {r['fwd_bwd_ms']:8.2f} ms", flush=True)
+            print(f"{name:20s} {_label(q, impl, dt):22s} invariance error "
+                  f"{r['invariance_error']:.2e} ({_verdict(r)})  fwd+bwd "
+                  f"{r['fwd_bwd_ms']:8.2f} ms", flush=True)
     print()
-    print(f"| model | {' | '.join(f'{q} error | {q} ms' for q in args.precisions)} |")
-    print(f"|---|{'---|---|' * len(args.precisions)}")
-    for name in args.models:
-        cells = []
-        for q in args.precisions:
-            r = next(r for r in rows if r["model"] == name and r["precision"] == q)
-            cells += [f"{r['invariance_error']:.1e}", f"{r['fwd_bwd_ms']:.2f}"]
-        print(f"| {name} | {' | '.join(cells)} |")
-    claimed = [r for r in rows if r["exact"] is not None and r["precision"] == "highest"]
-    print(f"\nat the default precision (highest): {sum(r['exact'] for r in claimed)} of "
-          f"{len(claimed)} group models within {RTOL:g}")
+    print(table(rows))
+    claimed = [r for r in rows if r["exact"] is not None and r["precision"] == "highest"
+               and r["dtype"] == "float32"]
+    print(f"\nat the default precision (highest), float32: {sum(r['exact'] for r in claimed)} "
+          f"of {len(claimed)} group model settings within {RTOL:g}")
     return rows
 
+
+def _label(precision: str, impl: str, dtype: str) -> str:
+    return f"{precision} {'filter bank' if impl == 'auto' else impl} {dtype}"
+
+
+def _verdict(row: dict) -> str:
+    return "control" if row["exact"] is None else "ok" if row["exact"] else "NOT EXACT"
+
+
+def markdown(rows: list[dict]) -> str:
+    """:func:`table` and a line saying where and how ``rows`` were measured."""
+    r = rows[0]
+    return (table(rows) + f"\n\nInvariance error: `max |f(L_g x) - f(x)| / max |f(x)|` of the "
+            f"logits over every element (p4m for the plain cnn, a negative control); ms: "
+            f"median forward + backward pass, batch {r['batch']} at {r['input_size']} px. "
+            f"Measured by `python -m experiments.exactness` on {r['device']} ({r['backend']}, "
+            f"JAX {r['jax']}).")
+
+
+def markdown_headline(rows: list[dict], model: str = "p4m_dgcnn") -> str:
+    """One model's rows (``p4m_dgcnn``): a setting per row, its error and time."""
+    mine = [r for r in rows if r["model"] == model]
+    lines = [f"| `{model}`, fresh, eval mode | invariance error | fwd+bwd (ms) |", "|---|---|---|"]
+    lines += [f"| {_label(r['precision'], r['impl'], r['dtype'])} | {r['invariance_error']:.1e} "
+              f"| {r['fwd_bwd_ms']:.1f} |" for r in mine]
+    return "\n".join(lines)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: a row per model, an error and a time column per setting of ``rows``."""
+    settings = list(dict.fromkeys((r["precision"], r["impl"], r["dtype"]) for r in rows))
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    lines = [f"| model | {' | '.join(f'{_label(*s)} error | ms' for s in settings)} |",
+             f"|---|{'---:|---:|' * len(settings)}"]
+    for name in names:
+        cells = []
+        for s in settings:
+            r = next((r for r in rows if r["model"] == name
+                      and (r["precision"], r["impl"], r["dtype"]) == s), None)
+            cells += [f"{r['invariance_error']:.1e}", f"{r['fwd_bwd_ms']:.1f}"] if r \
+                else ["", ""]  # not measured
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     cli.run(main, "experiments.exactness")

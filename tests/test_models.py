@@ -275,3 +275,12 @@ def test_exactness_script_on_real_images(medmnist_dir, tmp_path):
     assert by[("cnn", "highest")]["invariance_error"] > 1e-3
     assert all(r["fwd_bwd_ms"] > 0 for r in rows)
     assert json.loads((tmp_path / "e.json").read_text()) == rows
+    # mixed precision in orbit execution: within the promise, and the tables render it
+    orbit = exactness.main(["--data-dir", str(medmnist_dir), "--models", "p4m_dgcnn",
+                            "--precisions", "highest", "--impls", "orbit", "--dtypes",
+                            "bfloat16", "--images", "2", "--repeats", "1"])
+    assert [(r["impl"], r["dtype"], r["exact"]) for r in orbit] == [
+        ("orbit", "bfloat16", True)]
+    table = exactness.markdown(rows + orbit)
+    assert "highest orbit bfloat16 error" in table and table.count("| p4m_dgcnn |") == 1
+    assert "| highest orbit bfloat16 |" in exactness.markdown_headline(rows + orbit)
