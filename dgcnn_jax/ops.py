@@ -72,13 +72,16 @@ def _check_spatial(in_hw, span, padding, name="x"):
             f"with padding {padding[0]}")
 
 
-def _orbit(x, kernel, group: Group, padding, dilation, precision) -> jax.Array:
+def _orbit(x, kernel, group: Group, padding, dilation, precision,
+           conv_impl: str = "auto") -> jax.Array:
     """``out(., g) = T_g[(L_g^-1 x) * kernel]`` for every ``g`` (``impl="orbit"``).
 
     ``x``: images ``[B, H, W, C]`` with a lifting kernel ``[k, k, C, O]``, or group
     feature maps ``[B, H, W, C, |G|]`` with a group kernel ``[k, k, C, |G|, O]``. The |G|
-    moved copies go through one XLA correlation (stacked on the batch axis) and are
-    recomputed, not kept, for the backward pass. Returns ``[B, H', W', O, |G|]``."""
+    moved copies go through one correlation (stacked on the batch axis;
+    :func:`dgcnn_jax.execution.conv2d` with ``conv_impl``, whose every path computes each
+    batch element alone) and are recomputed, not kept, for the backward pass. Returns
+    ``[B, H', W', O, |G|]``."""
     b, h, w = x.shape[:3]
     lifting = x.ndim == 4
 
@@ -90,7 +93,7 @@ def _orbit(x, kernel, group: Group, padding, dilation, precision) -> jax.Array:
     def responses(x, kernel):
         copies = jnp.concatenate([move(x, group.invert(g)) for g in range(group.order)])
         flat = kernel.reshape(*kernel.shape[:2], -1, kernel.shape[-1])
-        return execution.conv2d(copies, flat, padding, dilation, precision, "xla")
+        return execution.conv2d(copies, flat, padding, dilation, precision, conv_impl)
 
     z = jax.checkpoint(responses, policy=jax.checkpoint_policies.nothing_saveable)(x, kernel)
     z = z.reshape(group.order, b, *z.shape[1:])  # [G, B, H', W', O]
