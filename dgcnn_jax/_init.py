@@ -16,6 +16,7 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _MIN_SIZE = 1024
@@ -27,13 +28,12 @@ def _standard_draw(key: jax.Array, size: int) -> jax.Array:
     return jax.random.truncated_normal(key, -2.0, 2.0, (size,), np.float32)
 
 
-def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    """Fan-in and fan-out as ``jax.nn.initializers.variance_scaling`` counts them (input
-    axis -2, output axis -1, the rest the receptive field)."""
+def _fan_in(shape: tuple[int, ...]) -> int:
+    """The fan-in as ``jax.nn.initializers.variance_scaling`` counts it (input axis -2,
+    the axes before it the receptive field)."""
     if len(shape) < 2:
         raise ValueError(f"a kernel needs at least 2 axes to have a fan-in, got shape {shape}")
-    receptive = math.prod(shape[:-2])
-    return shape[-2] * receptive, shape[-1] * receptive
+    return shape[-2] * math.prod(shape[:-2])
 
 
 def _truncated_normal_init(scale: float):
@@ -46,9 +46,9 @@ def _truncated_normal_init(scale: float):
         n = math.prod(shape)
         size = max(_MIN_SIZE, 1 << max(n - 1, 0).bit_length())
         draw = np.asarray(_standard_draw(key, size))[:n].reshape(shape)
-        variance = np.float32(scale / _fans(shape)[0])
+        variance = np.float32(scale / _fan_in(shape))
         stddev = np.sqrt(variance) / np.float32(.87962566103423978)
-        return jax.numpy.asarray(draw * stddev)
+        return jnp.asarray(draw * stddev)
 
     return init
 

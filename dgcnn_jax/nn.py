@@ -54,19 +54,18 @@ class FrozenBank(nnx.Variable):
 
 def _check_dtypes(dtype, param_dtype):
     """``(dtype, param_dtype)`` as numpy dtypes (``dtype`` may be None), both floating."""
-    out = []
-    for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
-        if value is None and name == "dtype":
-            out.append(None)
-            continue
-        try:
-            value = jnp.dtype(value)
-        except TypeError:
-            raise ValueError(f"{name}: expected a floating dtype, got {value!r}") from None
-        if not jnp.issubdtype(value, jnp.floating):
-            raise ValueError(f"{name}: expected a floating dtype, got {value}")
-        out.append(value)
-    return tuple(out)
+    return (None if dtype is None else _floating(dtype, "dtype"),
+            _floating(param_dtype, "param_dtype"))
+
+
+def _floating(value, name: str):
+    try:
+        value = jnp.dtype(value)
+    except TypeError:
+        raise ValueError(f"{name}: expected a floating dtype, got {value!r}") from None
+    if not jnp.issubdtype(value, jnp.floating):
+        raise ValueError(f"{name}: expected a floating dtype, got {value}")
+    return value
 
 
 def _compute_dtype(dtype, x, param_dtype):

@@ -172,5 +172,6 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
+
 if __name__ == "__main__":
     cli.run(main, "experiments.exactness")
