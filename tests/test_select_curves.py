@@ -36,6 +36,28 @@ def test_select_paired_tests_pair_runs_by_seed():
     assert "n/a / n/a (3 seeds)" in sweep.selection_markdown([same], "t", "p4m_gcnn")
 
 
+def test_selection_summary_leaves_out_entropies_recorded_negative(tmp_path):
+    from experiments.training import Workdir
+
+    def run(name, entropies):
+        work = Workdir(tmp_path / name)
+        work.path.mkdir()
+        (work.path / "results.json").write_text(json.dumps({
+            "val": {"auc": 0.9, "confusion_matrix": [[1, 0], [0, 1]]}, "best_epoch": 1,
+            "num_params": 10, "forward_flops": 100, "train_seconds": 1.0, "finished": True}))
+        layers = [{"layer": f"convs/{i}", "bank_common_share": 0.5, "attention_entropy": e}
+                  for i, e in enumerate(entropies)]
+        (work.path / "metrics.jsonl").write_text(json.dumps(
+            {"val_auc": 0.9, "val_accuracy": 0.8, "dynamic_layers": layers}) + "\n")
+        return sweep.summary(sweep.Task("idc", "p4m_odgcnn", 0, validation_only=True),
+                             get_config(), work)
+
+    assert run("now", [0.5, 1.0])["attention_entropy"] == pytest.approx(0.75)
+    # a signed mix recorded before entropies counted magnitude shares: impossible values
+    before = run("before", [0.5, -16.0])
+    assert "attention_entropy" not in before and before["bank_common_share"] == 0.5
+
+
 @pytest.mark.slow
 def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
     from experiments import select

@@ -30,7 +30,9 @@ def d4_scores(work: Workdir) -> dict | None:
 def summary(task: Task, config: Config, work: Workdir) -> dict:
     """One finished run: validation (best epoch by AUC, best accuracy of any epoch, the
     last epoch's dynamic-layer diagnostics averaged over layers), test scores where the
-    test split was read, size, cost and the validation curve."""
+    test split was read, size, cost and the validation curve. The attention entropy is
+    left out where a layer lacks it or recorded a negative one (signed bank mixes
+    trained before ``attention_entropy`` counted them by magnitude share)."""
     results, history = work.results(), work.history()
     best = max(history, key=lambda h: h["val_auc"])
     flops = results.get("forward_flops")
@@ -57,6 +59,7 @@ def summary(task: Task, config: Config, work: Workdir) -> dict:
     layers = history[-1].get("dynamic_layers")
     if layers:
         out["bank_common_share"] = float(np.mean([d["bank_common_share"] for d in layers]))
-        out["attention_entropy"] = float(np.mean([d.get("attention_entropy", np.nan)
-                                                  for d in layers]))
+        entropy = [d.get("attention_entropy", np.nan) for d in layers]
+        if all(e >= 0 for e in entropy):  # NaN compares false: left out too
+            out["attention_entropy"] = float(np.mean(entropy))
     return out
