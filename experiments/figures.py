@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -40,8 +41,11 @@ def _load(workdir, data_dir=None):
         raise ValueError(f"{workdir}: model {run.config.model} does not report intermediates")
     images, labels = run.dataset.split("test")
     x = (images.astype(np.float32) / 255.0 - run.dataset.mean) / run.dataset.std
-    compiled = nnx.jit(lambda m, v: m.intermediates(v, tau=run.tau))
-    return run.config, model, run.tau, x, labels, lambda v: compiled(model, v)
+    # split once: a call is then a plain jitted function of the images (nnx.jit would
+    # walk the model's graph on every one of the figure's ~60 calls)
+    graphdef, state = nnx.split(model)
+    compiled = jax.jit(lambda s, v: nnx.merge(graphdef, s).intermediates(v, tau=run.tau))
+    return run.config, model, run.tau, x, labels, lambda v: compiled(state, v)
 
 
 def attention_figure(workdir, out, data_dir=None) -> dict:
@@ -75,9 +79,16 @@ def equivariance_figure(workdir, out, data_dir=None, index: int | None = None) -
     image = jnp.asarray(x[index:index + 1])
     layers = len(model.convs)
     # [layers, |G|]: max |Phi_i(L_g x) - L_g Phi_i(x)| / max |Phi_i(x)| per layer i
-    errors = np.stack([equivariance_errors(
-        lambda v, i=i: intermediates(v)["features"][i], group, image)
-        for i in range(layers)])
+    seen = {}  # the features of each transformed image, computed once for all layers
+
+    def features(v):
+        key = np.asarray(v).tobytes()
+        if key not in seen:
+            seen[key] = intermediates(v)["features"]
+        return seen[key]
+
+    errors = np.stack([equivariance_errors(lambda v, i=i: features(v)[i], group, image)
+                       for i in range(layers)])
     feats = intermediates(image)["features"][_SHOWN_LAYER]
     field = int(jnp.argmax(jnp.abs(feats).mean(axis=(0, 1, 2, 4))))  # most active field
     rows = []
