@@ -56,6 +56,10 @@ def test_selection_summary_leaves_out_entropies_recorded_negative(tmp_path):
     # a signed mix recorded before entropies counted magnitude shares: impossible values
     before = run("before", [0.5, -16.0])
     assert "attention_entropy" not in before and before["bank_common_share"] == 0.5
+    # the table says over how many seeds such a value is
+    rows = sweep.selection_rows([{**before, "seed": 0}, {**run("seed1", [1.0]), "seed": 1}],
+                                ["p4m_odgcnn"], "p4m_odgcnn")
+    assert "| 1.000 +- 0.000 (1 of 2 seeds) |" in sweep.selection_markdown(rows, "t", "x")
 
 
 @pytest.mark.slow

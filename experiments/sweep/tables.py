@@ -126,6 +126,7 @@ def selection_rows(runs: list[dict], names: list[str], reference: str) -> list[d
             if values:
                 row[f"{key}_mean"] = float(np.mean(values))
                 row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                row[f"{key}_seeds"] = len(values)
         rows.append(row)
     ref = next((r for r in rows if r["variant"] == reference), None)
     by_seed = {run["seed"]: run for run in ref["runs"]} if ref else {}
@@ -155,7 +156,9 @@ def selection_markdown(rows: list[dict], title: str, reference: str) -> str:
         def fmt(key, r=r):
             if f"{key}_mean" not in r:
                 return "-"
-            return f"{r[key + '_mean']:.3f} +- {r[key + '_std']:.3f}"
+            part = "" if r.get(f"{key}_seeds", r["seeds"]) == r["seeds"] else \
+                f" ({r[key + '_seeds']} of {r['seeds']} seeds)"
+            return f"{r[key + '_mean']:.3f} +- {r[key + '_std']:.3f}{part}"
         paired = (f"{_p(r['val_auc_paired_p'])} / {_p(r['val_accuracy_paired_p'])} "
                   f"({r['paired_seeds']} seeds)" if "paired_vs" in r else "-")
         epochs = ", ".join(str(x["best_epoch"]) for x in r["runs"])
