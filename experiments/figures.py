@@ -89,12 +89,12 @@ def equivariance_figure(workdir, out, data_dir=None, index: int | None = None) -
 
     errors = np.stack([equivariance_errors(lambda v, i=i: features(v)[i], group, image)
                        for i in range(layers)])
-    feats = intermediates(image)["features"][_SHOWN_LAYER]
+    feats = features(image)[_SHOWN_LAYER]
     field = int(jnp.argmax(jnp.abs(feats).mean(axis=(0, 1, 2, 4))))  # most active field
     rows = []
     for g in range(group.order):
         xg = group.transform_image(image, g)
-        fg = intermediates(xg)["features"][_SHOWN_LAYER]
+        fg = features(xg)[_SHOWN_LAYER]
         lg = group.transform_feature_map(feats, g)
         # the field's channel at the identity orientation, one map per panel
         rows.append([xg[0, :, :, 0], fg[0, :, :, field, 0], lg[0, :, :, field, 0],
