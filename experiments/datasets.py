@@ -134,7 +134,7 @@ def open_dataset(name: str, data_dir=None, *, train_fraction: float = 1.0,
     if name == "pcam":
         if train_fraction != 1.0:
             raise ValueError("train_fraction: subsets of pcam are not supported (use 1.0)")
-        return _open_pcam(data_dir, num_classes, channels)
+        return _open_pcam(data_dir, num_classes, channels, size)
     meta = data.info(name, data_dir)
 
     def load(which):
@@ -170,7 +170,7 @@ def _materialise(source) -> tuple[np.ndarray, np.ndarray]:
             np.array([int(r["label"]) for r in rows], np.int32))
 
 
-def _open_pcam(data_dir, num_classes, channels) -> Dataset:
+def _open_pcam(data_dir, num_classes, channels, size) -> Dataset:
     from dgcnn_jax.data import tfds_sources
 
     train = tfds_sources.pcam_source("train", data_dir)
@@ -185,4 +185,5 @@ def _open_pcam(data_dir, num_classes, channels) -> Dataset:
         tfds_split = {"train": "train", "val": "validation", "test": "test"}[which]
         return _materialise(tfds_sources.pcam_source(tfds_split, data_dir))
 
-    return Dataset("pcam", num_classes, channels, len(train), mean, std, train_epoch, split)
+    return Dataset("pcam", num_classes, channels, len(train), mean, std, train_epoch, split,
+                   size)

@@ -216,7 +216,7 @@ def _blocks() -> dict:
 def _selection(doc: dict) -> str:
     from experiments import sweep
 
-    table = sweep.selection_markdown(doc["rows"], doc["title"], doc["reference"])
+    table = sweep.selection_markdown(doc["rows"], doc["title"], doc["references"])
     missing = doc.get("missing") or []
     return table + (f"\n\nNot finished: {', '.join(missing)}." if missing else "")
 

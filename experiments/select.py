@@ -8,13 +8,13 @@ A front end of the sweep engine (:mod:`experiments.sweep`): each variant is a na
 of the registry (default: the ``selection`` family and ``p4m_gcnn``), trained with
 ``score_test=false`` (the test split is not read) in
 ``<workdir>/<dataset>/<variant>/seed<N>``; finished runs are kept, so an interrupted
-selection continues. ``--workers`` training processes go at once, each pinned to a core
+selection continues (``--no-train`` tabulates the finished runs only). ``--workers`` training processes go at once, each pinned to a core
 (one per CPU core here). Prints and writes ``selection_<dataset>.md`` and ``.json``: per
 variant, the best validation AUC of each seed and the accuracy at that epoch (the
 checkpoint the trainer keeps), the best accuracy of any epoch (mean +- sample std over
 seeds), the epoch of the best AUC, for dynamic models the last epoch's
 ``bank_common_share`` and attention entropy averaged over the dynamic layers, and paired
-t-tests over seeds against ``--reference``.
+t-tests over seeds against each ``--reference`` (default ``p4m_gcnn``).
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--workers", type=int, default=2,
                    help="training processes at a time, each pinned to a core (>= 1)")
-    p.add_argument("--reference", default="p4m_gcnn",
-                   help="variant the others are compared with (paired over seeds)")
+    p.add_argument("--reference", nargs="+", default=["p4m_gcnn"],
+                   help="variants the others are compared with (paired over seeds; "
+                        "default: the static p4m G-CNN)")
+    p.add_argument("--no-train", action="store_true",
+                   help="tabulate the finished runs only (while others train)")
     p.add_argument("--results", default=None, metavar="PATH",
                    help="also write the table's data here (e.g. results/idc_selection.json; "
                         "a generated block of kind 'selection' renders it)")
@@ -54,6 +57,9 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers: expected a number of processes >= 1, got {args.workers}")
+    for ref in args.reference:
+        if ref not in args.variants:
+            p.error(f"--reference: {ref!r} is not one of --variants ({' '.join(args.variants)})")
     base = override(get_config(), [*args.set, "progress=false"])
     pairs = [(args.dataset, name) for name in args.variants]
     for _, name in pairs:  # bad names or settings: one line now, not a failed run later
@@ -62,7 +68,8 @@ def main(argv=None) -> list[dict]:
         except ValueError as err:
             p.error(f"{name}: {err}")
     plan = sweep.Sweep(pathlib.Path(args.workdir), {args.dataset: list(args.seeds)},
-                       mode="pool", workers=args.workers, d4=False, validation_only=True)
+                       mode="pool", workers=args.workers, d4=False, validation_only=True,
+                       no_train=args.no_train)
     runs, missing = sweep.run(plan, base, pairs)
     if missing:
         print(f"not finished (see each run's train.log): {', '.join(missing)}")
@@ -74,7 +81,7 @@ def main(argv=None) -> list[dict]:
     (out / f"selection_{args.dataset}.md").write_text(table + "\n")
     (out / f"selection_{args.dataset}.json").write_text(json.dumps(rows, indent=2))
     if args.results:
-        doc = {"title": title, "reference": args.reference, "missing": missing,
+        doc = {"title": title, "references": args.reference, "missing": missing,
                "rows": [{**r, "runs": [{k: v for k, v in run.items() if k != "workdir"}
                                        for run in r["runs"]]} for r in rows]}
         path = pathlib.Path(args.results)

@@ -19,40 +19,72 @@ def test_select_paired_tests_pair_runs_by_seed():
     rows = sweep.selection_rows(
         runs("p4m_gcnn", [0.80, 0.85, 0.90]) + runs("cnn", [0.92, 0.81, 0.82], seeds=(2, 0, 1))
         + runs("p4m_dgcnn_wide", [0.9], seeds=(7,)), ["p4m_gcnn", "cnn", "p4m_dgcnn_wide"],
-        "p4m_gcnn")
+        ["p4m_gcnn", "cnn"])
     ref, better, alone = rows
     d = np.array([0.81 - 0.80, 0.82 - 0.85, 0.92 - 0.90])  # paired by seed, not by position
     t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
     from scipy import stats
-    assert better["paired_seeds"] == 3
-    assert better["val_auc_paired_p"] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
-    assert better["val_auc_diff_mean"] == pytest.approx(d.mean())
-    assert "paired_vs" not in alone and "paired_vs" not in ref
+    paired = better["paired"]["p4m_gcnn"]
+    assert paired["seeds"] == 3
+    assert paired["val_auc_p"] == pytest.approx(2 * stats.t.sf(abs(t), df=2))
+    assert paired["val_auc_diff_mean"] == pytest.approx(d.mean())
+    # the second reference: the same test the other way round
+    assert ref["paired"]["cnn"]["val_auc_diff_mean"] == pytest.approx(-d.mean())
+    assert ref["paired"]["cnn"]["val_auc_p"] == pytest.approx(paired["val_auc_p"])
+    assert alone["paired"] == {} and list(ref["paired"]) == ["cnn"]
+    assert list(better["paired"]) == ["p4m_gcnn"]  # not against itself
+    table = sweep.selection_markdown(rows, "t", ["p4m_gcnn", "cnn"]).splitlines()
+    assert table[2].endswith("| vs `p4m_gcnn`: AUC difference (p) / accuracy p | vs `cnn`: "
+                             "AUC difference (p) / accuracy p |")
+    assert table[5].startswith("| `cnn` | 3 | 0.8100 / 0.8200 / 0.9200 | 0.850 +- 0.061 |")
+    assert table[5].endswith(f"| {paired['val_auc_diff_mean']:+.4f} ({paired['val_auc_p']:.3f}) / "
+                             f"{paired['val_accuracy_p']:.3f} (3 seeds) | - |")
     # no spread in the differences: no p-value (one paired t-test for every command)
     same = sweep.selection_rows(runs("p4m_gcnn", [0.8, 0.85, 0.9])
                                 + runs("cnn", [0.81, 0.86, 0.91]), ["p4m_gcnn", "cnn"],
                                 "p4m_gcnn")[1]
-    assert same["val_auc_paired_p"] is None
-    assert "n/a / n/a (3 seeds)" in sweep.selection_markdown([same], "t", "p4m_gcnn")
+    assert same["paired"]["p4m_gcnn"]["val_auc_p"] is None
+    assert "(n/a) / n/a (3 seeds)" in sweep.selection_markdown([same], "t", "p4m_gcnn")
+
+
+def test_select_refuses_a_reference_it_does_not_train(capsys):
+    from experiments import select
+
+    with pytest.raises(SystemExit) as exit_:
+        select.main(["--variants", "cnn", "p4m_dgcnn_wide", "--reference", "p4m_gcnn"])
+    assert exit_.value.code == 2
+    assert "--reference: 'p4m_gcnn' is not one of --variants (cnn p4m_dgcnn_wide)" in \
+        capsys.readouterr().err
 
 
 def test_selection_summary_leaves_out_entropies_recorded_negative(tmp_path):
     from experiments.training import Workdir
 
-    def run(name, entropies):
+    def run(name, entropies, without_flops=None):
         work = Workdir(tmp_path / name)
         work.path.mkdir()
-        (work.path / "results.json").write_text(json.dumps({
-            "val": {"auc": 0.9, "confusion_matrix": [[1, 0], [0, 1]]}, "best_epoch": 1,
-            "num_params": 10, "forward_flops": 100, "train_seconds": 1.0, "finished": True}))
+        results = {"val": {"auc": 0.9, "confusion_matrix": [[1, 0], [0, 1]]},
+                   "best_epoch": 1, "num_params": 10, "train_seconds": 1.0, "finished": True}
+        (work.path / "results.json").write_text(json.dumps(
+            {**results, **without_flops} if without_flops else {**results, "forward_flops": 100}))
         layers = [{"layer": f"convs/{i}", "bank_common_share": 0.5, "attention_entropy": e}
                   for i, e in enumerate(entropies)]
         (work.path / "metrics.jsonl").write_text(json.dumps(
             {"val_auc": 0.9, "val_accuracy": 0.8, "dynamic_layers": layers}) + "\n")
-        return sweep.summary(sweep.Task("idc", "p4m_odgcnn", 0, validation_only=True),
-                             get_config(), work)
+        task = sweep.Task("idc", "p4m_odgcnn", 0, validation_only=True)
+        return sweep.summary(task, task.config(get_config()), work)
 
     assert run("now", [0.5, 1.0])["attention_entropy"] == pytest.approx(0.75)
+    # a run trained before every results.json held its FLOPs: counted at the run's own
+    # view (IDC: 24 px, 3 channels), not at the model family's (28 px, 1 channel)
+    from dgcnn_jax import models
+    from experiments.configs import model_kwargs
+
+    old = run("old", [0.5], {"input_size": 24, "normalization": {"mean": [0.5] * 3}})
+    options = model_kwargs(sweep.Task("idc", "p4m_odgcnn", 0).config(get_config()))
+    assert old["forward_flops"] == models.flops_per_image(
+        "p4m_odgcnn", num_classes=2, input_size=24, in_channels=3, **options) != \
+        models.flops_per_image("p4m_odgcnn", num_classes=2, **options)
     # a signed mix recorded before entropies counted magnitude shares: impossible values
     before = run("before", [0.5, -16.0])
     assert "attention_entropy" not in before and before["bank_common_share"] == 0.5
@@ -75,6 +107,9 @@ def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
     work = tmp_path / "breastmnist" / "p4m_gcnn" / "seed0"
     results = json.loads((work / "results.json").read_text())
     assert results["test"] is None and not (work / "test_probs.npy").exists()
+    from dgcnn_jax import models  # counted for validation-only runs too, at the run's view
+
+    assert results["forward_flops"] == models.flops_per_image("p4m_gcnn", num_classes=2)
     assert rows[0]["variant"] == "p4m_gcnn" and rows[0]["seeds"] == 1
     assert rows[0]["val_auc_mean"] == pytest.approx(results["val"]["auc"])
     assert (tmp_path / "selection_breastmnist.md").is_file()

@@ -321,6 +321,8 @@ def test_pcam_config_smoke_on_prepared_mock_data(tmp_path, model):
     results = training.train_and_evaluate(config, tmp_path / "run")
     assert results["steps"] == 2 and results["test"]["num_examples"] == 6
     assert results["val"]["num_examples"] == 6
+    # what a prediction on new files reads: PCam's own 96 px RGB view
+    assert results["input_size"] == 96 and len(results["normalization"]["mean"]) == 3
     # the trained dynamic/static P4M net is invariant on the PCam test patches
     out = evaluate.evaluate(tmp_path / "run", "test", d4=True)
     assert out["d4"]["max_prob_difference"] < 1e-5

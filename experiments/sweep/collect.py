@@ -36,9 +36,12 @@ def summary(task: Task, config: Config, work: Workdir) -> dict:
     results, history = work.results(), work.history()
     best = max(history, key=lambda h: h["val_auc"])
     flops = results.get("forward_flops")
-    if flops is None:  # validation-only runs, and runs trained before results recorded it
-        flops = models.flops_per_image(config.model, num_classes=len(results["val"]
-                                       ["confusion_matrix"]), **model_kwargs(config))
+    if flops is None:  # runs trained before results recorded it for every run
+        flops = models.flops_per_image(
+            config.model, num_classes=len(results["val"]["confusion_matrix"]),
+            input_size=results.get("input_size"),
+            in_channels=len(results["normalization"]["mean"]) if "normalization" in results
+            else None, **model_kwargs(config))
     out = {"dataset": task.dataset, "model": task.name, "seed": task.seed,
            "workdir": str(work.path), "val_auc": results["val"]["auc"],
            "val_accuracy": best["val_accuracy"],

@@ -9,6 +9,7 @@ selections with their paired tests (:func:`selection_rows`).
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -110,17 +111,21 @@ _SELECTION_KEYS = ("val_auc", "val_accuracy", "val_accuracy_max", "bank_common_s
                    "attention_entropy")
 
 
-def selection_rows(runs: list[dict], names: list[str], reference: str) -> list[dict]:
+def selection_rows(runs: list[dict], names: list[str],
+                   references: str | Sequence[str]) -> list[dict]:
     """Per run name: the per-seed validation summaries, mean and sample std of
     :data:`_SELECTION_KEYS`, and paired t-tests over the seeds both have (same seeds:
-    same initialisation stream and data order) against ``reference``."""
+    same initialisation stream and data order) against each of ``references``
+    (``row["paired"][reference]``: seeds, mean differences and p-values)."""
+    references = [references] if isinstance(references, str) else list(references)
     rows = []
     for name in names:
         rs = sorted((r for r in runs if r["model"] == name), key=lambda r: r["seed"])
         if not rs:
             continue
         row = {"variant": name, "model": entry(name).model,
-               "overrides": dict(entry(name).overrides), "seeds": len(rs), "runs": rs}
+               "overrides": dict(entry(name).overrides), "seeds": len(rs), "runs": rs,
+               "paired": {}}
         for key in _SELECTION_KEYS:
             values = [r[key] for r in rs if key in r]
             if values:
@@ -128,16 +133,19 @@ def selection_rows(runs: list[dict], names: list[str], reference: str) -> list[d
                 row[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
                 row[f"{key}_seeds"] = len(values)
         rows.append(row)
-    ref = next((r for r in rows if r["variant"] == reference), None)
-    by_seed = {run["seed"]: run for run in ref["runs"]} if ref else {}
-    for row in rows:
-        pairs = [(run, by_seed[run["seed"]]) for run in row["runs"] if run["seed"] in by_seed]
-        if row is ref or len(pairs) < 2:
-            continue
-        row["paired_vs"], row["paired_seeds"] = reference, len(pairs)
-        for key in ("val_auc", "val_accuracy", "val_accuracy_max"):
-            test = stats.paired_t([x[key] for x, _ in pairs], [y[key] for _, y in pairs])
-            row[f"{key}_diff_mean"], row[f"{key}_paired_p"] = test["mean_difference"], test["p"]
+    for reference in references:
+        ref = next((r for r in rows if r["variant"] == reference), None)
+        by_seed = {run["seed"]: run for run in ref["runs"]} if ref else {}
+        for row in rows:
+            pairs = [(run, by_seed[run["seed"]]) for run in row["runs"]
+                     if run["seed"] in by_seed]
+            if row is ref or len(pairs) < 2:
+                continue
+            paired = row["paired"][reference] = {"seeds": len(pairs)}
+            for key in ("val_auc", "val_accuracy", "val_accuracy_max"):
+                test = stats.paired_t([x[key] for x, _ in pairs], [y[key] for _, y in pairs])
+                paired[f"{key}_diff_mean"], paired[f"{key}_p"] = \
+                    test["mean_difference"], test["p"]
     return rows
 
 
@@ -145,13 +153,17 @@ def _p(p) -> str:
     return "n/a" if p is None else f"{p:.3f}"
 
 
-def selection_markdown(rows: list[dict], title: str, reference: str) -> str:
-    """The selection table: validation AUC and accuracy per variant, best epochs, the last
-    epoch's bank diagnostics and the paired p-values against ``reference``."""
+def selection_markdown(rows: list[dict], title: str, references: str | Sequence[str]) -> str:
+    """The selection table: validation AUC per seed and over seeds, accuracy, best epochs,
+    forward FLOPs, the last epoch's bank diagnostics, and per reference the paired mean
+    AUC difference with its p-value and the accuracy p-value."""
+    references = [references] if isinstance(references, str) else list(references)
     lines = [title, "",
-             "| variant | seeds | val AUC | val accuracy | best val accuracy (any epoch) | best "
-             "epochs | bank common share (last epoch) | attention entropy (nats) | paired p vs "
-             f"`{reference}` (AUC / accuracy) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | seeds | val AUC per seed | val AUC | val accuracy | best val accuracy "
+             "(any epoch) | best epochs | forward MFLOPs | bank common share (last epoch) | "
+             "attention entropy (nats) | "
+             + " | ".join(f"vs `{ref}`: AUC difference (p) / accuracy p" for ref in references)
+             + " |", "|---" * (10 + len(references)) + "|"]
     for r in rows:
         def fmt(key, r=r):
             if f"{key}_mean" not in r:
@@ -159,10 +171,20 @@ def selection_markdown(rows: list[dict], title: str, reference: str) -> str:
             part = "" if r.get(f"{key}_seeds", r["seeds"]) == r["seeds"] else \
                 f" ({r[key + '_seeds']} of {r['seeds']} seeds)"
             return f"{r[key + '_mean']:.3f} +- {r[key + '_std']:.3f}{part}"
-        paired = (f"{_p(r['val_auc_paired_p'])} / {_p(r['val_accuracy_paired_p'])} "
-                  f"({r['paired_seeds']} seeds)" if "paired_vs" in r else "-")
+
+        def vs(ref, r=r):
+            if ref not in r["paired"]:
+                return "-"
+            t = r["paired"][ref]
+            return (f"{t['val_auc_diff_mean']:+.4f} ({_p(t['val_auc_p'])}) / "
+                    f"{_p(t['val_accuracy_p'])} ({t['seeds']} seeds)")
+        per_seed = " / ".join(f"{x['val_auc']:.4f}" for x in r["runs"])
         epochs = ", ".join(str(x["best_epoch"]) for x in r["runs"])
-        lines.append(f"| `{r['variant']}` | {r['seeds']} | {fmt('val_auc')} | "
+        flops = sorted({f"{x['forward_flops'] / 1e6:.1f}" for x in r["runs"]
+                        if x.get("forward_flops")}) or ["-"]
+        lines.append(f"| `{r['variant']}` | {r['seeds']} | {per_seed} | {fmt('val_auc')} | "
                      f"{fmt('val_accuracy')} | {fmt('val_accuracy_max')} | {epochs} | "
-                     f"{fmt('bank_common_share')} | {fmt('attention_entropy')} | {paired} |")
+                     f"{', '.join(flops)} | {fmt('bank_common_share')} | "
+                     f"{fmt('attention_entropy')} | "
+                     + " | ".join(vs(ref) for ref in references) + " |")
     return "\n".join(lines)

@@ -78,6 +78,11 @@ def preprocessing(dataset, config) -> dict:
             "image_recipe": datasets.image_recipe(config.dataset, config.data_dir)}
 
 
+def _image_shape(dataset) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of the images a model of the run sees."""
+    return (dataset.input_size, dataset.input_size, dataset.channels)
+
+
 def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int) -> dict:
     """Test the best checkpoint once (unless ``score_test`` is false); write results.json,
     plots and the test probabilities."""
@@ -98,7 +103,9 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
                "impl": config.impl, "dtype": config.dtype,
                "seeds_trained_together": together,
                "devices": num_devices(config), "backend": jax.default_backend(),
-               **preprocessing(trainer.dataset, config)}
+               **preprocessing(trainer.dataset, config),
+               "forward_flops": models.forward_flops(state.model(),
+                                                     _image_shape(trainer.dataset))}
     if not results["finished"]:
         results["position"] = {"epoch": progress.epoch, "batch": progress.batch}
         say(f"{prefix_of(trainer, member)}stopped at step {int(state.step)} (max_steps), "
@@ -127,7 +134,7 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
     if groups is not None:  # IDC: patients
         test["auc_per_group"] = metrics.grouped_auc(probs, test_y, groups)
     results.update({
-        "test": test, "forward_flops": models.forward_flops(state.model(), test_x.shape[1:]),
+        "test": test,
         "train_images_per_second": int(state.step) * config.batch_size * together
         / max(progress.train_seconds, 1e-9),
         "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9)})
