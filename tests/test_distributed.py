@@ -21,7 +21,8 @@ from experiments.configs import Config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # 2 epochs of 8 steps (batch 64 of BreastMNIST's 546 training images), host pipeline
-SETS = ["model=cnn", "epochs=2", "batch_size=64", "progress=false", "pipeline=host"]
+SETS = ["model=cnn", "epochs=2", "batch_size=64", "progress=false", "pipeline=host",
+        "plots=false"]
 LIMIT = 300  # seconds any launch may take before the test kills it
 pytestmark = pytest.mark.slow
 
