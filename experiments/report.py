@@ -209,7 +209,8 @@ def _blocks() -> dict:
             "headline": results.headline,
             "benchmark-dynamic": benchmark_dynamic.markdown_table,
             "benchmark-dynamic-headline": benchmark_dynamic.markdown_headline,
-            "selection": _selection, "exactness": exactness.markdown,
+            "selection": _selection, "selection-headline": _selection_headline,
+            "exactness": exactness.markdown,
             "exactness-headline": exactness.markdown_headline}
 
 
@@ -221,14 +222,21 @@ def _selection(doc: dict) -> str:
     return table + (f"\n\nNot finished: {', '.join(missing)}." if missing else "")
 
 
+def _selection_headline(doc: dict) -> str:
+    from experiments import sweep
+
+    return sweep.selection_headline(doc["rows"], doc["title"], doc["references"][0])
+
+
 BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot", "headline",
-          "benchmark-dynamic", "benchmark-dynamic-headline", "selection", "exactness",
-          "exactness-headline")
+          "benchmark-dynamic", "benchmark-dynamic-headline", "selection", "selection-headline",
+          "exactness", "exactness-headline")
 """Kinds of generated block: a dataset file's tables, a curve document's tables, a curve
 document's short table, an epoch-time document's table, a pilot's validation curves, a
 dataset file's headline (does the dynamic layer help; :func:`experiments.results.headline`),
 the static-vs-dynamic layer benchmark (:mod:`experiments.benchmark_dynamic`) in full and its
-p4m rows, a validation-only selection (``experiments.select --results``), the invariance
+p4m rows, a validation-only selection (``experiments.select --results``) in full and as
+one sentence (does its best dynamic form beat the first reference), the invariance
 errors and times of ``experiments.exactness --output`` in full and for p4m_dgcnn."""
 
 

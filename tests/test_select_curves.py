@@ -47,6 +47,31 @@ def test_select_paired_tests_pair_runs_by_seed():
     assert "(n/a) / n/a (3 seeds)" in sweep.selection_markdown([same], "t", "p4m_gcnn")
 
 
+def test_selection_headline_names_the_best_dynamic_form_and_says_whether_it_beats():
+    def runs(model, values, share=None):
+        extra = {} if share is None else {"bank_common_share": share}
+        return [{"model": model, "seed": s, "val_auc": v, "val_accuracy": v,
+                 "val_accuracy_max": v, "best_epoch": 1, **extra} for s, v in enumerate(values)]
+
+    static = runs("p4m_gcnn", [0.90, 0.92, 0.94])
+    wide = runs("p4m_dgcnn_wide", [0.91, 0.94, 0.95], share=0.7)  # higher, banks alike
+    assign = runs("p4m_odgcnn_assign", [0.89, 0.93, 0.92], share=0.2)
+    names = ["p4m_gcnn", "p4m_dgcnn_wide", "p4m_odgcnn_assign"]
+    rows = sweep.selection_rows(static + wide + assign, names, "p4m_gcnn")
+    assert sweep.chosen_dynamic(rows)["variant"] == "p4m_dgcnn_wide"
+    line = sweep.selection_headline(rows, "t", "p4m_gcnn")
+    assert line.startswith("t: the best dynamic form by mean validation AUC, `p4m_dgcnn_wide`, "
+                           "0.9333 +- 0.0208 (3 seeds), against 0.9200 +- 0.0200 for "
+                           "`p4m_gcnn` (paired difference +0.0133, p ")
+    assert line.endswith("bank common share 0.70): no dynamic form beats `p4m_gcnn` in mean "
+                         "validation AUC with its banks apart (bank common share < 0.5).")
+    rows = sweep.selection_rows(static + runs("p4m_odgcnn_assign", [0.93, 0.93, 0.95], 0.2),
+                                ["p4m_gcnn", "p4m_odgcnn_assign"], "p4m_gcnn")
+    assert sweep.selection_headline(rows, "t", "p4m_gcnn").endswith(
+        "`p4m_odgcnn_assign` beats `p4m_gcnn` in mean with its banks apart.")
+    assert "no dynamic run" in sweep.selection_headline(rows[:1], "t", "p4m_gcnn")
+
+
 def test_select_refuses_a_reference_it_does_not_train(capsys):
     from experiments import select
 

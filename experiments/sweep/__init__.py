@@ -32,6 +32,7 @@ from .registry import (
     PROTOCOL_TUNE,
     RUNS,
     SCORES,
+    ONE_BANK_CONTROLS,
     SELECTION_RUNS,
     Entry,
     Family,
@@ -40,8 +41,10 @@ from .registry import (
     run_config,
 )
 from .tables import (
+    chosen_dynamic,
     markdown,
     sections,
+    selection_headline,
     selection_markdown,
     selection_rows,
     summarize,
@@ -49,10 +52,10 @@ from .tables import (
 )
 
 __all__ = [
-    "COMPARISONS", "CURVE_RUNS", "CURVE_SETTINGS", "EXTRA_SCORES", "Entry", "FAMILIES", "Family", "MODES",
+    "COMPARISONS", "ONE_BANK_CONTROLS", "CURVE_RUNS", "CURVE_SETTINGS", "EXTRA_SCORES", "Entry", "FAMILIES", "Family", "MODES",
     "PROTOCOL_DATASETS", "PROTOCOL_RUNS", "PROTOCOL_TUNE", "RUNS", "SCORES",
     "SELECTION_RUNS", "Sweep", "Task", "check_finished_config", "config_sets", "entry",
-    "finished", "fraction_dir", "markdown", "order", "records", "run", "run_config", "sections",
-    "selection_markdown", "selection_rows", "summarize", "summary", "tasks", "train",
+    "chosen_dynamic", "finished", "fraction_dir", "markdown", "order", "records", "run", "run_config", "sections",
+    "selection_headline", "selection_markdown", "selection_rows", "summarize", "summary", "tasks", "train",
     "train_pool", "train_together", "tune", "write_plots",
 ]

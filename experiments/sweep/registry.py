@@ -18,8 +18,8 @@ from dgcnn_jax import models
 from experiments.configs import Config
 
 __all__ = ["Entry", "Family", "FAMILIES", "RUNS", "entry", "run_config", "SCORES", "EXTRA_SCORES",
-           "COMPARISONS", "PROTOCOL_DATASETS", "PROTOCOL_RUNS", "PROTOCOL_TUNE",
-           "CURVE_RUNS", "CURVE_SETTINGS", "SELECTION_RUNS", "order"]
+           "COMPARISONS", "ONE_BANK_CONTROLS", "PROTOCOL_DATASETS", "PROTOCOL_RUNS",
+           "PROTOCOL_TUNE", "CURVE_RUNS", "CURVE_SETTINGS", "SELECTION_RUNS", "order"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +165,19 @@ COMPARISONS = (
     ("p4m_dgcnn_wide", "cnn_augment"), ("p4m_dgcnn_wide", "p4m_dgcnn"),
     ("p4m_dgcnn", "cnn_augment"), ("cnn_augment", "cnn"),
     ("p4m_odgcnn", "p4m_gcnn"), ("p4m_odgcnn", "p4m_dgcnn_wide"), ("p4m_odgcnn", "p4m_odgcnn_k1"),
-    ("p4m_odgcnn_assign", "p4m_odgcnn"))
+    ("p4m_odgcnn_assign", "p4m_odgcnn"), ("p4m_odgcnn_assign", "p4m_gcnn"),
+    ("p4m_odgcnn_assign", "p4m_dgcnn_wide"), ("p4m_odgcnn_assign", "p4m_odgcnn_k1"))
 """The paired comparisons (A vs B: differences A - B) tested wherever both ran: dynamic
 vs static p4m at the same width (primary) and parameter-matched, p4m vs the CNN, the
 symmetry control, the dynamic net against its one-bank and frozen-bank controls, and the
 third form against the static net, the published layer and its one-kernel form."""
+
+
+ONE_BANK_CONTROLS = {"p4m_dgcnn_wide": "p4m_dgcnn_wide_k1", "p4m_odgcnn": "p4m_odgcnn_k1",
+                     "p4m_odgcnn_assign": "p4m_odgcnn_k1"}
+"""The one-bank control of each dynamic form at the static width: the same layer with one
+kernel (the published layer: a static net with an extra branch; the third form: position
+and field attention only)."""
 
 
 def entry(name: str) -> Entry:

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dgcnn_jax import models
 from experiments import plots, stats
 
 from .records import test_predictions
 from .registry import FAMILIES, RUNS, SCORES, Family, entry, order
 
 __all__ = ["summarize", "sections", "markdown", "write_plots", "selection_rows",
+           "chosen_dynamic", "selection_headline",
            "selection_markdown"]
 
 
@@ -188,3 +190,33 @@ def selection_markdown(rows: list[dict], title: str, references: str | Sequence[
                      f"{fmt('attention_entropy')} | "
                      + " | ".join(vs(ref) for ref in references) + " |")
     return "\n".join(lines)
+
+
+def chosen_dynamic(rows: list[dict]) -> dict | None:
+    """The row of the dynamic run with the highest mean validation AUC (the selection's
+    choice), or None without a dynamic run."""
+    dynamic = [r for r in rows if models.spec(r["model"]).dynamic]
+    return max(dynamic, key=lambda r: r["val_auc_mean"], default=None)
+
+
+def selection_headline(rows: list[dict], title: str, static: str) -> str:
+    """One plain sentence: does the best dynamic form (:func:`chosen_dynamic`) beat
+    ``static`` in mean validation AUC with its banks apart (``bank_common_share`` < 0.5 at
+    the last epoch), by how much and how sure (paired t-test over seeds)."""
+    best, ref = chosen_dynamic(rows), next((r for r in rows if r["variant"] == static), None)
+    if best is None or ref is None:
+        return f"{title}: no dynamic run and `{static}` both finished yet."
+    paired = best["paired"].get(static)
+    diff = (f"paired difference {paired['val_auc_diff_mean']:+.4f}, p "
+            f"{_p(paired['val_auc_p'])} over {paired['seeds']} seeds" if paired
+            else "no paired seeds")
+    share = best.get("bank_common_share_mean")
+    beats = best["val_auc_mean"] > ref["val_auc_mean"] and share is not None and share < 0.5
+    verdict = (f"`{best['variant']}` beats `{static}` in mean with its banks apart" if beats
+               else f"no dynamic form beats `{static}` in mean validation AUC with its banks "
+                    f"apart (bank common share < 0.5)")
+    return (f"{title}: the best dynamic form by mean validation AUC, `{best['variant']}`, "
+            f"{best['val_auc_mean']:.4f} +- {best['val_auc_std']:.4f} ({best['seeds']} seeds), "
+            f"against {ref['val_auc_mean']:.4f} +- {ref['val_auc_std']:.4f} for `{static}` "
+            f"({diff}; bank common share "
+            f"{'-' if share is None else f'{share:.2f}'}): {verdict}.")
