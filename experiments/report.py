@@ -225,7 +225,9 @@ def _selection(doc: dict) -> str:
 def _selection_headline(doc: dict) -> str:
     from experiments import sweep
 
-    return sweep.selection_headline(doc["rows"], doc["title"], doc["references"][0])
+    line = sweep.selection_headline(doc["rows"], doc["title"], doc["references"][0])
+    missing = doc.get("missing") or []
+    return line + (f" (Interim: {len(missing)} runs not finished.)" if missing else "")
 
 
 BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot", "headline",
