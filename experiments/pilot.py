@@ -2,7 +2,8 @@
 
     python -m experiments.pilot RUN... --out results/idc_pilot.json [--figure FILE]
 
-Each ``RUN`` is a training folder, finished or not (a pilot reads validation only:
+Each ``RUN`` is a training folder, finished or not, named in the table by its sweep run
+(``<name>/seed<N>``) or else by its model (a pilot reads validation only:
 ``--set score_test=false``). The document holds, per run, the model, dataset, view,
 seed, steps per epoch, the epochs planned and done, and per epoch the validation AUC,
 accuracy and NLL; :func:`markdown` renders the table that ``experiments.report``
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 from experiments import cli
 
@@ -36,7 +38,9 @@ def collect(workdirs: list[str]) -> dict:
             raise ValueError(f"runs: {folder.path} reads the test split (score_test is not "
                              f"false): a pilot chooses on validation only")
         history = [h for h in folder.history() if not h.get("partial")]
+        sweep_run = re.fullmatch(r"seed\d+", folder.path.name)  # <name>/seed<N> of a sweep
         runs.append({
+            "run": folder.path.parent.name if sweep_run else config["model"],
             "model": config["model"], "dataset": config["dataset"],
             "input_size": config.get("input_size", 0), "seed": config["seed"],
             "epochs_planned": config["epochs"], "epochs_done": len(history),
@@ -65,7 +69,7 @@ def markdown(doc: dict) -> str:
         aucs = r["val_auc"]
         cells = [f"{aucs[e - 1]:.4f}" if e <= len(aucs) else "" for e in shown]
         best = (f"{max(aucs):.4f} ({aucs.index(max(aucs)) + 1})" if aucs else "")
-        lines.append(f"| `{r['model']}` seed {r['seed']} | {r['epochs_done']} of "
+        lines.append(f"| `{r.get('run', r['model'])}` seed {r['seed']} | {r['epochs_done']} of "
                      f"{r['epochs_planned']} | " + " | ".join(cells)
                      + f" | {best} | {flat_from(aucs, doc['tolerance']) or ''} |")
     return "\n".join(lines)
@@ -74,8 +78,11 @@ def markdown(doc: dict) -> str:
 def plot(doc: dict, path) -> None:
     from experiments import plots
 
-    plots.validation_curves({f"{r['model']} seed {r['seed']}": r["val_auc"]
-                             for r in doc["runs"]}, path)
+    labels = {f"{r.get('run', r['model'])} seed {r['seed']}": r for r in doc["runs"]}
+    names = {label: r.get("run", r["model"]) for label, r in labels.items()}
+    several = len(set(names.values())) < len(names)  # several seeds of a run: a panel each
+    plots.validation_curves({label: r["val_auc"] for label, r in labels.items()}, path,
+                            panels=names if several else None)
 
 
 def main(argv=None):

@@ -60,15 +60,23 @@ def learning_curves(history: Sequence[dict], path) -> None:
 
 
 def validation_curves(curves: dict[str, Sequence[float]], path,
-                      ylabel: str = "validation AUC") -> None:
-    """One line per label: a value per epoch (epochs from 1)."""
+                      ylabel: str = "validation AUC",
+                      panels: dict[str, str] | None = None) -> None:
+    """One line per label: a value per epoch (epochs from 1). ``panels`` (label -> panel
+    title) draws each panel's labels side by side on a shared axis, for several seeds of
+    several runs."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for label, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, label=label)
-    ax.set(xlabel="epoch", ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    titles = list(dict.fromkeys(panels.values())) if panels else [None]
+    fig, axes = plt.subplots(1, len(titles), figsize=(max(6, 3.2 * len(titles)), 3.5),
+                             sharey=True, squeeze=False)
+    for ax, title in zip(axes[0], titles):
+        for label, values in curves.items():
+            if panels is None or panels[label] == title:
+                ax.plot(range(1, len(values) + 1), values, label=label)
+        ax.set(xlabel="epoch", title=title or "")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set(ylabel=ylabel)
     _save(fig, path)
 
 

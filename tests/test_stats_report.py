@@ -153,3 +153,12 @@ def test_pilot_document_reads_validation_curves_only(tmp_path):
         in table
     with pytest.raises(ValueError, match="tested reads the test split"):
         pilot.collect([str(tmp_path / "tested")])
+    # a run of a sweep (<name>/seed<N>) is named by its run, not by its model
+    (tmp_path / "odgcnn_assign").mkdir()
+    (tmp_path / "pilot").rename(tmp_path / "odgcnn_assign" / "seed0")
+    doc = pilot.collect([str(tmp_path / "odgcnn_assign" / "seed0")])
+    assert doc["runs"][0]["run"] == "odgcnn_assign"
+    assert "| `odgcnn_assign` seed 0 | 4 of 20 |" in pilot.markdown(doc)
+    two = {**doc, "runs": [*doc["runs"], {**doc["runs"][0], "seed": 1}]}
+    pilot.plot(two, tmp_path / "curves.png")  # several seeds of a run: a panel per run
+    assert (tmp_path / "curves.png").stat().st_size > 0
