@@ -21,20 +21,33 @@ import pathlib
 import numpy as np
 
 from experiments import cli, plots, report
+from experiments import sweep
 from experiments.sweep import records
 
-__all__ = ["CPU_PLAN", "SETTINGS", "plan_missing", "build", "headline", "figure", "main"]
+__all__ = ["CPU_PLAN", "SELECTED_DYNAMIC", "SETTINGS",
+           "plan_missing", "build", "headline", "figure", "main"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+SELECTED_DYNAMIC = "p4m_dgcnn_wide"
+"""The dynamic form the dynamic-layer selection on IDC validation chose (the best mean
+validation AUC of the dynamic runs of ``results/idc_selection.json``: the published layer
+at the static width; a test keeps the two in step)."""
+
+_CPU_RUNS = tuple(dict.fromkeys(("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn_wide",
+                                 SELECTED_DYNAMIC, sweep.ONE_BANK_CONTROLS[SELECTED_DYNAMIC])))
+
 CPU_PLAN = {
-    "idc": (("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn_wide"), (0, 1, 2, 3, 4)),
-    "breastmnist": (("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn_wide"), (0, 1, 2, 3, 4)),
-    "pbc": (("cnn", "cnn_augment", "p4m_gcnn", "p4m_dgcnn_wide"), (0, 1, 2)),
+    "idc": (_CPU_RUNS, (0, 1, 2, 3, 4)),
+    "breastmnist": ((*_CPU_RUNS, "p4m_gcnn_orient", f"{SELECTED_DYNAMIC}_orient"),
+                    (0, 1, 2, 3, 4)),
+    "pbc": (_CPU_RUNS, (0, 1, 2)),
 }
 """The runs and seeds of the protocol sized for this project's two CPU cores
-(``docs/results.md``), in priority order; the dynamic form chosen by the dynamic-layer
-selection and its one-bank control join each dataset's runs once chosen."""
+(``docs/results.md``), in priority order: the CNN with and without D4 augmentation, the
+static p4m G-CNN, the published dynamic layer at its width, the selected dynamic form and
+its one-bank control; on BreastMNIST (canonical orientation) also the orientation-aware
+readouts of the static and the selected dynamic net."""
 
 SETTINGS = {"selection": "best epoch on validation AUC; test split read once",
             "learning_rate": "the default schedule and learning rate for every run, no tuning",

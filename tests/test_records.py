@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import pathlib
 import shutil
 
 import numpy as np
@@ -126,11 +127,24 @@ def test_results_are_rebuilt_from_records_alone(recorded, tmp_path):
     text = results.headline(doc)
     assert "**Does the dynamic layer help on idc?**" in text
     assert "the dynamic layer is worse" in text
-    assert "Not yet recorded (13 runs of the plan): `cnn_augment` seeds 0, 1, 2, 3, 4;" in text
+    assert "Not yet recorded (18 runs of the plan): `cnn_augment` seeds 0, 1, 2, 3, 4;" in text
+    assert "`p4m_dgcnn_wide_k1` seeds 0, 1, 2, 3, 4;" in text  # the selected form's control
     assert "| test F1 |" in report.markdown(doc) and "AUC bootstrap p" in report.markdown(doc)
     # nothing to build from: one line naming the folder
     with pytest.raises(ValueError, match="no run records"):
         results.build(tmp_path / "none", out, None)
+
+
+def test_the_cpu_plan_runs_the_dynamic_form_the_committed_selection_chose():
+    from experiments import sweep
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    doc = json.loads((root / "results" / "idc_selection.json").read_text())
+    assert not doc["missing"] and {r["seeds"] for r in doc["rows"]} == {3}
+    assert sweep.chosen_dynamic(doc["rows"])["variant"] == results.SELECTED_DYNAMIC
+    control = sweep.ONE_BANK_CONTROLS[results.SELECTED_DYNAMIC]
+    for names, _ in results.CPU_PLAN.values():
+        assert {"p4m_gcnn", "p4m_dgcnn_wide", results.SELECTED_DYNAMIC, control} <= set(names)
 
 
 def test_the_verdict_needs_both_tests():

@@ -102,7 +102,7 @@ RUNS = {
     "cnn_lr1e-2": Entry("cnn", "orientation", {"learning_rate": ORIENTED_LEARNING_RATE}),
     **{f"{m}_orient": Entry(m, "orientation", {"readout": "orientation",
                                                "learning_rate": ORIENTED_LEARNING_RATE})
-       for m in ("p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn")},
+       for m in ("p4_gcnn", "p4m_gcnn", "p4_dgcnn", "p4m_dgcnn", "p4m_dgcnn_wide")},
     # the option selection of the dynamic layer at the width of p4m_gcnn (select)
     "dgcnn_wide": Entry("p4m_dgcnn_wide", "selection", _BEFORE),
     "dgcnn_wide_mixture": Entry("p4m_dgcnn_wide", "selection",
@@ -166,7 +166,8 @@ COMPARISONS = (
     ("p4m_dgcnn", "cnn_augment"), ("cnn_augment", "cnn"),
     ("p4m_odgcnn", "p4m_gcnn"), ("p4m_odgcnn", "p4m_dgcnn_wide"), ("p4m_odgcnn", "p4m_odgcnn_k1"),
     ("p4m_odgcnn_assign", "p4m_odgcnn"), ("p4m_odgcnn_assign", "p4m_gcnn"),
-    ("p4m_odgcnn_assign", "p4m_dgcnn_wide"), ("p4m_odgcnn_assign", "p4m_odgcnn_k1"))
+    ("p4m_odgcnn_assign", "p4m_dgcnn_wide"), ("p4m_odgcnn_assign", "p4m_odgcnn_k1"),
+    ("p4m_dgcnn_wide_orient", "p4m_gcnn_orient"))
 """The paired comparisons (A vs B: differences A - B) tested wherever both ran: dynamic
 vs static p4m at the same width (primary) and parameter-matched, p4m vs the CNN, the
 symmetry control, the dynamic net against its one-bank and frozen-bank controls, and the
