@@ -143,6 +143,14 @@ def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
     block = report.render_block("results/selection.json", "selection", tmp_path)
     assert block == (tmp_path / "selection_breastmnist.md").read_text().strip()
     assert "workdir" not in (tmp_path / "results" / "selection.json").read_text()
+    # --no-train tabulates what is finished and trains nothing (seed 1 is missing)
+    again = select.main(["--workdir", str(tmp_path), "--dataset", "breastmnist", "--variants",
+                         "p4m_gcnn", "--seeds", "0", "1", "--no-train",
+                         "--set", "epochs=1", "--set", "steps_per_epoch=2",
+                         "--set", "plots=false", "--set", "eval_batch_size=160",
+                         "--set", f"data_dir={medmnist_dir}"])
+    assert again[0]["seeds"] == 1 and again[0]["val_auc_mean"] == rows[0]["val_auc_mean"]
+    assert not (tmp_path / "breastmnist" / "p4m_gcnn" / "seed1").exists()
     with pytest.raises(ValueError, match="score_test: the sweep reports test metrics"):
         from experiments import compare
         compare.main(["--workdir", str(tmp_path), "--models", "cnn", "--set",
