@@ -59,6 +59,11 @@ def flat_from(aucs: list[float], tolerance: float = TOLERANCE) -> int | None:
     return next(i + 1 for i, a in enumerate(aucs) if a >= best - tolerance)
 
 
+def _name(run: dict) -> str:
+    """A run's name in tables: its sweep run, or its model (documents written before)."""
+    return run.get("run", run["model"])
+
+
 def markdown(doc: dict) -> str:
     width = max((len(r["val_auc"]) for r in doc["runs"]), default=0)
     shown = [e for e in range(1, width + 1) if e == 1 or e % 2 == 0 or e == width]
@@ -69,7 +74,7 @@ def markdown(doc: dict) -> str:
         aucs = r["val_auc"]
         cells = [f"{aucs[e - 1]:.4f}" if e <= len(aucs) else "" for e in shown]
         best = (f"{max(aucs):.4f} ({aucs.index(max(aucs)) + 1})" if aucs else "")
-        lines.append(f"| `{r.get('run', r['model'])}` seed {r['seed']} | {r['epochs_done']} of "
+        lines.append(f"| `{_name(r)}` seed {r['seed']} | {r['epochs_done']} of "
                      f"{r['epochs_planned']} | " + " | ".join(cells)
                      + f" | {best} | {flat_from(aucs, doc['tolerance']) or ''} |")
     return "\n".join(lines)
@@ -78,8 +83,8 @@ def markdown(doc: dict) -> str:
 def plot(doc: dict, path) -> None:
     from experiments import plots
 
-    labels = {f"{r.get('run', r['model'])} seed {r['seed']}": r for r in doc["runs"]}
-    names = {label: r.get("run", r["model"]) for label, r in labels.items()}
+    labels = {f"{_name(r)} seed {r['seed']}": r for r in doc["runs"]}
+    names = {label: _name(r) for label, r in labels.items()}
     several = len(set(names.values())) < len(names)  # several seeds of a run: a panel each
     plots.validation_curves({label: r["val_auc"] for label, r in labels.items()}, path,
                             panels=names if several else None)

@@ -20,8 +20,7 @@ import pathlib
 
 import numpy as np
 
-from experiments import cli, plots, report
-from experiments import sweep
+from experiments import cli, plots, report, sweep
 from experiments.sweep import records
 
 __all__ = ["CPU_PLAN", "SELECTED_DYNAMIC", "SETTINGS",

@@ -9,12 +9,13 @@ of the registry (default: the ``selection`` family and ``p4m_gcnn``), trained wi
 ``score_test=false`` (the test split is not read) in
 ``<workdir>/<dataset>/<variant>/seed<N>``; finished runs are kept, so an interrupted
 selection continues (``--no-train`` tabulates the finished runs only). ``--workers``
-training processes go at once, each pinned to a core (one per CPU core here). Prints and writes ``selection_<dataset>.md`` and ``.json``: per
-variant, the best validation AUC of each seed and the accuracy at that epoch (the
-checkpoint the trainer keeps), the best accuracy of any epoch (mean +- sample std over
-seeds), the epoch of the best AUC, for dynamic models the last epoch's
-``bank_common_share`` and attention entropy averaged over the dynamic layers, and paired
-t-tests over seeds against each ``--reference`` (default ``p4m_gcnn``).
+training processes go at once, each pinned to a core (one per CPU core here). Prints and
+writes ``selection_<dataset>.md`` and ``.json``: per variant, the best validation AUC of
+each seed and the accuracy at that epoch (the checkpoint the trainer keeps), the best
+accuracy of any epoch (mean +- sample std over seeds), the epoch of the best AUC, for
+dynamic models the last epoch's ``bank_common_share`` and attention entropy averaged over
+the dynamic layers, and paired t-tests over seeds against each ``--reference`` (default
+``p4m_gcnn``).
 """
 
 from __future__ import annotations

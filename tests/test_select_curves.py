@@ -165,7 +165,8 @@ def test_learning_curves_sweep(tmp_path, medmnist_dir, monkeypatch):
     argv = ["--workdir", "curves", "--datasets", "breastmnist", "--models", "cnn",
             "p4m_gcnn", "--fractions", "0.3", "1", "--seeds", "0", "1",
             "--set", "steps_per_epoch=3", "--set", "epochs=2", "--set", "batch_size=16",
-            "--set", "input_size=16", "--set", "progress=false", "--set", "plots=false", "--set", "eval_batch_size=160",
+            "--set", "input_size=16", "--set", "progress=false", "--set", "plots=false",
+            "--set", "eval_batch_size=160",
             "--set", f"data_dir={medmnist_dir}",
             "--results", "results/curves.json", "--figure", "docs/curves.png"]
     doc = compare.main(argv)

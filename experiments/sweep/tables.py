@@ -113,13 +113,17 @@ _SELECTION_KEYS = ("val_auc", "val_accuracy", "val_accuracy_max", "bank_common_s
                    "attention_entropy")
 
 
+def _as_list(names: str | Sequence[str]) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
 def selection_rows(runs: list[dict], names: list[str],
                    references: str | Sequence[str]) -> list[dict]:
     """Per run name: the per-seed validation summaries, mean and sample std of
     :data:`_SELECTION_KEYS`, and paired t-tests over the seeds both have (same seeds:
     same initialisation stream and data order) against each of ``references``
     (``row["paired"][reference]``: seeds, mean differences and p-values)."""
-    references = [references] if isinstance(references, str) else list(references)
+    references = _as_list(references)
     rows = []
     for name in names:
         rs = sorted((r for r in runs if r["model"] == name), key=lambda r: r["seed"])
@@ -159,7 +163,7 @@ def selection_markdown(rows: list[dict], title: str, references: str | Sequence[
     """The selection table: validation AUC per seed and over seeds, accuracy, best epochs,
     forward FLOPs, the last epoch's bank diagnostics, and per reference the paired mean
     AUC difference with its p-value and the accuracy p-value."""
-    references = [references] if isinstance(references, str) else list(references)
+    references = _as_list(references)
     lines = [title, "",
              "| variant | seeds | val AUC per seed | val AUC | val accuracy | best val accuracy "
              "(any epoch) | best epochs | forward MFLOPs | bank common share (last epoch) | "
