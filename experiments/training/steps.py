@@ -69,28 +69,31 @@ def eval_step(state: TrainState, images: jax.Array, tau) -> jax.Array:
 
 def _plan(seeds, epoch, start, num_examples: int, *, settings: StepSettings,
           steps_per_epoch: int, length: int):
-    """The batches (``int32 [length, batch_size]`` indices) and the augmentation key of
-    steps ``start`` to ``start + length`` of epoch ``epoch`` for one seed, or stacked
-    ``[S, ...]`` for seeds ``[S]``: the batches continue the passes over the split."""
+    """The batches and the augmentation key of steps ``start`` to ``start + length`` of
+    epoch ``epoch``: for one seed, indices ``int32 [length, batch_size]`` and a key; for
+    seeds ``[S]``, indices ``[length, S, batch_size]`` (step first: a step reads one row)
+    and keys ``[S, ...]``. The batches continue the passes over the split."""
     def one(seed):
         augment_key = jax.random.split(data.epoch_key(seed, epoch))[1]
         order = data.step_batches(seed, epoch * steps_per_epoch + start, num_examples,
                                   settings.batch_size, length)
         return order, augment_key
 
-    return jax.vmap(one)(seeds) if jnp.ndim(seeds) else one(seeds)
+    return jax.vmap(one, out_axes=(1, 0))(seeds) if jnp.ndim(seeds) else one(seeds)
 
 
-def _step(states, train_data: tuple, plans: tuple, i, start, *, settings: StepSettings,
+def _step(states, train_data: tuple, order, augment_key, index, *, settings: StepSettings,
           steps_per_epoch: int, batch_sharding: NamedSharding, stacked: bool):
-    """Step ``i`` of the batches ``plans`` (step ``start + i`` of their epoch): gather,
-    augment, normalise and train, all on the device (``vmap``-ped over stacked runs)."""
+    """Step ``index`` of its epoch on the batch ``order`` (indices ``[batch_size]``, or
+    ``[S, batch_size]`` for stacked runs): gather, augment, normalise and train, all on the
+    device. The program does not depend on how many steps the epoch has, so a partial
+    epoch (a resumed run, a step limit) reuses it."""
     images, labels, mean, std = train_data
 
     def one(state, order, augment_key):
-        x, y = images[order[i]], labels[order[i]]
+        x, y = images[order], labels[order]
         if settings.augment:
-            x = data.random_d4_batch(jax.random.fold_in(augment_key, start + i), x)
+            x = data.random_d4_batch(jax.random.fold_in(augment_key, index), x)
         batch = {"image": jax.lax.with_sharding_constraint(data.normalize(x, mean, std),
                                                            batch_sharding),
                  "label": jax.lax.with_sharding_constraint(y.astype(jnp.int32),
@@ -98,7 +101,7 @@ def _step(states, train_data: tuple, plans: tuple, i, start, *, settings: StepSe
         tau = temperature(settings, state.step / steps_per_epoch)
         return _train_step(state, batch, tau)
 
-    return (jax.vmap(one) if stacked else one)(states, *plans)
+    return (jax.vmap(one) if stacked else one)(states, order, augment_key)
 
 
 _STATIC = ("settings", "steps_per_epoch", "batch_sharding", "stacked")
@@ -110,15 +113,17 @@ _step_jit = jax.jit(_step, donate_argnums=0, static_argnames=_STATIC)
 @functools.partial(jax.jit, donate_argnums=0, static_argnames=(*_STATIC, "length"))
 def _scan_epoch(states, train_data, seeds, epoch, start, *, settings, steps_per_epoch,
                 length, batch_sharding, stacked):
-    plans = _plan(seeds, epoch, start, train_data[0].shape[0], settings=settings,
-                  steps_per_epoch=steps_per_epoch, length=length)
+    orders, augment_key = _plan(seeds, epoch, start, train_data[0].shape[0],
+                                settings=settings, steps_per_epoch=steps_per_epoch,
+                                length=length)
 
-    def step(states, i):
-        return _step(states, train_data, plans, i, start, settings=settings,
+    def step(states, xs):
+        order, i = xs
+        return _step(states, train_data, order, augment_key, start + i, settings=settings,
                      steps_per_epoch=steps_per_epoch, batch_sharding=batch_sharding,
                      stacked=stacked)
 
-    states, metrics = jax.lax.scan(step, states, jnp.arange(length))
+    states, metrics = jax.lax.scan(step, states, (orders, jnp.arange(length)))
     return states, (jax.tree.map(lambda m: jnp.moveaxis(m, 0, 1), metrics) if stacked
                     else metrics)
 
@@ -152,16 +157,17 @@ def train_epoch_on_device(states: TrainState, images: jax.Array, labels: jax.Arr
     static = {"settings": settings, "steps_per_epoch": steps_per_epoch,
               "batch_sharding": batch_sharding}
     train_data = (images, labels, mean, std)
-    start = jnp.int32(start)
+    first, start = int(start), jnp.int32(start)
     if loop == "scan":
         return _scan_epoch(states, train_data, seeds, epoch, start, length=length,
                            stacked=stacked, **static)
-    plans = _plan_jit(seeds, epoch, start, images.shape[0], settings=settings,
-                      steps_per_epoch=steps_per_epoch, length=length)
+    orders, augment_key = _plan_jit(seeds, epoch, start, images.shape[0],
+                                    settings=settings, steps_per_epoch=steps_per_epoch,
+                                    length=length)
     out = []
     for i in range(length):
-        states, step_metrics = _step_jit(states, train_data, plans, jnp.int32(i), start,
-                                         stacked=stacked, **static)
+        states, step_metrics = _step_jit(states, train_data, orders[i], augment_key,
+                                         np.int32(first + i), stacked=stacked, **static)
         out.append(step_metrics)
     return states, jax.tree.map(lambda *xs: jnp.stack(xs, axis=int(stacked)), *out)
 
