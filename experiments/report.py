@@ -150,8 +150,9 @@ def cell(score: dict) -> str:
 
 
 def p_text(p) -> str:
-    """A p-value for a table (``<= 1e-4`` at the bootstrap's floor of 1/10,000)."""
-    return "n/a" if p is None else (f"{p:.2g}" if p > 1e-4 else "<= 1e-4")
+    """A p-value for a table, two significant digits kept (0.30, not 0.3; ``<= 1e-4`` at
+    the bootstrap's floor of 1/10,000)."""
+    return "n/a" if p is None else (f"{p:#.2g}" if p > 1e-4 else "<= 1e-4")
 
 
 TEST_COLUMNS = ("A vs B | seeds | accuracy A - B | paired t-test p | bootstrap 95% interval | "

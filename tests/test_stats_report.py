@@ -162,3 +162,10 @@ def test_pilot_document_reads_validation_curves_only(tmp_path):
     two = {**doc, "runs": [*doc["runs"], {**doc["runs"][0], "seed": 1}]}
     pilot.plot(two, tmp_path / "curves.png")  # several seeds of a run: a panel per run
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_p_values_keep_two_significant_digits():
+    from experiments.report import p_text
+
+    assert [p_text(p) for p in (0.3, 0.1, 0.025, 0.39, 1.0, 2e-4, 1e-4, None)] == [
+        "0.30", "0.10", "0.025", "0.39", "1.0", "0.00020", "<= 1e-4", "n/a"]
