@@ -124,9 +124,12 @@ def test_views_commute_with_every_rotation_and_mirror(idc_dir):
             moved = np.ascontiguousarray(P4M.transform_image(x, g))
             np.testing.assert_array_equal(data.center_view(moved, size),
                                           P4M.transform_image(view, g), err_msg=f"{size} {g}")
-    # the 24 px view is the mean of each 2x2 block of the centre crop, rounded half up
-    block = x[:, 1:49, 1:49].astype(np.int64).reshape(16, 24, 2, 24, 2, 3).sum(axis=(2, 4))
-    np.testing.assert_array_equal(data.center_view(x, 24), (block + 2) // 4)
+    # the 24 px view is the mean of each 2x2 block of the centre crop, rounded half up;
+    # likewise 3x3 blocks (16 px) and 16x16 blocks (3 px: sums past uint16)
+    for size, f in ((24, 2), (16, 3), (3, 16)):
+        block = x[:, 1:49, 1:49].astype(np.int64).reshape(16, size, f, size, f, 3).sum(
+            axis=(2, 4))
+        np.testing.assert_array_equal(data.center_view(x, size), (block + f * f // 2) // (f * f))
     np.testing.assert_array_equal(data.center_view(x, 48), x[:, 1:49, 1:49])
     # negative control: an off-centre crop does not commute with a quarter turn
     off = x[:, 0:48, 0:48]
