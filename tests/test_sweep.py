@@ -18,9 +18,10 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # a relative --workdir (orbax itself wants absolute paths)
     out = tmp_path / "sweep"
+    # a 14 px view: the D4 scoring of the test split (8 copies, 6 runs) dominates this test
     argv = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
             "p4m_dgcnn", "--ablations", "p4m_dgcnn_k1", "--seeds", "0", "1",
-            "--set", "epochs=1", "--set", "steps_per_epoch=2",
+            "--set", "epochs=1", "--set", "steps_per_epoch=2", "--set", "input_size=14",
             "--set", "progress=false", "--set", "plots=false", "--set", "eval_batch_size=160",
             "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(argv)
@@ -100,7 +101,8 @@ def test_compare_sweep_smoke_and_resume(tmp_path, medmnist_dir, monkeypatch):
     # the cnn runs only (no p4m_dgcnn run, so no figures: quicker)
     cnn_only = ["--workdir", "sweep", "--datasets", "breastmnist", "--models", "cnn",
                 "--seeds", "0", "1", "2", "--no-train", "--set", "epochs=1",
-                "--set", "steps_per_epoch=2", "--set", f"data_dir={medmnist_dir}"]
+                "--set", "steps_per_epoch=2", "--set", "input_size=14",
+                "--set", f"data_dir={medmnist_dir}"]
     rows = compare.main(cnn_only)
     assert [(r["model"], r["seeds"]) for r in rows] == [("cnn", 2)]
     shutil.copy(out / "breastmnist" / "cnn" / "seed0" / "eval_test.json", seed2)
