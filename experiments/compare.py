@@ -11,9 +11,10 @@ With no options: the full protocol. PBC, BreastMNIST and PneumoniaMNIST; the run
 ``PROTOCOL_RUNS`` (:mod:`experiments.sweep.registry`); seeds 0-4 (0-9 on BreastMNIST);
 the learning rate chosen per dataset and run on validation AUC from ``PROTOCOL_TUNE``
 with 2 validation-only seeds each (the same grid and budget for every run);
-``results/<dataset>.json`` with per-seed test metrics and the paired tests
-(:mod:`experiments.report`). Naming ``--models`` runs those only, without tuning unless
-``--tune`` asks.
+``results/accelerator/<dataset>.json`` with per-seed test metrics and the paired tests
+(:mod:`experiments.report`; a folder of its own, so that it never overwrites the files the
+CPU protocol builds from the run records, :mod:`experiments.results`). Naming
+``--models`` runs those only, without tuning unless ``--tune`` asks.
 
 Every run is a training work directory ``<workdir>/<dataset>/<name>/seed<N>`` (best
 epoch on validation AUC, the test split read once with the best checkpoint); a finished
@@ -42,7 +43,11 @@ from experiments import cli, curves, report, sweep
 from experiments.configs import Config, get_config, override, validate
 from experiments.sweep import execute
 
-__all__ = ["parse_args", "seeds_of", "plan_of", "run_dirs", "finished", "main"]
+__all__ = ["ACCELERATOR_RESULTS", "parse_args", "seeds_of", "plan_of", "run_dirs", "finished",
+           "main"]
+
+ACCELERATOR_RESULTS = "results/accelerator"
+"""Where the full protocol (no options) writes ``<dataset>.json`` by default."""
 
 finished = sweep.finished
 
@@ -113,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          ["breastmnist", "pneumoniamnist"])
     if protocol:
         args.models = list(sweep.PROTOCOL_RUNS)
-        args.results_dir = args.results_dir or "results"
+        args.results_dir = args.results_dir or ACCELERATOR_RESULTS
     if args.tune is None and protocol:
         args.tune = sweep.PROTOCOL_TUNE
     if args.tune in (None, "none", ""):

@@ -234,7 +234,7 @@ def test_compare_without_options_is_the_full_protocol():
 
     args = compare.parse_args([])
     assert args.datasets == ["pbc", "breastmnist", "pneumoniamnist"]
-    assert args.models == list(sweep.PROTOCOL_RUNS) and args.results_dir == "results"
+    assert args.models == list(sweep.PROTOCOL_RUNS) and args.results_dir == "results/accelerator"
     assert args.tune == ("learning_rate", ["0.001", "0.003", "0.01"])
     assert compare.seeds_of(args, "breastmnist") == list(range(10))
     assert compare.seeds_of(args, "pbc") == list(range(5))
