@@ -114,11 +114,20 @@ def _verdict(auc: dict, boot: dict | None, seeds: int) -> str:
     if auc["p"] is None:
         return (f"not decided yet ({seeds} seed{'s' if seeds != 1 else ''}: the paired "
                 f"t-test needs at least two with differing results)")
-    sure = auc["p"] < 0.05 and boot is not None and boot["p"] < 0.05
-    if not sure:
-        return f"no difference this protocol can detect at {seeds} seeds"
-    return "the dynamic layer is better" if auc["mean_difference"] > 0 else \
-        "the dynamic layer is worse"
+    by_seeds = auc["p"] < 0.05
+    by_images = boot is not None and boot["p"] < 0.05
+    side = "higher" if auc["mean_difference"] > 0 else "lower"
+    if by_seeds and by_images:
+        return "the dynamic layer is better" if auc["mean_difference"] > 0 else \
+            "the dynamic layer is worse"
+    if by_images:
+        return (f"{side} on the test images of these {seeds} seeds (bootstrap), but the "
+                f"spread between seeds leaves it open (t-test): not a difference this "
+                f"protocol can call at {seeds} seeds")
+    if by_seeds:
+        return (f"{side} across seeds (t-test), but within the spread over test images "
+                f"(bootstrap): not a difference this protocol can call at {seeds} seeds")
+    return f"no difference this protocol can detect at {seeds} seeds"
 
 
 def headline(doc: dict) -> str:

@@ -152,7 +152,16 @@ def test_the_verdict_needs_both_tests():
         {"a": "p4m_dgcnn_wide", "b": "p4m_gcnn", "seeds": [0, 1, 2, 3, 4],
          "auc_difference": 0.01, "auc_t_test_p": 0.01,
          "auc_bootstrap": {"images": 100, "low": -0.001, "high": 0.02, "p": 0.08}}]}
+    assert ("higher across seeds (t-test), but within the spread over test images "
+            "(bootstrap): not a difference this protocol can call at 5 seeds"
+            in results.headline(doc))
+    doc["tests"][0].update(auc_difference=-0.01, auc_t_test_p=0.3)
+    doc["tests"][0]["auc_bootstrap"]["p"] = 0.01
+    assert ("lower on the test images of these 5 seeds (bootstrap), but the spread between "
+            "seeds leaves it open (t-test)" in results.headline(doc))
+    doc["tests"][0]["auc_bootstrap"]["p"] = 0.2
     assert "no difference this protocol can detect at 5 seeds" in results.headline(doc)
+    doc["tests"][0].update(auc_difference=0.01, auc_t_test_p=0.01)
     doc["tests"][0]["auc_bootstrap"]["p"] = 0.01
     assert "the dynamic layer is better" in results.headline(doc)
     doc["tests"][0].update(seeds=[0], auc_t_test_p=None)  # one seed: no t-test yet
