@@ -207,7 +207,7 @@ def _blocks() -> dict:
 
     return {"results": markdown, "curves": curves.markdown, "curves-headline": curves.headline,
             "epoch-times": epoch_times.markdown, "pilot": pilot.markdown,
-            "headline": results.headline,
+            "headline": results.headline, "verdict": results.verdict,
             "benchmark-dynamic": benchmark_dynamic.markdown_table,
             "benchmark-dynamic-headline": benchmark_dynamic.markdown_headline,
             "selection": _selection, "selection-headline": _selection_headline,
@@ -232,11 +232,12 @@ def _selection_headline(doc: dict) -> str:
 
 
 BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot", "headline",
-          "benchmark-dynamic", "benchmark-dynamic-headline", "selection", "selection-headline",
+          "verdict", "benchmark-dynamic", "benchmark-dynamic-headline", "selection", "selection-headline",
           "exactness", "exactness-headline")
 """Kinds of generated block: a dataset file's tables, a curve document's tables, a curve
 document's short table, an epoch-time document's table, a pilot's validation curves, a
-dataset file's headline (does the dynamic layer help; :func:`experiments.results.headline`),
+dataset file's headline (does the dynamic layer help; :func:`experiments.results.headline`)
+and its sentences alone (:func:`experiments.results.verdict`),
 the static-vs-dynamic layer benchmark (:mod:`experiments.benchmark_dynamic`) in full and its
 p4m rows, a validation-only selection (``experiments.select --results``) in full and as
 one sentence (does its best dynamic form beat the first reference), the invariance

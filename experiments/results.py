@@ -24,7 +24,7 @@ from experiments import cli, plots, report, sweep
 from experiments.sweep import records
 
 __all__ = ["CPU_PLAN", "SELECTED_DYNAMIC", "SETTINGS",
-           "plan_missing", "build", "headline", "figure", "main"]
+           "plan_missing", "build", "headline", "verdict", "figure", "main"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -151,6 +151,13 @@ def headline(doc: dict) -> str:
         lines += ["", f"Not yet recorded ({len(missing)} runs of the plan): "
                       + "; ".join(f"`{n}` seeds {', '.join(s)}" for n, s in seeds.items())
                       + "."]
+    return "\n".join([*lines, "", verdict(doc)])
+
+
+def verdict(doc: dict) -> str:
+    """The sentences of :func:`headline` alone (block kind ``verdict``): for each
+    comparison of :data:`_DYNAMIC`, does the dynamic layer help, by how much, how sure."""
+    lines = []
     for a, b in _DYNAMIC:
         test = next((t for t in doc["tests"] if (t["a"], t["b"]) == (a, b)), None)
         if test is None:
@@ -167,7 +174,7 @@ def headline(doc: dict) -> str:
                       f"seed{'s' if len(test['seeds']) != 1 else ''} p "
                       f"{report.p_text(test['auc_t_test_p'])}{interval}): "
                       f"{_verdict(auc, boot, len(test['seeds']))}."]
-    return "\n".join(lines)
+    return "\n".join(lines[1:])
 
 
 def main(argv=None) -> list[pathlib.Path]:

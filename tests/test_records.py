@@ -164,6 +164,9 @@ def test_the_verdict_needs_both_tests():
     doc["tests"][0].update(auc_difference=0.01, auc_t_test_p=0.01)
     doc["tests"][0]["auc_bootstrap"]["p"] = 0.01
     assert "the dynamic layer is better" in results.headline(doc)
+    sentence = results.verdict(doc)  # the README's block kind "verdict": the sentence alone
+    assert sentence.startswith("**Does the dynamic layer help on x?**")
+    assert results.headline(doc).endswith("\n\n" + sentence) and "|" not in sentence
     doc["tests"][0].update(seeds=[0], auc_t_test_p=None)  # one seed: no t-test yet
     assert "not decided yet (1 seed: the paired t-test needs" in results.headline(doc)
 
