@@ -12,34 +12,9 @@ import pytest
 from dgcnn_jax import metrics
 from experiments import report, results, stats
 from experiments.configs import get_config
-from experiments.sweep import Task, records, summary
-from experiments.training import Workdir
+from experiments.sweep import records, summary
 
-N = 120  # test images of the synthetic runs
-
-
-def _finished_run(path, name, seed, skill):
-    """A finished, tested run's folder as training leaves it: two classes, test
-    probabilities whose quality grows with ``skill``."""
-    rng = np.random.default_rng(seed + 100 * len(name))
-    labels = np.arange(N) % 2
-    logit = skill * (2 * labels - 1) + rng.normal(size=N)
-    p1 = 1 / (1 + np.exp(-logit))
-    probs = np.stack([1 - p1, p1], axis=1)
-    config = dataclasses.replace(get_config(), dataset="idc", model=name, seed=seed)
-    test = metrics.classification_metrics(probs, labels)
-    history = [{"epoch": e, "val_auc": 0.8 + 0.01 * e, "val_accuracy": 0.7 + 0.01 * e}
-               for e in (1, 2)]
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
-    (path / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    (path / "results.json").write_text(json.dumps({
-        "finished": True, "best_epoch": 2, "num_params": 1000, "forward_flops": 2e6,
-        "train_seconds": 10.0, "backend": "cpu", "num_train": 500,
-        "val": {"auc": 0.82, "confusion_matrix": [[1, 0], [0, 1]]}, "test": test}))
-    np.save(path / "test_probs.npy", probs.astype(np.float32))
-    np.save(path / "test_labels.npy", labels)
-    return Task("idc", name, seed), config, Workdir(path)
+from .training_helpers import N, finished_run
 
 
 @pytest.fixture
@@ -48,7 +23,7 @@ def recorded(tmp_path):
     root = tmp_path / "runs"
     for name, skill in (("p4m_gcnn", 2.0), ("p4m_dgcnn_wide", 1.0), ("cnn", 1.0)):
         for seed in ((0, 1, 2) if name != "cnn" else (0,)):
-            task, config, work = _finished_run(tmp_path / "work" / name / f"seed{seed}",
+            task, config, work = finished_run(tmp_path / "work" / name / f"seed{seed}",
                                                name, seed, skill)
             records.write(records.make(task, work, summary(task, config, work),
                                        report.machine()), root)
@@ -104,6 +79,30 @@ def test_damaged_edited_or_misplaced_records_are_refused_with_their_path(recorde
     other = dataclasses.replace(get_config(), dataset="idc", model="cnn", epochs=7)
     with pytest.raises(records.RecordError, match="recorded with another config"):
         records.check_config(records.read(file), other, file)
+
+
+def test_a_sweep_records_each_run_as_soon_as_it_finishes(tmp_path, monkeypatch):
+    """A sweep stopped in its second run has already recorded the first one: its record
+    does not wait for the sweep's end, so moving to another machine loses nothing."""
+    from experiments.sweep import Sweep, engine, execute
+
+    trained = []
+
+    def fake_training(config, path):
+        if trained:  # the second run: the sweep is stopped in it
+            raise KeyboardInterrupt
+        trained.append(config.seed)
+        finished_run(pathlib.Path(path), config.model, config.seed, 1.0, config)
+
+    monkeypatch.setattr(execute, "train_and_evaluate", fake_training)
+    recs = tmp_path / "records"
+    sweep = Sweep(root=tmp_path / "work", seeds={"idc": [0, 1]}, d4=False, records=recs)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(sweep, get_config(), [("idc", "p4m_gcnn")])
+    assert trained == [0]
+    record = records.read(records.path(recs, "idc", "p4m_gcnn", 0))
+    assert record["summary"]["test_auc"] > 0.5
+    assert not records.path(recs, "idc", "p4m_gcnn", 1).exists()
 
 
 def test_results_are_rebuilt_from_records_alone(recorded, tmp_path):

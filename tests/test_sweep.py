@@ -282,3 +282,38 @@ def test_compare_tunes_on_validation_then_trains_the_seeds(tmp_path, medmnist_di
     compare.main([*argv, "--no-train"])
     after = json.loads((tmp_path / "res" / "breastmnist.json").read_text())
     assert after["models"] == json.loads(before)["models"]
+
+
+def test_a_pool_hands_each_run_on_as_it_finishes(tmp_path, monkeypatch):
+    """``--workers`` > 1: each run is a process; a run that exits 0 and is finished goes
+    to ``done`` at once (the sweep records it there), a failed one does not."""
+    import os
+
+    from experiments.sweep import execute
+    from .training_helpers import finished_run
+
+    jobs = [(task, task.config(get_config()), task.workdir(tmp_path))
+            for task in (sweep.Task("idc", "cnn", s) for s in (0, 1, 2))]
+    by_path = {str(work.path): (task, config) for task, config, work in jobs}
+    commands = []
+
+    class FakeProcess:  # a training process that finishes at once; seed 1 fails
+        def __init__(self, cmd, stdout, stderr):
+            commands.append(cmd)
+            task, config = by_path[cmd[cmd.index("--workdir") + 1]]
+            self.returncode = 1 if task.seed == 1 else 0
+            if self.returncode == 0:
+                finished_run(jobs[task.seed][2].path, "cnn", task.seed, 1.0, config)
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(execute.subprocess, "Popen", FakeProcess)
+    done = []
+    codes = execute.train_pool(jobs, 2, done=lambda task, config, work: done.append(task.seed))
+    assert codes == {"idc cnn seed 0": 0, "idc cnn seed 1": 1, "idc cnn seed 2": 0}
+    assert sorted(done) == [0, 2]
+    assert all("experiments.train" in cmd for cmd in commands)
+    if len(os.sched_getaffinity(0)) >= 2:  # one core per process
+        assert sorted(cmd[2] for cmd in commands[:2]) == [str(c) for c in
+                                                          sorted(os.sched_getaffinity(0))[:2]]

@@ -1,13 +1,21 @@
 """Helpers of the training and sweep tests: the command line in a subprocess, results
-compared to a tolerance, and a small fast configuration."""
+compared to a tolerance, a small fast configuration, and synthetic finished runs."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
 import pathlib
 import subprocess
 import sys
+
+import numpy as np
+
+from dgcnn_jax import metrics
+from experiments.configs import get_config
+from experiments.sweep import Task
+from experiments.training import Workdir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A small, fast configuration: 2 epochs of p4_dgcnn on a quarter of BreastMNIST's
@@ -107,3 +115,31 @@ def stop_and_resume(work, data_dir, sets, stop, full):
     assert got["finished"] is True and got["steps"] == want["steps"]
     assert_close(comparable(got), comparable(want), tol=1e-6)
     assert_close(history(work), history(full), tol=1e-6)
+
+
+N = 120  # test images of the synthetic runs
+
+
+def finished_run(path, name, seed, skill, config=None):
+    """A finished, tested run's folder as training leaves it: two classes, test
+    probabilities whose quality grows with ``skill``; ``config``: the one it was trained
+    with (default: the default config on IDC)."""
+    rng = np.random.default_rng(seed + 100 * len(name))
+    labels = np.arange(N) % 2
+    logit = skill * (2 * labels - 1) + rng.normal(size=N)
+    p1 = 1 / (1 + np.exp(-logit))
+    probs = np.stack([1 - p1, p1], axis=1)
+    config = config or dataclasses.replace(get_config(), dataset="idc", model=name, seed=seed)
+    test = metrics.classification_metrics(probs, labels)
+    history = [{"epoch": e, "val_auc": 0.8 + 0.01 * e, "val_accuracy": 0.7 + 0.01 * e}
+               for e in (1, 2)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    (path / "results.json").write_text(json.dumps({
+        "finished": True, "best_epoch": 2, "num_params": 1000, "forward_flops": 2e6,
+        "train_seconds": 10.0, "backend": "cpu", "num_train": 500,
+        "val": {"auc": 0.82, "confusion_matrix": [[1, 0], [0, 1]]}, "test": test}))
+    np.save(path / "test_probs.npy", probs.astype(np.float32))
+    np.save(path / "test_labels.npy", labels)
+    return Task("idc", name, seed), config, Workdir(path)

@@ -120,9 +120,15 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
                 records.check_config(record, config, file)
                 runs.append(records.run_summary(record, file))
         planned.append((tuned, [job for job, record in zip(jobs, done) if not record]))
+    tuned_of = {job[0]: tuned for tuned, jobs in planned for job in jobs}
+
+    def keep(task: Task, config: Config, work: Workdir) -> None:  # record it at once
+        if _record(sweep, task) is not None:
+            _collect(sweep, task, config, work, tuned_of[task], d4)
+
     if not sweep.no_train:  # one pool for every run, seed by seed: pairs fill up early
         jobs = sorted((job for _, jobs in planned for job in jobs), key=lambda j: j[0].seed)
-        execute.train(jobs, sweep.mode, workers=sweep.workers)
+        execute.train(jobs, sweep.mode, workers=sweep.workers, done=keep)
     for tuned, jobs in planned:
         for task, config, work in jobs:
             if not work.has_results() or (d4 and not (_scored(work)
@@ -131,12 +137,20 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
                 missing.append(f"{label}{task.dataset}/{task.name}/seed{task.seed}"
                                + (f" ({why})" if why else ""))
                 continue
-            execute.check_finished_config(work, config)
-            if d4 and not _scored(work):
-                evaluate.evaluate(work.path, "test", d4=True)
-            runs.append({**summary(task, config, work), **({"tuned": tuned} if tuned else {})})
-            if _record(sweep, task) and work.finished():
-                file = records.write(records.make(task, work, runs[-1], report.machine()),
-                                     sweep.records)
-                print(f"recorded {file}", flush=True)
+            runs.append(_collect(sweep, task, config, work, tuned, d4))
     return runs, missing
+
+
+def _collect(sweep: Sweep, task: Task, config: Config, work: Workdir, tuned: dict | None,
+             d4: bool) -> dict:
+    """A run with results: its D4 scores (``d4``, once), its summary and, for a finished
+    run of a sweep that keeps records, its record (written once)."""
+    execute.check_finished_config(work, config)
+    if d4 and not _scored(work):
+        evaluate.evaluate(work.path, "test", d4=True)
+    brief = {**summary(task, config, work), **({"tuned": tuned} if tuned else {})}
+    file = _record(sweep, task)
+    if file is not None and work.finished() and not file.is_file():
+        records.write(records.make(task, work, brief, report.machine()), sweep.records)
+        print(f"recorded {file}", flush=True)
+    return brief

@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 
@@ -38,9 +39,15 @@ def check_finished_config(work: Workdir, config: Config) -> None:
                              f"settings, or delete the run")
 
 
+Done = Callable[[Task, Config, Workdir], None]
+"""Called with each job as soon as its run has finished, before the next one trains."""
+
+
 def train(jobs: list[tuple[Task, Config, Workdir]], mode: str = "process", *,
-          workers: int = 1) -> None:
-    """Train the unfinished ``(task, config, work directory)`` jobs."""
+          workers: int = 1, done: Done | None = None) -> None:
+    """Train the unfinished ``(task, config, work directory)`` jobs; ``done(*job)`` for
+    each one as soon as it has finished (a sweep records it there, so that a stop later
+    in the sweep loses none of the runs finished before)."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
     todo = [job for job in jobs if not job[2].finished()]
@@ -49,14 +56,20 @@ def train(jobs: list[tuple[Task, Config, Workdir]], mode: str = "process", *,
     for _, _, work in todo:  # scores of a stopped run are not those of the finished one
         (work.path / "eval_test.json").unlink(missing_ok=True)
     if mode == "pool":
-        train_pool(todo, workers)
+        train_pool(todo, workers, done=done)
         return
     if mode == "together":
-        train_together(todo)
+        train_together(todo, done=done)
     for task, config, work in todo:
         if not work.finished():
             print(f"== {_label(task)}", flush=True)
             train_and_evaluate(config, work.path)
+            _finished(done, (task, config, work))
+
+
+def _finished(done: Done | None, job: tuple[Task, Config, Workdir]) -> None:
+    if done is not None and job[2].finished():
+        done(*job)
 
 
 def _label(task: Task) -> str:
@@ -66,9 +79,11 @@ def _label(task: Task) -> str:
     return " ".join(parts + [f"seed {task.seed}"])
 
 
-def train_together(jobs: list[tuple[Task, Config, Workdir]]) -> None:
+def train_together(jobs: list[tuple[Task, Config, Workdir]], *,
+                   done: Done | None = None) -> None:
     """The unfinished seeds of each run as one stacked program, into the run's folder
-    (``<...>/<name>/seed<N>``); first a stored, unfinished seed set there."""
+    (``<...>/<name>/seed<N>``); first a stored, unfinished seed set there. ``done``: as
+    for :func:`train`, after each run's seeds."""
     groups: dict[tuple, list] = {}
     for job in jobs:
         groups.setdefault(job[0].group(), []).append(job)
@@ -83,6 +98,8 @@ def train_together(jobs: list[tuple[Task, Config, Workdir]]) -> None:
         todo = [t.seed for t, _, w in group if not w.finished()]
         if len(todo) > 1:
             _together(config, top, todo, "together")
+        for job in group:
+            _finished(done, job)
 
 
 def _together(config: Config, top: Workdir, seeds: list[int], how: str) -> None:
@@ -97,9 +114,11 @@ def default_mode() -> str:
     return "process" if jax.default_backend() == "cpu" else "together"
 
 
-def train_pool(jobs: list[tuple[Task, Config, Workdir]], workers: int) -> dict[str, int]:
+def train_pool(jobs: list[tuple[Task, Config, Workdir]], workers: int, *,
+               done: Done | None = None) -> dict[str, int]:
     """``workers`` training processes at a time, each pinned to one core when there are
-    enough; each writes ``train.log`` in its work directory. Returns each run's exit code
+    enough; each writes ``train.log`` in its work directory. ``done``: as for
+    :func:`train`, in this process while the others train. Returns each run's exit code
     by label."""
     if workers < 1:
         raise ValueError(f"workers: expected a number of processes >= 1, got {workers}")
@@ -118,16 +137,18 @@ def train_pool(jobs: list[tuple[Task, Config, Workdir]], workers: int) -> dict[s
             work.path.mkdir(parents=True, exist_ok=True)
             with open(work.path / "train.log", "w") as log:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-            running.append((proc, _label(task), slot))
+            running.append((proc, (task, config, work), slot))
             print(f"[{time.perf_counter() - start:6.0f} s] start {_label(task)}", flush=True)
         time.sleep(0.5)
         for entry in list(running):
-            proc, label, _ = entry
+            proc, job, _ = entry
             if proc.poll() is not None:
                 running.remove(entry)
-                codes[label] = proc.returncode
-                print(f"[{time.perf_counter() - start:6.0f} s] done {label} (rc "
+                codes[_label(job[0])] = proc.returncode
+                print(f"[{time.perf_counter() - start:6.0f} s] done {_label(job[0])} (rc "
                       f"{proc.returncode})", flush=True)
+                if proc.returncode == 0:
+                    _finished(done, job)
     return codes
 
 
