@@ -37,8 +37,10 @@ def collect(workdirs: list[str], how: str = "") -> dict:
             "steps": results["steps"], "batch_size": config["batch_size"],
             "num_params": results["num_params"], "train_seconds": results["train_seconds"],
             "epoch_seconds": results["train_seconds"] / max(results["epochs_run"], 1),
-            "train_images_per_second": results["train_images_per_second"],
-            "eval_images_per_second": results["eval_images_per_second"],
+            "train_images_per_second": results["steps"] * config["batch_size"]
+            / max(results["train_seconds"], 1e-9),
+            # timed on the test split: absent where it was left unread (score_test=false)
+            "eval_images_per_second": results.get("eval_images_per_second"),
             "pipeline": results["pipeline"]})
     return {"runs": runs, "machine": report.machine(), "how": how}
 
@@ -50,7 +52,8 @@ def markdown(doc: dict) -> str:
         lines.append(f"| `{r['model']}` | {r['input_size']} px | {r['num_params']:,} | "
                      f"{r['epoch_seconds']:.0f} | {r['steps'] // r['epochs']} | "
                      f"{r['train_images_per_second']:.0f} | "
-                     f"{r['eval_images_per_second']:.0f} |")
+                     + ("-" if r["eval_images_per_second"] is None
+                        else f"{r['eval_images_per_second']:.0f}") + " |")
     machine = doc["machine"]
     lines.append("")
     how = f", {doc['how']}" if doc.get("how") else ""

@@ -126,6 +126,13 @@ def test_epoch_times_document_from_finished_runs(tmp_path):
     assert table.endswith(", pinned.")
     with pytest.raises(ValueError, match="stopped is not a finished training run"):
         epoch_times.collect([str(tmp_path / "stopped")])
+    # a run with the test split unread (score_test=false) has no inference time
+    (tmp_path / "untested").mkdir()
+    (tmp_path / "untested" / "config.json").write_text(json.dumps({"batch_size": 32}))
+    (tmp_path / "untested" / "results.json").write_text(json.dumps(
+        {k: v for k, v in results.items() if not k.endswith("images_per_second")}))
+    doc = epoch_times.collect([str(tmp_path / "untested")])
+    assert "| `cnn` | 24 px | 101,334 | 30 | 223 | 238 | - |" in epoch_times.markdown(doc)
 
 
 def test_pilot_document_reads_validation_curves_only(tmp_path):
