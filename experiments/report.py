@@ -232,8 +232,8 @@ def _selection_headline(doc: dict) -> str:
 
 
 BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot", "headline",
-          "verdict", "benchmark-dynamic", "benchmark-dynamic-headline", "selection", "selection-headline",
-          "exactness", "exactness-headline")
+          "verdict", "benchmark-dynamic", "benchmark-dynamic-headline", "selection",
+          "selection-headline", "exactness", "exactness-headline")
 """Kinds of generated block: a dataset file's tables, a curve document's tables, a curve
 document's short table, an epoch-time document's table, a pilot's validation curves, a
 dataset file's headline (does the dynamic layer help; :func:`experiments.results.headline`)

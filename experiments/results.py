@@ -157,24 +157,24 @@ def headline(doc: dict) -> str:
 def verdict(doc: dict) -> str:
     """The sentences of :func:`headline` alone (block kind ``verdict``): for each
     comparison of :data:`_DYNAMIC`, does the dynamic layer help, by how much, how sure."""
-    lines = []
+    sentences = []
     for a, b in _DYNAMIC:
         test = next((t for t in doc["tests"] if (t["a"], t["b"]) == (a, b)), None)
         if test is None:
-            lines += ["", f"`{a}` vs `{b}`: not both recorded yet."]
+            sentences.append(f"`{a}` vs `{b}`: not both recorded yet.")
             continue
         auc = {"mean_difference": test["auc_difference"], "p": test["auc_t_test_p"]}
         boot = test.get("auc_bootstrap")
         interval = (f"; paired bootstrap over {boot['images']} test images: 95% interval "
                     f"[{boot['low']:+.4f}, {boot['high']:+.4f}], p {report.p_text(boot['p'])}"
                     if boot else "")
-        lines += ["", f"**Does the dynamic layer help on {doc['dataset']}?** `{a}` minus "
-                      f"`{b}` (the same width): test AUC {test['auc_difference']:+.4f} "
-                      f"(paired t-test over {len(test['seeds'])} "
-                      f"seed{'s' if len(test['seeds']) != 1 else ''} p "
-                      f"{report.p_text(test['auc_t_test_p'])}{interval}): "
-                      f"{_verdict(auc, boot, len(test['seeds']))}."]
-    return "\n".join(lines[1:])
+        sentences.append(f"**Does the dynamic layer help on {doc['dataset']}?** `{a}` minus "
+                         f"`{b}` (the same width): test AUC {test['auc_difference']:+.4f} "
+                         f"(paired t-test over {len(test['seeds'])} "
+                         f"seed{'s' if len(test['seeds']) != 1 else ''} p "
+                         f"{report.p_text(test['auc_t_test_p'])}{interval}): "
+                         f"{_verdict(auc, boot, len(test['seeds']))}.")
+    return "\n\n".join(sentences)
 
 
 def main(argv=None) -> list[pathlib.Path]:

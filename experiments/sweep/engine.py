@@ -121,10 +121,11 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
                 runs.append(records.run_summary(record, file))
         planned.append((tuned, [job for job, record in zip(jobs, done) if not record]))
     tuned_of = {job[0]: tuned for tuned, jobs in planned for job in jobs}
+    kept: dict[Task, dict] = {}  # summaries of the runs recorded as they finished
 
     def keep(task: Task, config: Config, work: Workdir) -> None:  # record it at once
         if _record(sweep, task) is not None:
-            _collect(sweep, task, config, work, tuned_of[task], d4)
+            kept[task] = _collect(sweep, task, config, work, tuned_of[task], d4)
 
     if not sweep.no_train:  # one pool for every run, seed by seed: pairs fill up early
         jobs = sorted((job for _, jobs in planned for job in jobs), key=lambda j: j[0].seed)
@@ -137,7 +138,7 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
                 missing.append(f"{label}{task.dataset}/{task.name}/seed{task.seed}"
                                + (f" ({why})" if why else ""))
                 continue
-            runs.append(_collect(sweep, task, config, work, tuned, d4))
+            runs.append(kept.get(task) or _collect(sweep, task, config, work, tuned, d4))
     return runs, missing
 
 

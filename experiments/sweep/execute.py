@@ -144,8 +144,9 @@ def train_pool(jobs: list[tuple[Task, Config, Workdir]], workers: int, *,
             proc, job, _ = entry
             if proc.poll() is not None:
                 running.remove(entry)
-                codes[_label(job[0])] = proc.returncode
-                print(f"[{time.perf_counter() - start:6.0f} s] done {_label(job[0])} (rc "
+                label = _label(job[0])
+                codes[label] = proc.returncode
+                print(f"[{time.perf_counter() - start:6.0f} s] done {label} (rc "
                       f"{proc.returncode})", flush=True)
                 if proc.returncode == 0:
                     _finished(done, job)
