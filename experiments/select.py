@@ -15,7 +15,10 @@ each seed and the accuracy at that epoch (the checkpoint the trainer keeps), the
 accuracy of any epoch (mean +- sample std over seeds), the epoch of the best AUC, for
 dynamic models the last epoch's ``bank_common_share`` and attention entropy averaged over
 the dynamic layers, and paired t-tests over seeds against each ``--reference`` (default
-``p4m_gcnn``).
+``p4m_gcnn``). With ``--records results/runs`` a variant's seed that the results
+protocol already trained with the same config is taken from its committed run record
+(training does not depend on ``score_test``; the selection reads the record's validation
+scores only and writes no record).
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                         "default: the static p4m G-CNN)")
     p.add_argument("--no-train", action="store_true",
                    help="tabulate the finished runs only (while others train)")
+    p.add_argument("--records", default=None, metavar="DIR",
+                   help="take a variant's seed from its run record here where one exists "
+                        "(e.g. results/runs: the protocol's run, same config; only its "
+                        "validation scores are read) instead of training it again")
     p.add_argument("--results", default=None, metavar="PATH",
                    help="also write the table's data here (e.g. results/idc_selection.json; "
                         "a generated block of kind 'selection' renders it)")
@@ -70,7 +77,8 @@ def main(argv=None) -> list[dict]:
             p.error(f"{name}: {err}")
     plan = sweep.Sweep(pathlib.Path(args.workdir), {args.dataset: list(args.seeds)},
                        mode="pool", workers=args.workers, d4=False, validation_only=True,
-                       no_train=args.no_train)
+                       no_train=args.no_train,
+                       records=pathlib.Path(args.records) if args.records else None)
     runs, missing = sweep.run(plan, base, pairs)
     if missing:
         print(f"not finished (see each run's train.log): {', '.join(missing)}")
@@ -79,6 +87,7 @@ def main(argv=None) -> list[dict]:
              f"; seeds {' '.join(map(str, args.seeds))})")
     table = sweep.selection_markdown(rows, title, args.reference)
     out = pathlib.Path(args.workdir)
+    out.mkdir(parents=True, exist_ok=True)  # none yet where every run came from records
     (out / f"selection_{args.dataset}.md").write_text(table + "\n")
     (out / f"selection_{args.dataset}.json").write_text(json.dumps(rows, indent=2))
     if args.results:

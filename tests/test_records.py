@@ -105,6 +105,35 @@ def test_a_sweep_records_each_run_as_soon_as_it_finishes(tmp_path, monkeypatch):
     assert not records.path(recs, "idc", "p4m_gcnn", 1).exists()
 
 
+def test_a_selection_takes_validation_scores_from_the_protocols_records(recorded, tmp_path,
+                                                                         capsys):
+    """``select --records``: a seed the protocol trained with the same config comes from
+    its record (validation only: no test or D4 scores), nothing is trained or recorded,
+    and a record of other settings is refused with its path."""
+    from experiments import select
+
+    before = sorted(recorded.rglob("*.json"))
+    work = tmp_path / "select"
+    rows = select.main(["--workdir", str(work), "--dataset", "idc", "--variants", "p4m_gcnn",
+                        "p4m_dgcnn_wide", "--seeds", "0", "1", "2", "3", "--records",
+                        str(recorded), "--no-train"])
+    assert "not finished" in capsys.readouterr().out  # seed 3 has no record
+    gcnn = next(r for r in rows if r["variant"] == "p4m_gcnn")
+    assert [run["seed"] for run in gcnn["runs"]] == [0, 1, 2]
+    for run in gcnn["runs"]:
+        record = records.read(records.path(recorded, "idc", "p4m_gcnn", run["seed"]))
+        assert run["val_auc"] == record["summary"]["val_auc"]
+        assert run["record"].endswith(f"idc/p4m_gcnn/seed{run['seed']}.json")
+        assert not any(k.startswith(("test_", "d4_")) for k in run)
+    assert sorted(recorded.rglob("*.json")) == before  # a selection writes no record
+    assert not (work / "idc").exists()  # and trains nothing it has a record for
+    file = records.path(recorded, "idc", "p4m_gcnn", 0)
+    with pytest.raises(records.RecordError, match=f"{file}.*epochs"):
+        select.main(["--workdir", str(work), "--dataset", "idc", "--variants", "p4m_gcnn",
+                     "--seeds", "0", "--records", str(recorded), "--no-train",
+                     "--set", "epochs=7"])
+
+
 def test_results_are_rebuilt_from_records_alone(recorded, tmp_path):
     out, figures = tmp_path / "results", tmp_path / "docs"
     written = results.main(["--records", str(recorded), "--out", str(out), "--figures",

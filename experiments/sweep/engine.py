@@ -47,17 +47,25 @@ def _scored(work: Workdir) -> bool:
     return (work.path / "eval_test.json").is_file()
 
 
-def _record(sweep: Sweep, task: Task) -> pathlib.Path | None:
-    """The record file of a test run of a sweep that keeps records (whether or not it
-    exists yet); ``None`` for tuning, validation-only and learning-curve runs."""
-    if sweep.records is None or task.tune or task.validation_only or task.fraction is not None:
+def _record_file(sweep: Sweep, task: Task) -> pathlib.Path | None:
+    """Where the record of the task's run is, or would be, in a sweep that keeps records;
+    ``None`` for tuning and learning-curve runs."""
+    if sweep.records is None or task.tune or task.fraction is not None:
         return None
     return records.path(sweep.records, task.dataset, task.name, task.seed)
 
 
+def _record(sweep: Sweep, task: Task) -> pathlib.Path | None:
+    """The record file a test run of the sweep writes (whether or not it exists yet);
+    ``None`` for validation-only runs too: they read records, never write them."""
+    return None if task.validation_only else _record_file(sweep, task)
+
+
 def _existing_record(sweep: Sweep, task: Task) -> dict | None:
-    """The task's record (validated) if the sweep keeps records and it has one."""
-    file = _record(sweep, task)
+    """The task's record (validated) if the sweep keeps records and it has one. A
+    validation-only task takes the record of the same run trained with the test split
+    scored (``score_test`` does not change training) and reads its validation only."""
+    file = _record_file(sweep, task)
     return records.read(file) if file is not None and file.is_file() else None
 
 
@@ -116,9 +124,10 @@ def run(sweep: Sweep, base: Config, pairs: list[tuple[str, str]], *,
         jobs = [(t, t.config(base, chosen), t.workdir(sweep.root)) for t in tasks]
         for (task, config, _), record in zip(jobs, done):
             if record:  # done: the same config, or refused
-                file = _record(sweep, task)
+                file = _record_file(sweep, task)
                 records.check_config(record, config, file)
-                runs.append(records.run_summary(record, file))
+                runs.append(records.run_summary(record, file,
+                                                validation_only=task.validation_only))
         planned.append((tuned, [job for job, record in zip(jobs, done) if not record]))
     tuned_of = {job[0]: tuned for tuned, jobs in planned for job in jobs}
     kept: dict[Task, dict] = {}  # summaries of the runs recorded as they finished

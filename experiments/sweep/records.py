@@ -154,9 +154,13 @@ def test_predictions(run: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.load(work / "test_probs.npy"), labels
 
 
-def run_summary(record: dict, file: pathlib.Path) -> dict:
-    """The sweep summary of a record's run (``"record"``: its path, for the bootstrap)."""
-    return {**record["summary"], "record": str(file)}
+def run_summary(record: dict, file: pathlib.Path, *, validation_only: bool = False) -> dict:
+    """The sweep summary of a record's run (``"record"``: its path, for the bootstrap);
+    ``validation_only``: without the test and D4 scores (for a selection on validation)."""
+    brief = {**record["summary"], "record": str(file)}
+    if validation_only:
+        brief = {k: v for k, v in brief.items() if not k.startswith(("test_", "d4_"))}
+    return brief
 
 
 def check_config(record: dict, config: Config, file: pathlib.Path) -> None:
