@@ -1,6 +1,7 @@
 """Validation curves of pilot runs, which choose the step budget of a protocol.
 
-    python -m experiments.pilot RUN... --out results/idc_pilot.json [--figure FILE]
+    python -m experiments.pilot RUN... --out results/idc_pilot.json [--figure FILE] \
+        [--metric val_accuracy]
 
 Each ``RUN`` is a training folder, finished or not, named in the table by its sweep run
 (``<name>/seed<N>``) or else by its model (a pilot reads validation only:
@@ -8,7 +9,9 @@ Each ``RUN`` is a training folder, finished or not, named in the table by its sw
 seed, steps per epoch, the epochs planned and done, and per epoch the validation AUC,
 accuracy and NLL; :func:`markdown` renders the table that ``experiments.report``
 writes into the docs (block kind ``pilot``), with the best epoch and the first epoch
-within ``TOLERANCE`` of the best validation AUC ("flat from").
+within ``TOLERANCE`` of the best ("flat from") of the document's metric: validation AUC
+by default; ``--metric val_accuracy`` (or ``val_nll``, lower is better) where the AUC
+saturates early, as PBC's 8-class macro AUC does (0.997 after two epochs).
 """
 
 from __future__ import annotations
@@ -19,14 +22,21 @@ import re
 
 from experiments import cli
 
-__all__ = ["TOLERANCE", "collect", "flat_from", "markdown", "plot", "main"]
+__all__ = ["TOLERANCE", "METRICS", "collect", "flat_from", "markdown", "plot", "main"]
 
-TOLERANCE = 0.005  # validation AUC within this of the run's best counts as flat
+TOLERANCE = 0.005  # a validation score within this of the run's best counts as flat
+METRICS = {"val_auc": "validation AUC", "val_accuracy": "validation accuracy",
+           "val_nll": "validation NLL"}
+"""The per-epoch scores a pilot keeps; the document's ``metric`` is one of them."""
 
 
-def collect(workdirs: list[str]) -> dict:
-    """The document of the (pilot) runs in ``workdirs``."""
+def collect(workdirs: list[str], metric: str = "val_auc") -> dict:
+    """The document of the (pilot) runs in ``workdirs``; ``metric`` (of :data:`METRICS`)
+    is the score its table and figure show."""
     from experiments import report, training
+
+    if metric not in METRICS:
+        raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
 
     runs = []
     for name in workdirs:
@@ -48,15 +58,23 @@ def collect(workdirs: list[str]) -> dict:
             "val_auc": [h["val_auc"] for h in history],
             "val_accuracy": [h["val_accuracy"] for h in history],
             "val_nll": [h["val_nll"] for h in history]})
-    return {"runs": runs, "tolerance": TOLERANCE, "machine": report.machine()}
+    return {"runs": runs, "metric": metric, "tolerance": TOLERANCE,
+            "machine": report.machine()}
 
 
-def flat_from(aucs: list[float], tolerance: float = TOLERANCE) -> int | None:
-    """The first epoch (1-based) whose AUC is within ``tolerance`` of the best."""
-    if not aucs:
+def flat_from(values: list[float], tolerance: float = TOLERANCE,
+              lower_is_better: bool = False) -> int | None:
+    """The first epoch (1-based) whose score is within ``tolerance`` of the best."""
+    if not values:
         return None
-    best = max(aucs)
-    return next(i + 1 for i, a in enumerate(aucs) if a >= best - tolerance)
+    sign = -1.0 if lower_is_better else 1.0
+    best = max(sign * v for v in values)
+    return next(i + 1 for i, v in enumerate(values) if sign * v >= best - tolerance)
+
+
+def _metric(doc: dict) -> str:
+    """The document's metric (validation AUC for documents written before it was kept)."""
+    return doc.get("metric", "val_auc")
 
 
 def _name(run: dict) -> str:
@@ -65,18 +83,21 @@ def _name(run: dict) -> str:
 
 
 def markdown(doc: dict) -> str:
-    width = max((len(r["val_auc"]) for r in doc["runs"]), default=0)
+    metric = _metric(doc)
+    lower = metric == "val_nll"
+    width = max((len(r[metric]) for r in doc["runs"]), default=0)
     shown = [e for e in range(1, width + 1) if e == 1 or e % 2 == 0 or e == width]
-    lines = ["| run | epochs | " + " | ".join(f"{e}" for e in shown)
-             + " | best (epoch) | flat from |",
-             "|---|---|" + "---|" * len(shown) + "---|---|"]
+    lines = ([f"{METRICS[metric]} per epoch"] if metric != "val_auc" else []) + [
+        "| run | epochs | " + " | ".join(f"{e}" for e in shown) + " | best (epoch) | flat from |",
+        "|---|---|" + "---|" * len(shown) + "---|---|"]
     for r in doc["runs"]:
-        aucs = r["val_auc"]
-        cells = [f"{aucs[e - 1]:.4f}" if e <= len(aucs) else "" for e in shown]
-        best = (f"{max(aucs):.4f} ({aucs.index(max(aucs)) + 1})" if aucs else "")
+        values = r[metric]
+        cells = [f"{values[e - 1]:.4f}" if e <= len(values) else "" for e in shown]
+        top = (min if lower else max)(values) if values else None
+        best = f"{top:.4f} ({values.index(top) + 1})" if values else ""
+        flat = flat_from(values, doc["tolerance"], lower) or ""
         lines.append(f"| `{_name(r)}` seed {r['seed']} | {r['epochs_done']} of "
-                     f"{r['epochs_planned']} | " + " | ".join(cells)
-                     + f" | {best} | {flat_from(aucs, doc['tolerance']) or ''} |")
+                     f"{r['epochs_planned']} | " + " | ".join(cells) + f" | {best} | {flat} |")
     return "\n".join(lines)
 
 
@@ -86,8 +107,9 @@ def plot(doc: dict, path) -> None:
     labels = {f"{_name(r)} seed {r['seed']}": r for r in doc["runs"]}
     names = {label: _name(r) for label, r in labels.items()}
     several = len(set(names.values())) < len(names)  # several seeds of a run: a panel each
-    plots.validation_curves({label: r["val_auc"] for label, r in labels.items()}, path,
-                            panels=names if several else None)
+    metric = _metric(doc)
+    plots.validation_curves({label: r[metric] for label, r in labels.items()}, path,
+                            ylabel=METRICS[metric], panels=names if several else None)
 
 
 def main(argv=None):
@@ -95,8 +117,10 @@ def main(argv=None):
     p.add_argument("runs", nargs="+", help="training folders of the pilot")
     p.add_argument("--out", required=True, help="the JSON document to write")
     p.add_argument("--figure", default=None, help="also plot the curves here")
+    p.add_argument("--metric", default="val_auc", choices=list(METRICS),
+                   help="the score the table and figure show (default: validation AUC)")
     args = p.parse_args(argv)
-    doc = collect(args.runs)
+    doc = collect(args.runs, args.metric)
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     if args.figure:
         plot(doc, args.figure)

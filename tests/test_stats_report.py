@@ -169,6 +169,16 @@ def test_pilot_document_reads_validation_curves_only(tmp_path):
     two = {**doc, "runs": [*doc["runs"], {**doc["runs"][0], "seed": 1}]}
     pilot.plot(two, tmp_path / "curves.png")  # several seeds of a run: a panel per run
     assert (tmp_path / "curves.png").stat().st_size > 0
+    # where the AUC saturates (PBC): the table and "flat from" of another score
+    doc = pilot.collect([str(tmp_path / "odgcnn_assign" / "seed0")], "val_nll")
+    assert doc["metric"] == "val_nll"
+    doc["runs"][0]["val_nll"] = [0.5, 0.3, 0.298, 0.31]
+    table = pilot.markdown(doc)
+    assert table.startswith("validation NLL per epoch")
+    assert "| 0.5000 | 0.3000 | 0.3100 | 0.2980 (3) | 2 |" in table  # lower is better
+    assert pilot.flat_from([0.5, 0.3, 0.298], lower_is_better=True) == 2
+    with pytest.raises(ValueError, match="metric: expected one of"):
+        pilot.collect([str(tmp_path / "odgcnn_assign" / "seed0")], "test_auc")
 
 
 def test_p_values_keep_two_significant_digits():
