@@ -20,6 +20,15 @@ from experiments import cli
 __all__ = ["collect", "markdown", "main"]
 
 
+def _train_images_per_second(results: dict, config: dict) -> float:
+    """The run's training throughput; computed, as training does, for validation-only
+    runs written before their results kept it."""
+    if "train_images_per_second" in results:
+        return results["train_images_per_second"]
+    return (results["steps"] * config["batch_size"] * results.get("seeds_trained_together", 1)
+            / max(results["train_seconds"], 1e-9))
+
+
 def collect(workdirs: list[str], how: str = "") -> dict:
     """The document of the finished runs in ``workdirs``; ``how`` says how they were run
     (e.g. one at a time, pinned to one core)."""
@@ -37,8 +46,7 @@ def collect(workdirs: list[str], how: str = "") -> dict:
             "steps": results["steps"], "batch_size": config["batch_size"],
             "num_params": results["num_params"], "train_seconds": results["train_seconds"],
             "epoch_seconds": results["train_seconds"] / max(results["epochs_run"], 1),
-            "train_images_per_second": results["steps"] * config["batch_size"]
-            / max(results["train_seconds"], 1e-9),
+            "train_images_per_second": _train_images_per_second(results, config),
             # timed on the test split: absent where it was left unread (score_test=false)
             "eval_images_per_second": results.get("eval_images_per_second"),
             "pipeline": results["pipeline"]})

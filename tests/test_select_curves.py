@@ -132,6 +132,7 @@ def test_select_runs_on_validation_only(tmp_path, medmnist_dir):
     work = tmp_path / "breastmnist" / "p4m_gcnn" / "seed0"
     results = json.loads((work / "results.json").read_text())
     assert results["test"] is None and not (work / "test_probs.npy").exists()
+    assert results["train_images_per_second"] > 0  # training's throughput, test split or not
     from dgcnn_jax import models  # counted for validation-only runs too, at the run's view
 
     assert results["forward_flops"] == models.flops_per_image("p4m_gcnn", num_classes=2)

@@ -133,6 +133,11 @@ def test_epoch_times_document_from_finished_runs(tmp_path):
         {k: v for k, v in results.items() if not k.endswith("images_per_second")}))
     doc = epoch_times.collect([str(tmp_path / "untested")])
     assert "| `cnn` | 24 px | 101,334 | 30 | 223 | 238 | - |" in epoch_times.markdown(doc)
+    (tmp_path / "untested" / "results.json").write_text(json.dumps(  # 2 seeds together
+        {**{k: v for k, v in results.items() if not k.endswith("images_per_second")},
+         "seeds_trained_together": 2}))
+    doc = epoch_times.collect([str(tmp_path / "untested")])
+    assert doc["runs"][0]["train_images_per_second"] == pytest.approx(476.0, rel=1e-3)
 
 
 def test_pilot_document_reads_validation_curves_only(tmp_path):

@@ -100,6 +100,8 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
                "test": None, "epochs_run": progress.epoch, "steps": int(state.step),
                "finished": progress.epoch >= config.epochs,
                "train_seconds": progress.train_seconds, "pipeline": trainer.pipeline,
+               "train_images_per_second": int(state.step) * config.batch_size * together
+               / max(progress.train_seconds, 1e-9),
                "impl": config.impl, "dtype": config.dtype,
                "seeds_trained_together": together,
                "devices": num_devices(config), "backend": jax.default_backend(),
@@ -134,10 +136,7 @@ def finish(trainer: Trainer, member: Member, state: TrainState, num_params: int)
     if groups is not None:  # IDC: patients
         test["auc_per_group"] = metrics.grouped_auc(probs, test_y, groups)
     results.update({
-        "test": test,
-        "train_images_per_second": int(state.step) * config.batch_size * together
-        / max(progress.train_seconds, 1e-9),
-        "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9)})
+        "test": test, "eval_images_per_second": len(test_x) / max(eval_seconds, 1e-9)})
     workdir.write_results(results)
     if primary():
         np.save(workdir.path / "test_probs.npy", probs)
