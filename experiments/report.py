@@ -218,7 +218,8 @@ def _blocks() -> dict:
 def _selection(doc: dict) -> str:
     from experiments import sweep
 
-    table = sweep.selection_markdown(doc["rows"], doc["title"], doc["references"])
+    table = sweep.selection_markdown(doc["rows"], doc["title"], doc["references"],
+                                     doc.get("metric", "val_auc"))
     missing = doc.get("missing") or []
     return table + (f"\n\nNot finished: {', '.join(missing)}." if missing else "")
 
@@ -226,7 +227,8 @@ def _selection(doc: dict) -> str:
 def _selection_headline(doc: dict) -> str:
     from experiments import sweep
 
-    line = sweep.selection_headline(doc["rows"], doc["title"], doc["references"][0])
+    line = sweep.selection_headline(doc["rows"], doc["title"], doc["references"][0],
+                                    doc.get("metric", "val_auc"))
     missing = doc.get("missing") or []
     return line + (f" (Interim: {len(missing)} runs not finished.)" if missing else "")
 

@@ -127,6 +127,17 @@ def test_a_selection_takes_validation_scores_from_the_protocols_records(recorded
         assert not any(k.startswith(("test_", "d4_")) for k in run)
     assert sorted(recorded.rglob("*.json")) == before  # a selection writes no record
     assert not (work / "idc").exists()  # and trains nothing it has a record for
+    # --metric: what the table and headline compare, kept in --results for the report
+    out = tmp_path / "selection.json"
+    select.main(["--workdir", str(work), "--dataset", "idc", "--variants", "p4m_gcnn",
+                 "p4m_dgcnn_wide", "--seeds", "0", "1", "2", "--records", str(recorded),
+                 "--no-train", "--metric", "val_accuracy_max", "--results", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["metric"] == "val_accuracy_max"
+    block = report.render_block(out.name, "selection", out.parent)
+    assert "| val best accuracy per seed |" in block
+    headline = report.render_block(out.name, "selection-headline", out.parent)
+    assert "by mean best validation accuracy" in headline
     file = records.path(recorded, "idc", "p4m_gcnn", 0)
     with pytest.raises(records.RecordError, match=f"{file}.*epochs"):
         select.main(["--workdir", str(work), "--dataset", "idc", "--variants", "p4m_gcnn",

@@ -72,6 +72,37 @@ def test_selection_headline_names_the_best_dynamic_form_and_says_whether_it_beat
     assert "no dynamic run" in sweep.selection_headline(rows[:1], "t", "p4m_gcnn")
 
 
+def test_selection_on_best_validation_accuracy_where_the_auc_is_saturated():
+    def runs(model, auc, acc, share=None):
+        extra = {} if share is None else {"bank_common_share": share}
+        return [{"model": model, "seed": s, "val_auc": a, "val_accuracy": c - 0.01,
+                 "val_accuracy_max": c, "best_epoch": 1, **extra}
+                for s, (a, c) in enumerate(zip(auc, acc))]
+
+    # AUC ranks the dynamic form first, best accuracy ranks it below the static net
+    static = runs("p4m_gcnn", [0.9990, 0.9991, 0.9992], [0.985, 0.988, 0.986])
+    wide = runs("p4m_dgcnn_wide", [0.9995, 0.9996, 0.9994], [0.980, 0.984, 0.983], 0.3)
+    rows = sweep.selection_rows(static + wide, ["p4m_gcnn", "p4m_dgcnn_wide"], "p4m_gcnn")
+    assert "`p4m_dgcnn_wide` beats" in sweep.selection_headline(rows, "t", "p4m_gcnn")
+    line = sweep.selection_headline(rows, "t", "p4m_gcnn", "val_accuracy_max")
+    d = np.array([0.980 - 0.985, 0.984 - 0.988, 0.983 - 0.986])
+    assert line.startswith("t: the best dynamic form by mean best validation accuracy, "
+                           f"`p4m_dgcnn_wide`, 0.9823 +- 0.0021 (3 seeds), against "
+                           f"0.9863 +- 0.0015 for `p4m_gcnn` (paired difference "
+                           f"{d.mean():+.4f}, p ")
+    assert line.endswith("no dynamic form beats `p4m_gcnn` in mean best validation accuracy "
+                         "with its banks apart (bank common share < 0.5).")
+    table = sweep.selection_markdown(rows, "t", "p4m_gcnn", "val_accuracy_max").splitlines()
+    assert table[2].startswith("| variant | seeds | val best accuracy per seed |")
+    assert table[2].endswith("| vs `p4m_gcnn`: best accuracy difference (p) / AUC p |")
+    paired = rows[1]["paired"]["p4m_gcnn"]
+    assert table[5].startswith("| `p4m_dgcnn_wide` | 3 | 0.9800 / 0.9840 / 0.9830 |")
+    assert table[5].endswith(f"| {d.mean():+.4f} ({paired['val_accuracy_max_p']:.3f}) / "
+                             f"{paired['val_auc_p']:.3f} (3 seeds) |")
+    with pytest.raises(ValueError, match="metric: expected one of val_auc, val_accuracy_max"):
+        sweep.selection_markdown(rows, "t", "p4m_gcnn", "val_nll")
+
+
 def test_select_refuses_a_reference_it_does_not_train(capsys):
     from experiments import select
 

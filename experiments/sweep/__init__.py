@@ -41,6 +41,7 @@ from .registry import (
     run_config,
 )
 from .tables import (
+    SELECTION_METRICS,
     chosen_dynamic,
     markdown,
     sections,
@@ -54,7 +55,8 @@ from .tables import (
 __all__ = [
     "COMPARISONS", "ONE_BANK_CONTROLS", "CURVE_RUNS", "CURVE_SETTINGS", "EXTRA_SCORES", "Entry",
     "FAMILIES", "Family", "MODES", "PROTOCOL_DATASETS", "PROTOCOL_RUNS", "PROTOCOL_TUNE",
-    "RUNS", "SCORES", "SELECTION_RUNS", "Sweep", "Task", "check_finished_config", "config_sets",
+    "RUNS", "SCORES", "SELECTION_METRICS", "SELECTION_RUNS", "Sweep", "Task",
+    "check_finished_config", "config_sets",
     "entry", "chosen_dynamic", "finished", "fraction_dir", "markdown", "order", "records",
     "run", "run_config", "sections", "selection_headline", "selection_markdown",
     "selection_rows", "summarize", "summary", "tasks", "train", "train_pool", "train_together",

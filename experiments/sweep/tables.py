@@ -21,7 +21,7 @@ from .registry import FAMILIES, RUNS, SCORES, Family, entry, order
 
 __all__ = ["summarize", "sections", "markdown", "write_plots", "selection_rows",
            "chosen_dynamic", "selection_headline",
-           "selection_markdown"]
+           "selection_markdown", "SELECTION_METRICS"]
 
 
 def summarize(runs: list[dict]) -> list[dict]:
@@ -112,6 +112,20 @@ def write_plots(runs: list[dict], rows: list[dict], out: pathlib.Path) -> None:
 _SELECTION_KEYS = ("val_auc", "val_accuracy", "val_accuracy_max", "bank_common_share",
                    "attention_entropy")
 
+#: What a selection can choose on (a key of each run summary, each seed's best over its
+#: epochs): its name in sentences, in column headers, and the other p-value a table shows.
+SELECTION_METRICS = {
+    "val_auc": ("validation AUC", "AUC", "val_accuracy", "accuracy"),
+    "val_accuracy_max": ("best validation accuracy", "best accuracy", "val_auc", "AUC"),
+}
+
+
+def _metric(metric: str) -> tuple[str, str, str, str]:
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"metric: expected one of {', '.join(SELECTION_METRICS)}, "
+                         f"got {metric!r}")
+    return SELECTION_METRICS[metric]
+
 
 def _as_list(names: str | Sequence[str]) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
@@ -148,7 +162,7 @@ def selection_rows(runs: list[dict], names: list[str],
             if row is ref or len(pairs) < 2:
                 continue
             paired = row["paired"][reference] = {"seeds": len(pairs)}
-            for key in ("val_auc", "val_accuracy", "val_accuracy_max"):
+            for key in ("val_auc", "val_accuracy", "val_accuracy_max"):  # every metric
                 test = stats.paired_t([x[key] for x, _ in pairs], [y[key] for _, y in pairs])
                 paired[f"{key}_diff_mean"], paired[f"{key}_p"] = \
                     test["mean_difference"], test["p"]
@@ -159,16 +173,20 @@ def _p(p) -> str:
     return "n/a" if p is None else f"{p:.3f}"
 
 
-def selection_markdown(rows: list[dict], title: str, references: str | Sequence[str]) -> str:
-    """The selection table: validation AUC per seed and over seeds, accuracy, best epochs,
-    forward FLOPs, the last epoch's bank diagnostics, and per reference the paired mean
-    AUC difference with its p-value and the accuracy p-value."""
+def selection_markdown(rows: list[dict], title: str, references: str | Sequence[str],
+                       metric: str = "val_auc") -> str:
+    """The selection table: ``metric`` (:data:`SELECTION_METRICS`) per seed, validation AUC
+    and accuracy over seeds, best epochs, forward FLOPs, the last epoch's bank diagnostics,
+    and per reference the paired mean ``metric`` difference with its p-value and the
+    p-value of the other score (accuracy for AUC, AUC for accuracy)."""
     references = _as_list(references)
+    _, short, other, other_short = _metric(metric)
     lines = [title, "",
-             "| variant | seeds | val AUC per seed | val AUC | val accuracy | best val accuracy "
-             "(any epoch) | best epochs | forward MFLOPs | bank common share (last epoch) | "
-             "attention entropy (nats) | "
-             + " | ".join(f"vs `{ref}`: AUC difference (p) / accuracy p" for ref in references)
+             f"| variant | seeds | val {short} per seed | val AUC | val accuracy | best val "
+             "accuracy (any epoch) | best epochs | forward MFLOPs | bank common share (last "
+             "epoch) | attention entropy (nats) | "
+             + " | ".join(f"vs `{ref}`: {short} difference (p) / {other_short} p"
+                          for ref in references)
              + " |", "|---" * (10 + len(references)) + "|"]
     for r in rows:
         def fmt(key, r=r):
@@ -182,9 +200,9 @@ def selection_markdown(rows: list[dict], title: str, references: str | Sequence[
             if ref not in r["paired"]:
                 return "-"
             t = r["paired"][ref]
-            return (f"{t['val_auc_diff_mean']:+.4f} ({_p(t['val_auc_p'])}) / "
-                    f"{_p(t['val_accuracy_p'])} ({t['seeds']} seeds)")
-        per_seed = " / ".join(f"{x['val_auc']:.4f}" for x in r["runs"])
+            return (f"{t[metric + '_diff_mean']:+.4f} ({_p(t[metric + '_p'])}) / "
+                    f"{_p(t[other + '_p'])} ({t['seeds']} seeds)")
+        per_seed = " / ".join(f"{x[metric]:.4f}" for x in r["runs"])
         epochs = ", ".join(str(x["best_epoch"]) for x in r["runs"])
         flops = sorted({f"{x['forward_flops'] / 1e6:.1f}" for x in r["runs"]
                         if x.get("forward_flops")}) or ["-"]
@@ -196,31 +214,36 @@ def selection_markdown(rows: list[dict], title: str, references: str | Sequence[
     return "\n".join(lines)
 
 
-def chosen_dynamic(rows: list[dict]) -> dict | None:
-    """The row of the dynamic run with the highest mean validation AUC (the selection's
-    choice), or None without a dynamic run."""
+def chosen_dynamic(rows: list[dict], metric: str = "val_auc") -> dict | None:
+    """The row of the dynamic run with the highest mean ``metric`` (the selection's
+    choice; :data:`SELECTION_METRICS`), or None without a dynamic run."""
+    _metric(metric)
     dynamic = [r for r in rows if models.spec(r["model"]).dynamic]
-    return max(dynamic, key=lambda r: r["val_auc_mean"], default=None)
+    return max(dynamic, key=lambda r: r[f"{metric}_mean"], default=None)
 
 
-def selection_headline(rows: list[dict], title: str, static: str) -> str:
+def selection_headline(rows: list[dict], title: str, static: str,
+                       metric: str = "val_auc") -> str:
     """One plain sentence: does the best dynamic form (:func:`chosen_dynamic`) beat
-    ``static`` in mean validation AUC with its banks apart (``bank_common_share`` < 0.5 at
-    the last epoch), by how much and how sure (paired t-test over seeds)."""
-    best, ref = chosen_dynamic(rows), next((r for r in rows if r["variant"] == static), None)
+    ``static`` in mean ``metric`` with its banks apart (``bank_common_share`` < 0.5 at the
+    last epoch), by how much and how sure (paired t-test over seeds)."""
+    name = _metric(metric)[0]
+    best = chosen_dynamic(rows, metric)
+    ref = next((r for r in rows if r["variant"] == static), None)
     if best is None or ref is None:
         return f"{title}: no dynamic run and `{static}` both finished yet."
     paired = best["paired"].get(static)
-    diff = (f"paired difference {paired['val_auc_diff_mean']:+.4f}, p "
-            f"{_p(paired['val_auc_p'])} over {paired['seeds']} seeds" if paired
+    diff = (f"paired difference {paired[metric + '_diff_mean']:+.4f}, p "
+            f"{_p(paired[metric + '_p'])} over {paired['seeds']} seeds" if paired
             else "no paired seeds")
     share = best.get("bank_common_share_mean")
-    beats = best["val_auc_mean"] > ref["val_auc_mean"] and share is not None and share < 0.5
+    mean, std = best[f"{metric}_mean"], best[f"{metric}_std"]
+    beats = mean > ref[f"{metric}_mean"] and share is not None and share < 0.5
     verdict = (f"`{best['variant']}` beats `{static}` in mean with its banks apart" if beats
-               else f"no dynamic form beats `{static}` in mean validation AUC with its banks "
+               else f"no dynamic form beats `{static}` in mean {name} with its banks "
                     f"apart (bank common share < 0.5)")
-    return (f"{title}: the best dynamic form by mean validation AUC, `{best['variant']}`, "
-            f"{best['val_auc_mean']:.4f} +- {best['val_auc_std']:.4f} ({best['seeds']} seeds), "
-            f"against {ref['val_auc_mean']:.4f} +- {ref['val_auc_std']:.4f} for `{static}` "
-            f"({diff}; bank common share "
+    return (f"{title}: the best dynamic form by mean {name}, `{best['variant']}`, "
+            f"{mean:.4f} +- {std:.4f} ({best['seeds']} seeds), "
+            f"against {ref[metric + '_mean']:.4f} +- {ref[metric + '_std']:.4f} for "
+            f"`{static}` ({diff}; bank common share "
             f"{'-' if share is None else f'{share:.2f}'}): {verdict}.")
