@@ -161,7 +161,8 @@ def verdict(doc: dict) -> str:
     for a, b in _DYNAMIC:
         test = next((t for t in doc["tests"] if (t["a"], t["b"]) == (a, b)), None)
         if test is None:
-            sentences.append(f"`{a}` vs `{b}`: not both recorded yet.")
+            sentences.append(f"**Does the dynamic layer help on {doc['dataset']}?** `{a}` "
+                             f"minus `{b}`: not answered yet, as they are not both recorded.")
             continue
         auc = {"mean_difference": test["auc_difference"], "p": test["auc_t_test_p"]}
         boot = test.get("auc_bootstrap")

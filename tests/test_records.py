@@ -208,6 +208,10 @@ def test_the_verdict_needs_both_tests():
     assert results.headline(doc).endswith("\n\n" + sentence) and "|" not in sentence
     doc["tests"][0].update(seeds=[0], auc_t_test_p=None)  # one seed: no t-test yet
     assert "not decided yet (1 seed: the paired t-test needs" in results.headline(doc)
+    doc["tests"] = []  # one of the two not recorded: the question stays, unanswered
+    assert results.verdict(doc) == ("**Does the dynamic layer help on x?** `p4m_dgcnn_wide` "
+                                    "minus `p4m_gcnn`: not answered yet, as they are not both "
+                                    "recorded.")
 
 
 def test_weighted_auc_is_the_auc_of_the_resampled_images():
