@@ -149,7 +149,8 @@ def headline(doc: dict) -> str:
             name, seed = item.split("/seed")
             seeds.setdefault(name, []).append(seed)
         lines += ["", f"Not yet recorded ({len(missing)} runs of the plan): "
-                      + "; ".join(f"`{n}` seeds {', '.join(s)}" for n, s in seeds.items())
+                      + "; ".join(f"`{n}` seed{'s' if len(s) > 1 else ''} {', '.join(s)}"
+                                  for n, s in seeds.items())
                       + "."]
     return "\n".join([*lines, "", verdict(doc)])
 

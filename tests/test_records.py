@@ -168,6 +168,9 @@ def test_results_are_rebuilt_from_records_alone(recorded, tmp_path):
     assert "the dynamic layer is worse" in text
     assert "Not yet recorded (18 runs of the plan): `cnn_augment` seeds 0, 1, 2, 3, 4;" in text
     assert "`p4m_dgcnn_wide_k1` seeds 0, 1, 2, 3, 4;" in text  # the selected form's control
+    doc["protocol"]["missing"] = ["cnn/seed4", "p4m_gcnn/seed2", "p4m_gcnn/seed3"]
+    assert ("Not yet recorded (3 runs of the plan): `cnn` seed 4; `p4m_gcnn` seeds 2, 3."
+            in results.headline(doc))
     assert "| test F1 |" in report.markdown(doc) and "AUC bootstrap p" in report.markdown(doc)
     # nothing to build from: one line naming the folder
     with pytest.raises(ValueError, match="no run records"):
