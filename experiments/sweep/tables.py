@@ -120,6 +120,11 @@ SELECTION_METRICS = {
 }
 
 
+# what the paired t-tests cover: every metric and the other score its table shows
+_PAIRED_KEYS = tuple(dict.fromkeys(key for metric, (_, _, other, _) in SELECTION_METRICS.items()
+                                   for key in (metric, other)))
+
+
 def _metric(metric: str) -> tuple[str, str, str, str]:
     if metric not in SELECTION_METRICS:
         raise ValueError(f"metric: expected one of {', '.join(SELECTION_METRICS)}, "
@@ -162,7 +167,7 @@ def selection_rows(runs: list[dict], names: list[str],
             if row is ref or len(pairs) < 2:
                 continue
             paired = row["paired"][reference] = {"seeds": len(pairs)}
-            for key in ("val_auc", "val_accuracy", "val_accuracy_max"):  # every metric
+            for key in _PAIRED_KEYS:
                 test = stats.paired_t([x[key] for x, _ in pairs], [y[key] for _, y in pairs])
                 paired[f"{key}_diff_mean"], paired[f"{key}_p"] = \
                     test["mean_difference"], test["p"]
