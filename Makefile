@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[experiments,tfds,dev]"
 	touch $(STAMP)
 
+# glibc malloc with transparent huge pages: XLA re-faults its large per-step buffers
+# otherwise (docs/performance.md). A value set by the caller stands.
+export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+
 # The main job: the default config (dynamic p4m G-CNN on BreastMNIST). Pass more
 # overrides with ARGS='--set epochs=5'.
 WORKDIR ?= runs/default

@@ -317,3 +317,14 @@ def test_a_pool_hands_each_run_on_as_it_finishes(tmp_path, monkeypatch):
     if len(os.sched_getaffinity(0)) >= 2:  # one core per process
         assert sorted(cmd[2] for cmd in commands[:2]) == [str(c) for c in
                                                           sorted(os.sched_getaffinity(0))[:2]]
+
+
+def test_training_processes_ask_for_huge_pages():
+    from experiments.sweep import execute
+
+    env = execute.child_env({"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": execute.HUGEPAGE_TUNABLE}
+    other = execute.child_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"})
+    assert other["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{execute.HUGEPAGE_TUNABLE}"
+    own = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
+    assert execute.child_env(own) == own  # the user's setting stands
