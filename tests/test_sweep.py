@@ -295,11 +295,12 @@ def test_a_pool_hands_each_run_on_as_it_finishes(tmp_path, monkeypatch):
     jobs = [(task, task.config(get_config()), task.workdir(tmp_path))
             for task in (sweep.Task("idc", "cnn", s) for s in (0, 1, 2))]
     by_path = {str(work.path): (task, config) for task, config, work in jobs}
-    commands = []
+    commands, envs = [], []
 
     class FakeProcess:  # a training process that finishes at once; seed 1 fails
-        def __init__(self, cmd, stdout, stderr):
+        def __init__(self, cmd, stdout, stderr, env):
             commands.append(cmd)
+            envs.append(env)
             task, config = by_path[cmd[cmd.index("--workdir") + 1]]
             self.returncode = 1 if task.seed == 1 else 0
             if self.returncode == 0:
@@ -314,6 +315,7 @@ def test_a_pool_hands_each_run_on_as_it_finishes(tmp_path, monkeypatch):
     assert codes == {"idc cnn seed 0": 0, "idc cnn seed 1": 1, "idc cnn seed 2": 0}
     assert sorted(done) == [0, 2]
     assert all("experiments.train" in cmd for cmd in commands)
+    assert all("glibc.malloc.hugetlb" in env["GLIBC_TUNABLES"] for env in envs)
     if len(os.sched_getaffinity(0)) >= 2:  # one core per process
         assert sorted(cmd[2] for cmd in commands[:2]) == [str(c) for c in
                                                           sorted(os.sched_getaffinity(0))[:2]]
