@@ -82,3 +82,40 @@ def test_dynamic_benchmark_times_every_form_against_the_static_layer(tmp_path):
     assert table.count("\n| p4m |") == len(rows) and "Measured on " in table
     short = report.render_block(out.name, "benchmark-dynamic-headline", tmp_path)
     assert short.count("\n|") == 1 + len(rows) and "third form (`p4m_odgcnn`)" in short
+
+
+def test_hugepages_pairs_alternate_settings_and_render(monkeypatch):
+    from experiments import hugepages, report
+
+    own = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=2"}
+    env = hugepages.setting_env("glibc.malloc.hugetlb=0", own)
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=0"
+    assert hugepages.setting_env("glibc.malloc.hugetlb=1", {})["GLIBC_TUNABLES"] == \
+        "glibc.malloc.hugetlb=1"
+    calls = []
+
+    def runner(model, setting, repeats, cpu):
+        calls.append((model, setting))
+        fast = setting.endswith("=1")
+        return {"median_s": (0.8 if fast else 1.0) * (2 if model == "b" else 1),
+                "minor_faults": 1_000 if fast else 50_000}
+
+    doc = hugepages.measure(["a", "b"], 2, 3, how="test", runner=runner)
+    off, on = hugepages.SETTINGS
+    assert calls == [("a", off), ("a", on), ("a", on), ("a", off),
+                     ("b", off), ("b", on), ("b", on), ("b", off)]
+    assert [round(r["ratio"], 6) for r in doc["rows"]] == [0.8, 0.8]
+    table = hugepages.markdown(doc)
+    assert "| `b` | 2000.0 | 1600.0 | 0.80 | 2000, 2000 / 1600, 1600 | 50,000, 50,000 / " \
+           "1,000, 1,000 |" in table
+    assert "2 pairs of processes per model" in table and "test." in table
+    assert "hugepages" in report.BLOCKS
+    with pytest.raises(ValueError, match="pairs and repeats"):
+        hugepages.measure(["a"], 0, 3, runner=runner)
+
+
+def test_hugepages_runner_reports_a_failed_benchmark():
+    from experiments import hugepages
+
+    with pytest.raises(RuntimeError, match="benchmark of no_such_model"):
+        hugepages.run_benchmark("no_such_model", hugepages.SETTINGS[1], 1)

@@ -30,9 +30,9 @@ as one program (the device pipeline; where it does not apply, one by one); ``poo
 
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 """glibc's malloc asks the kernel for transparent huge pages. XLA's CPU runtime allocates
-its large buffers afresh every step; with 4 KiB pages it faults each page in again
-(about 1.4 million minor faults in a 30 s ``p4m_odgcnn`` benchmark, 0.12 million with
-this), which cost about a fifth of a training step here (docs/performance.md)."""
+its large buffers afresh every step; with 4 KiB pages it faults each page in again.
+``experiments.hugepages`` measures the step time and faults without and with it
+(docs/performance.md has the table)."""
 
 
 def child_env(environ: dict[str, str] | None = None) -> dict[str, str]:
