@@ -45,7 +45,8 @@ def setting_env(setting: str, environ: dict[str, str] | None = None) -> dict[str
 
 def run_benchmark(model: str, setting: str, repeats: int, cpu: int | None = None) -> dict:
     """One process of ``experiments.benchmark`` timing a training step of ``model`` with
-    ``setting``: its median step (s) and the process's minor page faults."""
+    ``setting``: its median step (s), the batch it timed and the process's minor page
+    faults."""
     with tempfile.TemporaryDirectory() as folder:
         out = pathlib.Path(folder) / "benchmark.json"
         command = [sys.executable, "-m", "experiments.benchmark", "--skip-layers",
@@ -62,7 +63,8 @@ def run_benchmark(model: str, setting: str, repeats: int, cpu: int | None = None
             raise RuntimeError(f"benchmark of {model} with {setting} failed "
                                f"(exit {process.returncode}): {stderr.decode()[-2000:]}")
         row = json.loads(out.read_text())["rows"][0]
-    return {"median_s": row["median_s"], "minor_faults": usage.ru_minflt}
+    return {"median_s": row["median_s"], "minor_faults": usage.ru_minflt,
+            "batch": round(row["images_per_s"] * row["median_s"])}
 
 
 def measure(models: list[str], pairs: int, repeats: int, cpu: int | None = None,
@@ -86,8 +88,9 @@ def measure(models: list[str], pairs: int, repeats: int, cpu: int | None = None,
         off, on = (statistics.median(r["median_s"] for r in runs[s]) for s in SETTINGS)
         rows.append({"model": model, "runs": runs, "without_s": off, "with_s": on,
                      "ratio": on / off})
-    return {"rows": rows, "pairs": pairs, "repeats": repeats, "batch": 32, "how": how,
-            "machine": report.machine()}
+    batches = {r["batch"] for row in rows for side in row["runs"].values() for r in side}
+    return {"rows": rows, "pairs": pairs, "repeats": repeats, "batch": min(batches),
+            "how": how, "machine": report.machine()}
 
 
 def markdown(doc: dict) -> str:

@@ -98,7 +98,7 @@ def test_hugepages_pairs_alternate_settings_and_render(monkeypatch):
         calls.append((model, setting))
         fast = setting.endswith("=1")
         return {"median_s": (0.8 if fast else 1.0) * (2 if model == "b" else 1),
-                "minor_faults": 1_000 if fast else 50_000}
+                "minor_faults": 1_000 if fast else 50_000, "batch": 32}
 
     doc = hugepages.measure(["a", "b"], 2, 3, how="test", runner=runner)
     off, on = hugepages.SETTINGS
@@ -108,7 +108,8 @@ def test_hugepages_pairs_alternate_settings_and_render(monkeypatch):
     table = hugepages.markdown(doc)
     assert "| `b` | 2000.0 | 1600.0 | 0.80 | 2000, 2000 / 1600, 1600 | 50,000, 50,000 / " \
            "1,000, 1,000 |" in table
-    assert "2 pairs of processes per model" in table and "test." in table
+    assert "batch 32, median of 3" in table and "2 pairs of processes per model" in table
+    assert table.endswith("test.")
     assert "hugepages" in report.BLOCKS
     with pytest.raises(ValueError, match="pairs and repeats"):
         hugepages.measure(["a"], 0, 3, runner=runner)
