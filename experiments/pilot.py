@@ -12,6 +12,12 @@ writes into the docs (block kind ``pilot``), with the best epoch and the first e
 within ``TOLERANCE`` of the best ("flat from") of the document's metric: validation AUC
 by default; ``--metric val_accuracy`` (or ``val_nll``, lower is better) where the AUC
 saturates early, as PBC's 8-class macro AUC does (0.997 after two epochs).
+
+``--records FILE...`` adds reference curves from committed run records
+(``results/runs/<dataset>/<run>/seed<N>.json``, :mod:`experiments.sweep.records`): runs of
+a protocol, which read their test split; only their per-epoch validation scores are
+taken, and the table names them ``(record)``, so that a selection's curves can be set
+beside its references without a pilot choosing on a tested run.
 """
 
 from __future__ import annotations
@@ -30,9 +36,18 @@ METRICS = {"val_auc": "validation AUC", "val_accuracy": "validation accuracy",
 """The per-epoch scores a pilot keeps; the document's ``metric`` is one of them."""
 
 
-def collect(workdirs: list[str], metric: str = "val_auc") -> dict:
-    """The document of the (pilot) runs in ``workdirs``; ``metric`` (of :data:`METRICS`)
-    is the score its table and figure show."""
+def _entry(config: dict, history: list[dict], run: str) -> dict:
+    return {"run": run, "model": config["model"], "dataset": config["dataset"],
+            "input_size": config.get("input_size", 0), "seed": config["seed"],
+            "epochs_planned": config["epochs"], "epochs_done": len(history),
+            "steps_per_epoch": history[0]["step"] if history else None,
+            **{key: [h[key] for h in history] for key in METRICS}}
+
+
+def collect(workdirs: list[str], metric: str = "val_auc", records: list[str] = ()) -> dict:
+    """The document of the (pilot) runs in ``workdirs`` and the reference curves of the
+    run records ``records`` (each with ``"record": true``); ``metric`` (of
+    :data:`METRICS`) is the score its table and figure show."""
     from experiments import report, training
 
     if metric not in METRICS:
@@ -49,15 +64,19 @@ def collect(workdirs: list[str], metric: str = "val_auc") -> dict:
                              f"false): a pilot chooses on validation only")
         history = [h for h in folder.history() if not h.get("partial")]
         sweep_run = re.fullmatch(r"seed\d+", folder.path.name)  # <name>/seed<N> of a sweep
-        runs.append({
-            "run": folder.path.parent.name if sweep_run else config["model"],
-            "model": config["model"], "dataset": config["dataset"],
-            "input_size": config.get("input_size", 0), "seed": config["seed"],
-            "epochs_planned": config["epochs"], "epochs_done": len(history),
-            "steps_per_epoch": history[0]["step"] if history else None,
-            "val_auc": [h["val_auc"] for h in history],
-            "val_accuracy": [h["val_accuracy"] for h in history],
-            "val_nll": [h["val_nll"] for h in history]})
+        runs.append(_entry(config, history,
+                           folder.path.parent.name if sweep_run else config["model"]))
+    for name in records:
+        path = pathlib.Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"--records: {path} not found")
+        record = json.loads(path.read_text())
+        if not {"run", "config", "history"} <= record.keys():
+            raise ValueError(f"--records: {path} is not a run record (expected its run, "
+                             f"config and history)")
+        history = [h for h in record["history"] if not h.get("partial")]
+        runs.append({**_entry(record["config"], history, record["run"]),
+                     "record": True})
     return {"runs": runs, "metric": metric, "tolerance": TOLERANCE,
             "machine": report.machine()}
 
@@ -96,7 +115,8 @@ def markdown(doc: dict) -> str:
         top = (min if lower else max)(values) if values else None
         best = f"{top:.4f} ({values.index(top) + 1})" if values else ""
         flat = flat_from(values, doc["tolerance"], lower) or ""
-        lines.append(f"| `{_name(r)}` seed {r['seed']} | {r['epochs_done']} of "
+        source = " (record)" if r.get("record") else ""
+        lines.append(f"| `{_name(r)}` seed {r['seed']}{source} | {r['epochs_done']} of "
                      f"{r['epochs_planned']} | " + " | ".join(cells) + f" | {best} | {flat} |")
     return "\n".join(lines)
 
@@ -115,12 +135,14 @@ def plot(doc: dict, path) -> None:
 def main(argv=None):
     p = cli.Parser(__doc__)
     p.add_argument("runs", nargs="+", help="training folders of the pilot")
+    p.add_argument("--records", nargs="+", default=[],
+                   help="run records whose validation curves to add as references")
     p.add_argument("--out", required=True, help="the JSON document to write")
     p.add_argument("--figure", default=None, help="also plot the curves here")
     p.add_argument("--metric", default="val_auc", choices=list(METRICS),
                    help="the score the table and figure show (default: validation AUC)")
     args = p.parse_args(argv)
-    doc = collect(args.runs, args.metric)
+    doc = collect(args.runs, args.metric, args.records)
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     if args.figure:
         plot(doc, args.figure)

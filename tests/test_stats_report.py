@@ -165,6 +165,17 @@ def test_pilot_document_reads_validation_curves_only(tmp_path):
         in table
     with pytest.raises(ValueError, match="tested reads the test split"):
         pilot.collect([str(tmp_path / "tested")])
+    # a protocol's run record (it read its test split) adds its validation curve, named so
+    record = {"run": "p4m_gcnn", "history": history, "test": {"accuracy": 0.9},
+              "config": {"model": "p4m_gcnn", "dataset": "idc", "seed": 1, "epochs": 20,
+                         "score_test": True}}
+    (tmp_path / "seed1.json").write_text(json.dumps(record))
+    doc = pilot.collect([str(tmp_path / "pilot")], records=[str(tmp_path / "seed1.json")])
+    assert [r.get("record", False) for r in doc["runs"]] == [False, True]
+    assert doc["runs"][1]["val_auc"] == [0.80, 0.906, 0.897, 0.91]
+    assert "| `p4m_gcnn` seed 1 (record) | 4 of 20 | 0.8000 |" in pilot.markdown(doc)
+    with pytest.raises(ValueError, match="not a run record"):
+        pilot.collect([], records=[str(tmp_path / "pilot" / "config.json")])
     # a run of a sweep (<name>/seed<N>) is named by its run, not by its model
     (tmp_path / "odgcnn_assign").mkdir()
     (tmp_path / "pilot").rename(tmp_path / "odgcnn_assign" / "seed0")
