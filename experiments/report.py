@@ -232,7 +232,8 @@ def _selection_headline(doc: dict) -> str:
     line = sweep.selection_headline(doc["rows"], doc["title"], doc["references"][0],
                                     doc.get("metric", "val_auc"))
     missing = doc.get("missing") or []
-    return line + (f" (Interim: {len(missing)} runs not finished.)" if missing else "")
+    runs = f"{len(missing)} run{'s' if len(missing) != 1 else ''}"
+    return line + (f" (Interim: {runs} not finished.)" if missing else "")
 
 
 BLOCKS = ("results", "curves", "curves-headline", "epoch-times", "pilot", "headline",

@@ -1,6 +1,7 @@
 """Statistics over seeds and images, results files and their tables, curve documents."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -202,3 +203,16 @@ def test_p_values_keep_two_significant_digits():
 
     assert [p_text(p) for p in (0.3, 0.1, 0.025, 0.39, 1.0, 2e-4, 1e-4, None)] == [
         "0.30", "0.10", "0.025", "0.39", "1.0", "0.00020", "<= 1e-4", "n/a"]
+
+
+def test_selection_blocks_say_which_runs_are_missing():
+    from experiments import report
+
+    doc = json.loads((pathlib.Path(__file__).parents[1] / "results"
+                      / "idc_selection.json").read_text())
+    headline, table = (report._blocks()[kind] for kind in ("selection-headline", "selection"))
+    assert "Interim" not in headline({**doc, "missing": []})
+    assert headline({**doc, "missing": ["idc/x/seed0"]}).endswith(
+        "(Interim: 1 run not finished.)")
+    assert headline({**doc, "missing": ["a", "b"]}).endswith("(Interim: 2 runs not finished.)")
+    assert table({**doc, "missing": ["a", "b"]}).endswith("\n\nNot finished: a, b.")
