@@ -134,7 +134,7 @@ def plot(doc: dict, path) -> None:
 
 def main(argv=None):
     p = cli.Parser(__doc__)
-    p.add_argument("runs", nargs="+", help="training folders of the pilot")
+    p.add_argument("runs", nargs="*", help="training folders of the pilot")
     p.add_argument("--records", nargs="+", default=[],
                    help="run records whose validation curves to add as references")
     p.add_argument("--out", required=True, help="the JSON document to write")
@@ -142,6 +142,8 @@ def main(argv=None):
     p.add_argument("--metric", default="val_auc", choices=list(METRICS),
                    help="the score the table and figure show (default: validation AUC)")
     args = p.parse_args(argv)
+    if not args.runs and not args.records:
+        p.error("runs: give training folders, --records, or both")
     doc = collect(args.runs, args.metric, args.records)
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     if args.figure:

@@ -177,6 +177,11 @@ def test_pilot_document_reads_validation_curves_only(tmp_path):
     assert "| `p4m_gcnn` seed 1 (record) | 4 of 20 | 0.8000 |" in pilot.markdown(doc)
     with pytest.raises(ValueError, match="not a run record"):
         pilot.collect([], records=[str(tmp_path / "pilot" / "config.json")])
+    only = pilot.main(["--records", str(tmp_path / "seed1.json"), "--out",
+                       str(tmp_path / "records.json")])  # records alone are a document
+    assert [r["record"] for r in only["runs"]] == [True]
+    with pytest.raises(SystemExit):
+        pilot.main(["--out", str(tmp_path / "nothing.json")])
     # a run of a sweep (<name>/seed<N>) is named by its run, not by its model
     (tmp_path / "odgcnn_assign").mkdir()
     (tmp_path / "pilot").rename(tmp_path / "odgcnn_assign" / "seed0")
