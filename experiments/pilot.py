@@ -49,6 +49,7 @@ def collect(workdirs: list[str], metric: str = "val_auc", records: list[str] = (
     run records ``records`` (each with ``"record": true``); ``metric`` (of
     :data:`METRICS`) is the score its table and figure show."""
     from experiments import report, training
+    from experiments.sweep import records as sweep_records
 
     if metric not in METRICS:
         raise ValueError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
@@ -67,13 +68,7 @@ def collect(workdirs: list[str], metric: str = "val_auc", records: list[str] = (
         runs.append(_entry(config, history,
                            folder.path.parent.name if sweep_run else config["model"]))
     for name in records:
-        path = pathlib.Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"--records: {path} not found")
-        record = json.loads(path.read_text())
-        if not {"run", "config", "history"} <= record.keys():
-            raise ValueError(f"--records: {path} is not a run record (expected its run, "
-                             f"config and history)")
+        record = sweep_records.read(pathlib.Path(name))  # validated: fields and checksum
         history = [h for h in record["history"] if not h.get("partial")]
         runs.append({**_entry(record["config"], history, record["run"]),
                      "record": True})

@@ -167,17 +167,18 @@ def test_pilot_document_reads_validation_curves_only(tmp_path):
     with pytest.raises(ValueError, match="tested reads the test split"):
         pilot.collect([str(tmp_path / "tested")])
     # a protocol's run record (it read its test split) adds its validation curve, named so
-    record = {"run": "p4m_gcnn", "history": history, "test": {"accuracy": 0.9},
-              "config": {"model": "p4m_gcnn", "dataset": "idc", "seed": 1, "epochs": 20,
-                         "score_test": True}}
-    (tmp_path / "seed1.json").write_text(json.dumps(record))
-    doc = pilot.collect([str(tmp_path / "pilot")], records=[str(tmp_path / "seed1.json")])
+    committed = pathlib.Path(__file__).parents[1] / "results" / "runs" / "pbc" / "p4m_gcnn"
+    record = tmp_path / "records" / "pbc" / "p4m_gcnn" / "seed1.json"
+    record.parent.mkdir(parents=True)
+    record.write_text((committed / "seed1.json").read_text())
+    doc = pilot.collect([str(tmp_path / "pilot")], records=[str(record)])
     assert [r.get("record", False) for r in doc["runs"]] == [False, True]
-    assert doc["runs"][1]["val_auc"] == [0.80, 0.906, 0.897, 0.91]
-    assert "| `p4m_gcnn` seed 1 (record) | 4 of 20 | 0.8000 |" in pilot.markdown(doc)
+    history = json.loads(record.read_text())["history"]
+    assert doc["runs"][1]["val_accuracy"] == [h["val_accuracy"] for h in history]
+    assert "| `p4m_gcnn` seed 1 (record) | 15 of 15 |" in pilot.markdown(doc)
     with pytest.raises(ValueError, match="not a run record"):
         pilot.collect([], records=[str(tmp_path / "pilot" / "config.json")])
-    only = pilot.main(["--records", str(tmp_path / "seed1.json"), "--out",
+    only = pilot.main(["--records", str(record), "--out",
                        str(tmp_path / "records.json")])  # records alone are a document
     assert [r["record"] for r in only["runs"]] == [True]
     with pytest.raises(SystemExit):
