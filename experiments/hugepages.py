@@ -35,12 +35,11 @@ SETTINGS = ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=1")
 
 def setting_env(setting: str, environ: dict[str, str] | None = None) -> dict[str, str]:
     """``environ`` (default ``os.environ``) with ``GLIBC_TUNABLES`` holding ``setting`` in
-    place of any ``glibc.malloc.hugetlb`` entry it had; other tunables stay."""
-    env = dict(os.environ if environ is None else environ)
-    kept = [t for t in env.get("GLIBC_TUNABLES", "").split(":")
-            if t and not t.startswith("glibc.malloc.hugetlb")]
-    env["GLIBC_TUNABLES"] = ":".join(kept + [setting])
-    return env
+    place of any ``glibc.malloc.hugetlb`` entry it had; other tunables stay (the sweep
+    engine's :func:`experiments.sweep.execute.child_env`, replacing the caller's value)."""
+    from experiments.sweep.execute import child_env
+
+    return child_env(environ, setting=setting, replace=True)
 
 
 def run_benchmark(model: str, setting: str, repeats: int, cpu: int | None = None) -> dict:

@@ -35,15 +35,18 @@ its large buffers afresh every step; with 4 KiB pages it faults each page in aga
 (docs/performance.md has the table)."""
 
 
-def child_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(environ: dict[str, str] | None = None, *, setting: str = HUGEPAGE_TUNABLE,
+              replace: bool = False) -> dict[str, str]:
     """The environment of a training process: ``environ`` (default ``os.environ``) with
-    :data:`HUGEPAGE_TUNABLE` added to ``GLIBC_TUNABLES`` unless it already sets
-    ``glibc.malloc.hugetlb``. Ignored where the C library is not glibc; values are
-    unchanged (where memory comes from, not what is computed)."""
+    ``setting`` (a ``glibc.malloc.hugetlb`` entry) added to ``GLIBC_TUNABLES``, unless
+    the caller set that tunable already and ``replace`` is false (``experiments.hugepages``
+    replaces it to time both values). Other tunables stay. Ignored where the C library is
+    not glibc; values are unchanged (where memory comes from, not what is computed)."""
     env = dict(os.environ if environ is None else environ)
-    tunables = env.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" not in tunables:
-        env["GLIBC_TUNABLES"] = ":".join(filter(None, [tunables, HUGEPAGE_TUNABLE]))
+    entries = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    own = [t for t in entries if t.split("=")[0] == "glibc.malloc.hugetlb"]
+    if not own or replace:
+        env["GLIBC_TUNABLES"] = ":".join([t for t in entries if t not in own] + [setting])
     return env
 
 
