@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mean_interval", "paired_t", "paired_bootstrap", "weighted_auc",
+__all__ = ["mean_interval", "paired_t", "holm", "paired_bootstrap", "weighted_auc",
            "paired_bootstrap_auc"]
 
 
@@ -44,6 +44,22 @@ def paired_t(a, b) -> dict:
     if a.size >= 2 and np.ptp(diff) > 0:
         p = float(stats.ttest_rel(a, b).pvalue)
     return {"n": int(a.size), "mean_difference": float(diff.mean()), "p": p}
+
+
+def holm(pvalues) -> list:
+    """Holm's step-down adjustment of a family of p-values (several comparisons against
+    one reference): the i-th smallest of m is multiplied by m - i (i from 0), made
+    non-decreasing in that order and capped at 1. ``None`` entries (no test) stay
+    ``None`` and do not count in m; the order of the input is kept."""
+    pvalues = list(pvalues)
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    if any(not 0.0 <= p <= 1.0 for p, _ in tested):
+        raise ValueError(f"pvalues: expected values in [0, 1] or None, got {pvalues}")
+    adjusted, running = list(pvalues), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired_bootstrap(correct_a, correct_b, *, resamples: int = 10_000, seed: int = 0,

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from experiments import sweep
 from experiments.configs import get_config, validate
@@ -99,6 +100,22 @@ def test_selection_on_best_validation_accuracy_where_the_auc_is_saturated():
     assert table[5].startswith("| `p4m_dgcnn_wide` | 3 | 0.9800 / 0.9840 / 0.9830 |")
     assert table[5].endswith(f"| {d.mean():+.4f} ({paired['val_accuracy_max_p']:.3f}) / "
                              f"{paired['val_auc_p']:.3f} (3 seeds) |")
+    assert table[-1] == table[5]  # one comparison: nothing to adjust, no Holm line
+    # a second dynamic form: both p-values against the static net, Holm-adjusted below
+    odd = runs("p4m_odgcnn", [0.9993, 0.9994, 0.9995], [0.975, 0.979, 0.978], 0.9)
+    rows = sweep.selection_rows(static + wide + odd, ["p4m_gcnn", "p4m_dgcnn_wide",
+                                                      "p4m_odgcnn"], "p4m_gcnn")
+    acc = {name: [r["val_accuracy_max"] for r in rs]
+           for name, rs in (("g", static), ("w", wide), ("o", odd))}
+    p_w = scipy_stats.ttest_rel(acc["w"], acc["g"]).pvalue
+    p_o = scipy_stats.ttest_rel(acc["o"], acc["g"]).pvalue
+    low, high = sorted((p_w, p_o))
+    adjusted = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
+    table = sweep.selection_markdown(rows, "t", "p4m_gcnn", "val_accuracy_max").splitlines()
+    assert table[-2:] == [
+        "", "Paired p of the best accuracy difference against `p4m_gcnn`, Holm-adjusted over "
+        f"the 2 comparisons: `p4m_dgcnn_wide` {p_w:.3f} -> {adjusted[p_w]:.3f}, "
+        f"`p4m_odgcnn` {p_o:.3f} -> {adjusted[p_o]:.3f}."]
     with pytest.raises(ValueError, match="metric: expected one of val_auc, val_accuracy_max"):
         sweep.selection_markdown(rows, "t", "p4m_gcnn", "val_nll")
 

@@ -34,6 +34,18 @@ def test_curve_statistics():
         stats.paired_bootstrap(a, b[:2])
 
 
+def test_holm_adjustment_of_a_family_of_p_values():
+    from experiments import stats
+
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04); input order kept
+    assert stats.holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert stats.holm([0.5, None, 0.2]) == pytest.approx([0.5, None, 0.4])  # m = 2
+    assert stats.holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    assert stats.holm([0.02]) == [0.02] and stats.holm([]) == []
+    with pytest.raises(ValueError, match=r"pvalues: expected values in \[0, 1\] or None"):
+        stats.holm([0.1, 1.5])
+
+
 def _fake_runs(tmp_path, accuracy, seeds=(0, 1, 2), fraction=1.0):
     """Run summaries as experiments.sweep.summary returns them, with test predictions on disk:
     ``accuracy[model]`` right answers out of 200 images, per seed."""

@@ -183,7 +183,9 @@ def selection_markdown(rows: list[dict], title: str, references: str | Sequence[
     """The selection table: ``metric`` (:data:`SELECTION_METRICS`) per seed, validation AUC
     and accuracy over seeds, best epochs, forward FLOPs, the last epoch's bank diagnostics,
     and per reference the paired mean ``metric`` difference with its p-value and the
-    p-value of the other score (accuracy for AUC, AUC for accuracy)."""
+    p-value of the other score (accuracy for AUC, AUC for accuracy); below the table, per
+    reference, the ``metric`` p-values Holm-adjusted over the variants compared with it
+    (:func:`experiments.stats.holm`)."""
     references = _as_list(references)
     _, short, other, other_short = _metric(metric)
     lines = [title, "",
@@ -216,7 +218,22 @@ def selection_markdown(rows: list[dict], title: str, references: str | Sequence[
                      f"{', '.join(flops)} | {fmt('bank_common_share')} | "
                      f"{fmt('attention_entropy')} | "
                      + " | ".join(vs(ref) for ref in references) + " |")
+    lines += [line for ref in references if (line := _holm_line(rows, ref, metric, short))]
     return "\n".join(lines)
+
+
+def _holm_line(rows: list[dict], reference: str, metric: str, short: str) -> str:
+    """The paired p-values of every variant against ``reference``, Holm-adjusted over
+    them (one family per reference); empty with fewer than two tests."""
+    tests = [(r["variant"], r["paired"][reference][metric + "_p"]) for r in rows
+             if reference in r["paired"] and r["paired"][reference][metric + "_p"] is not None]
+    if len(tests) < 2:
+        return ""
+    adjusted = stats.holm([p for _, p in tests])
+    return (f"\nPaired p of the {short} difference against `{reference}`, Holm-adjusted "
+            f"over the {len(tests)} comparisons: "
+            + ", ".join(f"`{name}` {_p(p)} -> {_p(q)}"
+                        for (name, p), q in zip(tests, adjusted)) + ".")
 
 
 def chosen_dynamic(rows: list[dict], metric: str = "val_auc") -> dict | None:
