@@ -70,7 +70,7 @@ def _fake_runs(tmp_path, accuracy, seeds=(0, 1, 2), fraction=1.0):
 
 
 def test_results_files_and_their_tables(tmp_path):
-    from experiments import report
+    from experiments import report, stats
 
     runs = _fake_runs(tmp_path, {"p4m_gcnn": [150, 160, 170], "p4m_dgcnn_wide": [180, 181, 190],
                                  "cnn": [140, 150, 150]})
@@ -99,6 +99,19 @@ def test_results_files_and_their_tables(tmp_path):
     text = report.main([str(paths[0]), "--out", str(tmp_path / "tables.md")])
     assert "| `p4m_gcnn` | 3 | 0.8000 +- 0.0500" in text
     assert "`p4m_dgcnn_wide` vs `p4m_gcnn` | 3 | +0.1183" in text
+    # under the paired table: every row's t-test p-values, Holm-adjusted over the 3 rows
+    holm_line = text.splitlines()[-1]
+    assert holm_line.startswith("Paired t-test p (accuracy / AUC), Holm-adjusted over the 3 "
+                                "comparisons of this table: ")
+    tests = doc["tests"]
+    acc = stats.holm([x["t_test_p"] for x in tests])
+    auc = stats.holm([x["auc_t_test_p"] for x in tests])
+    for x, qa, qu in zip(tests, acc, auc):
+        assert (f"`{x['a']}` vs `{x['b']}` {report.p_text(x['t_test_p'])} / "
+                f"{report.p_text(x['auc_t_test_p'])} -> {report.p_text(qa)} / "
+                f"{report.p_text(qu)}") in holm_line
+    smallest = min(x["t_test_p"] for x in tests)
+    assert min(acc) == pytest.approx(3 * smallest)  # the smallest p times the family size
     assert (tmp_path / "tables.md").read_text() == text
 
 
