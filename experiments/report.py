@@ -202,14 +202,16 @@ def markdown(doc: dict) -> str:
 
 def _holm_lines(tests: list[dict]) -> list[str]:
     """The paired t-tests' p-values (accuracy / AUC) Holm-adjusted over the table's
-    comparisons, one family per score (:func:`experiments.stats.holm`); none with fewer
-    than two comparisons."""
-    if len(tests) < 2:
+    comparisons that have one, one family per score (:func:`experiments.stats.holm`; a
+    pair with one seed has no t-test and is not counted); none with fewer than two."""
+    sizes = [sum(t[key] is not None for t in tests) for key in ("t_test_p", "auc_t_test_p")]
+    if max(sizes) < 2:
         return []
     acc = stats.holm([t["t_test_p"] for t in tests])
     auc = stats.holm([t["auc_t_test_p"] for t in tests])
-    return ["", f"Paired t-test p (accuracy / AUC), Holm-adjusted over the {len(tests)} "
-            "comparisons of this table: "
+    family = (f"the {sizes[0]} comparisons of this table" if sizes[0] == sizes[1] == len(tests)
+              else f"the comparisons of this table with a t-test ({sizes[0]} / {sizes[1]})")
+    return ["", f"Paired t-test p (accuracy / AUC), Holm-adjusted over {family}: "
             + "; ".join(f"`{t['a']}` vs `{t['b']}` {p_text(t['t_test_p'])} / "
                         f"{p_text(t['auc_t_test_p'])} -> {p_text(qa)} / {p_text(qu)}"
                         for t, qa, qu in zip(tests, acc, auc)) + "."]

@@ -112,6 +112,12 @@ def test_results_files_and_their_tables(tmp_path):
                 f"{report.p_text(qu)}") in holm_line
     smallest = min(x["t_test_p"] for x in tests)
     assert min(acc) == pytest.approx(3 * smallest)  # the smallest p times the family size
+    # a pair with one seed has no t-test: it is not counted in the family
+    one_seed = {**tests[0], "t_test_p": None, "auc_t_test_p": None}
+    line = report._holm_lines([one_seed, *tests[1:]])[1]
+    assert "over the comparisons of this table with a t-test (2 / 2): " in line
+    assert f"{report.p_text(tests[1]['t_test_p'])} / " in line and "n/a / n/a -> n/a / n/a" in line
+    assert report._holm_lines([one_seed, tests[1]]) == []
     assert (tmp_path / "tables.md").read_text() == text
 
 
